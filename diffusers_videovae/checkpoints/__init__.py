@@ -1,0 +1,252 @@
+# Copyright 2026 The diffusers-videovae contributors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Reading ORIGINAL releases: one module per model, plus the conversion driver they all share.
+
+A checkpoint module `checkpoints/<model_type>.py` provides:
+
+* `MODEL_TYPE`, `CLASS_NAME`, `VARIANTS` (variant name -> original config), `DEFAULT_VARIANT`, `SCALING`
+  (variant name -> latent normalisation, for the model card), `ORIGINAL_REPO` and `WEIGHTS_LOCATION` (text);
+* `read_original(path, original_config=None, **options) -> OriginalCheckpoint`;
+* `convert(original, variant=None, **options) -> ConvertedCheckpoint`;
+* `looks_like(state_dict) -> bool`: True when a state dict is this model's release layout (used to detect the
+  model type of a bare file);
+* optionally `add_arguments(parser)` for model-specific converter flags (their `dest` names are passed to
+  `read_original` / `convert` as keyword options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from ._common import (
+    CheckpointError,
+    ConvertedCheckpoint,
+    OriginalCheckpoint,
+    build_model,
+    file_sha256,
+    save_pretrained_atomic,
+)
+
+__all__ = [
+    "MODEL_TYPES",
+    "CheckpointError",
+    "ConvertedCheckpoint",
+    "OriginalCheckpoint",
+    "conversion_main",
+    "convert_original",
+    "detect_model_type",
+    "get_checkpoint_module",
+    "load_original_model",
+    "render_model_card",
+]
+
+# model type -> (module under diffusers_videovae.models, class name)
+MODEL_TYPES: dict[str, tuple[str, str]] = {
+    "ivvae": ("iv_vae", "AutoencoderKLIVVAE"),
+    "odvae": ("od_vae", "AutoencoderKLODVAE"),
+    "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
+}
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def get_checkpoint_module(model_type: str) -> ModuleType:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"Unknown model type {model_type!r}; expected one of {sorted(MODEL_TYPES)}.")
+    return importlib.import_module(f"{__name__}.{model_type}")
+
+
+def get_model_class(model_type: str) -> type:
+    module_name, class_name = MODEL_TYPES[model_type]
+    return getattr(importlib.import_module(f"diffusers_videovae.models.{module_name}"), class_name)
+
+
+def model_type_of_class(model_class: type) -> str:
+    for model_type, (_, class_name) in MODEL_TYPES.items():
+        if model_class.__name__ == class_name:
+            return model_type
+    raise ValueError(f"{model_class.__name__} has no original-checkpoint reader.")
+
+
+def detect_model_type(state_dict: dict[str, torch.Tensor]) -> str:
+    """The model type whose release layout `state_dict` has; a clear error when none or several match."""
+    matches = []
+    for model_type in MODEL_TYPES:
+        try:
+            module = get_checkpoint_module(model_type)
+        except ModuleNotFoundError:
+            continue
+        if module.looks_like(state_dict):
+            matches.append(model_type)
+    if len(matches) != 1:
+        what = "no supported model" if not matches else f"several models ({matches})"
+        raise CheckpointError(
+            f"Cannot tell which model this checkpoint belongs to: its keys match {what}. "
+            f"Name the model type explicitly (one of {sorted(MODEL_TYPES)})."
+        )
+    return matches[0]
+
+
+def convert_original(
+    model_type: str,
+    checkpoint: str | os.PathLike,
+    *,
+    variant: str | None = None,
+    original_config: str | os.PathLike | None = None,
+    **options: Any,
+) -> ConvertedCheckpoint:
+    """Read an original release file and convert it to our config + state dict (no model built yet)."""
+    module = get_checkpoint_module(model_type)
+    if variant is not None and variant not in module.VARIANTS:
+        raise CheckpointError(f"Unknown {model_type} variant {variant!r}; released variants: {sorted(module.VARIANTS)}.")
+    original = module.read_original(checkpoint, original_config=original_config, **options)
+    converted = module.convert(original, variant=variant, **options)
+    converted.info.setdefault("source_file", Path(checkpoint).name)
+    return converted
+
+
+def load_original_model(
+    model_class: type | None,
+    checkpoint: str | os.PathLike,
+    *,
+    model_type: str | None = None,
+    variant: str | None = None,
+    original_config: str | os.PathLike | None = None,
+    torch_dtype: torch.dtype | None = None,
+    **options: Any,
+) -> torch.nn.Module:
+    """Build our model straight from an original release file (what `from_single_file` calls)."""
+    if model_type is None:
+        if model_class is not None:
+            model_type = model_type_of_class(model_class)
+        else:
+            from ._common import load_state_dict_file
+
+            model_type = detect_model_type(load_state_dict_file(checkpoint))
+    converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
+    model_class = model_class or get_model_class(model_type)
+    return build_model(model_class, converted, torch_dtype)
+
+
+def render_model_card(converted: ConvertedCheckpoint, dtype: str = "float32", sha256: str | None = None) -> str:
+    """The model's Hub card (`model_cards/<model_type>.md`) with a section describing this conversion."""
+    from importlib.resources import files
+
+    from huggingface_hub import ModelCard
+
+    template = files("diffusers_videovae.model_cards").joinpath(f"{converted.model_type}.md").read_text("utf-8")
+    card = ModelCard(template)
+    lines = [
+        "",
+        "## This conversion",
+        "",
+        f"- Class: `diffusers_videovae.{converted.class_name}`",
+        f"- Variant: `{converted.variant or 'custom'}`",
+        f"- Source file: `{converted.info.get('source_file', 'unknown')}`" + (f" (sha256 `{sha256}`)" if sha256 else ""),
+        f"- Stored dtype: `{dtype}`",
+        f"- Original keys dropped on purpose: {len(converted.dropped)}",
+    ]
+    for key, reason in sorted(converted.dropped.items())[:20]:
+        lines.append(f"  - `{key}`: {reason}")
+    if len(converted.dropped) > 20:
+        lines.append(f"  - ... and {len(converted.dropped) - 20} more")
+    return str(card).rstrip() + "\n" + "\n".join(lines) + "\n"
+
+
+def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
+    """Command line: original release file(s) -> diffusers folder (config.json + safetensors + model card)."""
+    module = get_checkpoint_module(model_type)
+    parser = argparse.ArgumentParser(
+        prog=f"convert_{model_type}",
+        description=f"Convert an original {model_type} checkpoint ({module.ORIGINAL_REPO}) into a diffusers folder.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="original release file (or folder, where supported)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(module.VARIANTS),
+        default=None,
+        help="released variant; inferred from the checkpoint when omitted",
+    )
+    parser.add_argument("--original-config", default=None, help="the original's own config file (custom models)")
+    parser.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="dtype of the stored weights")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    known = {"checkpoint", "variant", "original_config", "output", "dtype", "push_to_hub", "private", "overwrite"}
+    options = {key: value for key, value in vars(args).items() if key not in known}
+    return convert_to_folder(
+        model_type,
+        args.checkpoint,
+        args.output,
+        variant=args.variant,
+        original_config=args.original_config,
+        dtype=args.dtype,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        overwrite=args.overwrite,
+        **options,
+    )
+
+
+def convert_to_folder(
+    model_type: str,
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    variant: str | None = None,
+    original_config: str | os.PathLike | None = None,
+    dtype: str = "float32",
+    push_to_hub: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    verbose: bool = True,
+    **options: Any,
+) -> Path:
+    """Convert, check every key, save atomically with a model card, optionally push to the Hub."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
+    model = build_model(get_model_class(model_type), converted, _DTYPES[dtype])
+    card = render_model_card(converted, dtype=dtype, sha256=file_sha256(checkpoint) if Path(checkpoint).is_file() else None)
+    path = save_pretrained_atomic(model, output, model_card=card, overwrite=overwrite)
+    if verbose:
+        print(
+            f"Converted {len(converted.state_dict)} tensors ({converted.variant or 'custom'} variant, {dtype}); "
+            f"dropped {len(converted.dropped)} original key(s) on purpose -> {path}"
+        )
+    if push_to_hub:
+        push_folder(path, push_to_hub, private=private)
+    return path
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False) -> str:
+    """Upload a converted folder to the Hub with huggingface_hub (token from the usual HF_TOKEN / login)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload converted video VAE")
+    print(f"Pushed {folder} to https://huggingface.co/{repo_id}")
+    return str(commit)

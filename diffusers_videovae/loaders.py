@@ -1,0 +1,113 @@
+# Copyright 2026 The diffusers-videovae contributors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Loading models from anything a user has: a diffusers folder, a Hub id, or an ORIGINAL release file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FromOriginalCheckpointMixin", "load_model"]
+
+
+class FromOriginalCheckpointMixin:
+    """Adds `from_single_file`, diffusers' name for loading an original (non-diffusers) checkpoint file.
+
+    diffusers' own `FromOriginalModelMixin` only knows diffusers' classes, so our models get this equivalent,
+    backed by `diffusers_videovae.checkpoints` (the same code the conversion scripts use).
+    """
+
+    @classmethod
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path: str | os.PathLike,
+        *,
+        variant: str | None = None,
+        original_config: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **options: Any,
+    ):
+        """Build the model from an original release file, converting its keys on the fly.
+
+        Args:
+            pretrained_model_link_or_path: local path of the original checkpoint (nothing is downloaded).
+            variant: released variant name; inferred from tensor shapes when omitted.
+            original_config: the original's own config file, for custom (non-released) models.
+            torch_dtype: cast the weights to this dtype.
+            options: model-specific reading options (see the conversion script's `--help`).
+        """
+        from .checkpoints import load_original_model
+
+        return load_original_model(
+            cls,
+            pretrained_model_link_or_path,
+            variant=variant,
+            original_config=original_config,
+            torch_dtype=torch_dtype,
+            **options,
+        )
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    model_type: str | None = None,
+    variant: str | None = None,
+    original_config: str | os.PathLike | None = None,
+    subfolder: str | None = None,
+    **options: Any,
+):
+    """Load any of our VAEs from a diffusers folder, a Hub repo id, or an original checkpoint file.
+
+    The class is read from the folder's `config.json` (`_class_name`); for an original file the model type is
+    `model_type` or detected from its keys.
+    """
+    from . import checkpoints
+
+    path = Path(model)
+    if path.is_file():
+        return checkpoints.load_original_model(
+            None,
+            path,
+            model_type=model_type,
+            variant=variant,
+            original_config=original_config,
+            torch_dtype=torch_dtype,
+            **options,
+        )
+    if path.is_dir():
+        config_path = path / (subfolder or "") / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{path} is not a diffusers model folder: {config_path} is missing.")
+        class_name = json.loads(config_path.read_text())["_class_name"]
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_file = hf_hub_download(str(model), "config.json", subfolder=subfolder)
+        class_name = json.loads(Path(config_file).read_text())["_class_name"]
+    for known_type, (_, known_class) in checkpoints.MODEL_TYPES.items():
+        if known_class == class_name:
+            model_class = checkpoints.get_model_class(known_type)
+            break
+    else:
+        raise ValueError(f"{model} holds a {class_name}, which is not a diffusers-videovae model.")
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    return model_class.from_pretrained(str(model), **kwargs).eval()

@@ -1,0 +1,1 @@
+"""One file per model. Import the classes from `diffusers_videovae` directly."""
