@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["FromOriginalCheckpointMixin", "load_model"]
+__all__ = ["DEMO_MODEL_DIR", "FromOriginalCheckpointMixin", "load_model"]
+
+# The small demo model shipped inside the package (trained by the project; see model_cards/ivvae-demo.md).
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ivvae-demo"
 
 
 class FromOriginalCheckpointMixin:
