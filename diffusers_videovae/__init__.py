@@ -17,7 +17,14 @@ _LAZY = {
     "CheckpointError": "diffusers_videovae.checkpoints",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "AutoencoderKLIVVAE",
+    "AutoencoderKLODVAE",
+    "AutoencoderKLOpenSora",
+    "CheckpointError",
+    "__version__",
+    "load_model",
+]
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError

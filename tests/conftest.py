@@ -60,10 +60,14 @@ class ReferenceCases:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name: str = "") -> None:
     """Max-abs comparison with a message that says how far off, where, and the tolerance."""
-    assert tuple(actual.shape) == tuple(expected.shape), f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert tuple(actual.shape) == tuple(expected.shape), (
+        f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    )
     diff = (actual.detach().double().cpu() - expected.double().cpu()).abs()
     worst = float(diff.max()) if diff.numel() else 0.0
-    assert worst <= atol, f"{name}: max abs diff {worst:.3e} > atol {atol:.1e} (at {tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])})"
+    assert worst <= atol, (
+        f"{name}: max abs diff {worst:.3e} > atol {atol:.1e} (at {tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])})"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -116,7 +116,9 @@ def convert_original(
     """Read an original release file and convert it to our config + state dict (no model built yet)."""
     module = get_checkpoint_module(model_type)
     if variant is not None and variant not in module.VARIANTS:
-        raise CheckpointError(f"Unknown {model_type} variant {variant!r}; released variants: {sorted(module.VARIANTS)}.")
+        raise CheckpointError(
+            f"Unknown {model_type} variant {variant!r}; released variants: {sorted(module.VARIANTS)}."
+        )
     original = module.read_original(checkpoint, original_config=original_config, **options)
     converted = module.convert(original, variant=variant, **options)
     converted.info.setdefault("source_file", Path(checkpoint).name)
@@ -160,7 +162,8 @@ def render_model_card(converted: ConvertedCheckpoint, dtype: str = "float32", sh
         "",
         f"- Class: `diffusers_videovae.{converted.class_name}`",
         f"- Variant: `{converted.variant or 'custom'}`",
-        f"- Source file: `{converted.info.get('source_file', 'unknown')}`" + (f" (sha256 `{sha256}`)" if sha256 else ""),
+        f"- Source file: `{converted.info.get('source_file', 'unknown')}`"
+        + (f" (sha256 `{sha256}`)" if sha256 else ""),
         f"- Stored dtype: `{dtype}`",
         f"- Original keys dropped on purpose: {len(converted.dropped)}",
     ]
@@ -188,7 +191,9 @@ def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
     parser.add_argument("--original-config", default=None, help="the original's own config file (custom models)")
     parser.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="dtype of the stored weights")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo"
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     if hasattr(module, "add_arguments"):
@@ -229,7 +234,9 @@ def convert_to_folder(
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
     model = build_model(get_model_class(model_type), converted, _DTYPES[dtype])
-    card = render_model_card(converted, dtype=dtype, sha256=file_sha256(checkpoint) if Path(checkpoint).is_file() else None)
+    card = render_model_card(
+        converted, dtype=dtype, sha256=file_sha256(checkpoint) if Path(checkpoint).is_file() else None
+    )
     path = save_pretrained_atomic(model, output, model_card=card, overwrite=overwrite)
     if verbose:
         print(

@@ -127,7 +127,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
     except RuntimeError as error:
         # mmap needs the zip format; legacy torch files fall back to a plain (still weights-only) read.
         if "mmap" not in str(error):
-            raise CheckpointError(f"Cannot read {path} as a torch checkpoint (truncated or corrupt?): {error}") from error
+            raise CheckpointError(
+                f"Cannot read {path} as a torch checkpoint (truncated or corrupt?): {error}"
+            ) from error
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as inner:
@@ -136,7 +138,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
         hint = ""
         if "weights_only" in str(error) or "Unsupported global" in str(error):
             hint = " It contains pickled Python objects, which this package never executes."
-        raise CheckpointError(f"Cannot read {path} as a torch checkpoint.{hint} ({type(error).__name__}: {error})") from error
+        raise CheckpointError(
+            f"Cannot read {path} as a torch checkpoint.{hint} ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
     return dict(loaded)
@@ -209,7 +213,9 @@ def account_keys(
             raise CheckpointError(f"Two original keys map to the same key {new_key!r} (second: {key!r}).")
         ours[new_key] = tensor
     if unknown:
-        raise CheckpointError(f"{len(unknown)} original key(s) are not known to this converter:{_format_keys(unknown)}")
+        raise CheckpointError(
+            f"{len(unknown)} original key(s) are not known to this converter:{_format_keys(unknown)}"
+        )
     return ours, dropped
 
 
@@ -248,13 +254,17 @@ def build_model(
     compare_with_model(converted.state_dict, expected)
     state_dict = converted.state_dict
     if torch_dtype is not None:
-        state_dict = {key: value.to(torch_dtype) if value.is_floating_point() else value for key, value in state_dict.items()}
+        state_dict = {
+            key: value.to(torch_dtype) if value.is_floating_point() else value for key, value in state_dict.items()
+        }
     else:
         state_dict = {key: value.contiguous() for key, value in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
     # Non-persistent buffers are not in any state dict: materialise them from a real (tiny) construction is not
     # possible in general, so models must not keep meta tensors outside their state dict.
-    leftovers = [name for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if tensor.is_meta]
+    leftovers = [
+        name for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if tensor.is_meta
+    ]
     if leftovers:
         raise CheckpointError(f"Tensors left uninitialised after loading: {leftovers[:10]}")
     return model.eval()
@@ -275,7 +285,9 @@ def save_pretrained_atomic(
     """
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+        )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:

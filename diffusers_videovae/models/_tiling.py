@@ -102,7 +102,9 @@ def check_video(
 def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z") -> None:
     """Raise a clear error when `latents` is not a `(B, latent_channels, t, h, w)` latent video."""
     if not isinstance(latents, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, {latent_channels}, t, h, w), got {type(latents)}.")
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor of shape (B, {latent_channels}, t, h, w), got {type(latents)}."
+        )
     if latents.ndim != 5 or latents.shape[1] != latent_channels:
         raise ValueError(
             f"`{name}` must have shape (B, {latent_channels}, t, h, w) (raw, unscaled latents), "

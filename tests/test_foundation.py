@@ -1,0 +1,234 @@
+"""The shared pieces every model relies on: input checks, tile planning, blending, safe checkpoint reading."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from diffusers_videovae.checkpoints._common import (
+    CheckpointError,
+    ConvertedCheckpoint,
+    RenameRule,
+    account_keys,
+    build_model,
+    compare_with_model,
+    load_state_dict_file,
+    save_pretrained_atomic,
+    unwrap_state_dict,
+)
+from diffusers_videovae.models._tiling import (
+    blend,
+    check_latents,
+    check_video,
+    nearest_valid_num_frames,
+    tile_starts,
+)
+
+# ---------------------------------------------------------------- input checks
+
+
+def test_check_video_accepts_a_valid_clip():
+    check_video(torch.zeros(1, 3, 9, 16, 24), temporal_compression=4, spatial_multiple=8)
+
+
+def test_check_video_names_the_frame_rule_and_nearest_valid_counts():
+    with pytest.raises(ValueError, match=r"T = 1 \+ 4k.*Nearest valid frame counts: 9 or 13"):
+        check_video(torch.zeros(1, 3, 11, 16, 16), temporal_compression=4)
+
+
+def test_check_video_names_the_spatial_multiple_and_nearest_sizes():
+    with pytest.raises(ValueError, match=r"multiples of 8.*H in \(16, 24\), W in \(24, 32\)"):
+        check_video(torch.zeros(1, 3, 1, 20, 28), spatial_multiple=8)
+
+
+@pytest.mark.parametrize(
+    "tensor, error, message",
+    [
+        (torch.zeros(3, 9, 16, 16), ValueError, r"\(B, 3, T, H, W\) \(5 dims\)"),
+        (torch.zeros(1, 4, 1, 16, 16), ValueError, "must have 3 channels"),
+        (torch.zeros(1, 3, 1, 16, 16, dtype=torch.uint8), TypeError, "floating point"),
+        (torch.full((1, 3, 1, 16, 16), float("nan")), ValueError, "NaN or infinite"),
+        (torch.zeros(1, 3, 0, 16, 16), ValueError, "empty"),
+    ],
+)
+def test_check_video_rejects_bad_input_clearly(tensor, error, message):
+    with pytest.raises(error, match=message):
+        check_video(tensor, temporal_compression=4, spatial_multiple=8)
+
+
+def test_check_video_rejects_non_tensors():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        check_video([[0.0]])
+
+
+def test_check_latents_names_the_channel_count():
+    with pytest.raises(ValueError, match=r"\(B, 16, t, h, w\)"):
+        check_latents(torch.zeros(1, 8, 1, 4, 4), latent_channels=16)
+
+
+def test_nearest_valid_num_frames():
+    assert nearest_valid_num_frames(11, 4) == (9, 13)
+    assert nearest_valid_num_frames(9, 4) == (9, 9)
+    assert nearest_valid_num_frames(2, 4) == (1, 5)
+
+
+# ---------------------------------------------------------------- tiles and blending
+
+
+def test_tile_starts_cover_the_whole_extent_with_full_tiles():
+    starts = tile_starts(100, 32, 24)
+    assert starts == [0, 24, 48, 68]
+    covered = torch.zeros(100, dtype=torch.bool)
+    for start in starts:
+        covered[start : start + 32] = True
+    assert bool(covered.all())
+
+
+def test_tile_starts_single_tile_when_it_fits():
+    assert tile_starts(32, 32, 24) == [0]
+    assert tile_starts(10, 32, 24) == [0]
+
+
+def test_tile_starts_rejects_strides_that_skip_data():
+    with pytest.raises(ValueError, match="must not exceed"):
+        tile_starts(100, 16, 32)
+
+
+def test_blend_is_a_linear_ramp_from_previous_to_current():
+    previous = torch.zeros(1, 1, 1, 1, 8)
+    current = torch.ones(1, 1, 1, 1, 8)
+    out = blend(previous, current, extent=4, dim=-1)
+    assert out.flatten().tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert current.flatten().tolist() == [1.0] * 8, "blend must not modify its input"
+
+
+# ---------------------------------------------------------------- checkpoint reading
+
+
+def test_load_state_dict_file_reads_safetensors_and_torch(tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {"a.weight": torch.arange(6.0).reshape(2, 3)}
+    save_file(tensors, tmp_path / "w.safetensors")
+    torch.save(tensors, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        loaded = load_state_dict_file(tmp_path / name)
+        assert torch.equal(loaded["a.weight"], tensors["a.weight"])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_load_state_dict_file_never_executes_pickled_code(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"w": _Payload()}, handle)
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        load_state_dict_file(path)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_load_state_dict_file_rejects_truncated_files(tmp_path):
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state_dict_file(tmp_path / "cut.pth")
+
+
+def test_load_state_dict_file_rejects_missing_and_empty_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_state_dict_file(tmp_path / "nope.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_state_dict_file(tmp_path / "empty.pth")
+
+
+def test_unwrap_state_dict_finds_the_wrapper_and_strips_prefixes():
+    loaded = {"ema_state_dict": {"module.a": torch.zeros(1), "module.b": torch.zeros(1)}, "epoch": 3}
+    state, used = unwrap_state_dict(loaded, wrappers=("ema_state_dict", "state_dict"), strip_prefixes=("module.",))
+    assert used == "ema_state_dict"
+    assert sorted(state) == ["a", "b"]
+
+
+def test_account_keys_renames_drops_and_lists_unknown_keys():
+    original = {"enc.0.w": torch.zeros(1), "loss.disc.w": torch.zeros(1)}
+    ours, dropped = account_keys(
+        original, [RenameRule(r"enc\.(\d+)\.w", r"encoder.blocks.\1.weight")], {r"loss\..*": "training loss"}
+    )
+    assert list(ours) == ["encoder.blocks.0.weight"]
+    assert dropped == {"loss.disc.w": "training loss"}
+    with pytest.raises(CheckpointError, match=r"1 original key\(s\) are not known.*\n  mystery"):
+        account_keys(
+            {**original, "mystery": torch.zeros(1)}, [RenameRule(r"enc\.(\d+)\.w", r"x\1")], {r"loss\..*": ""}
+        )
+
+
+def test_compare_with_model_lists_missing_unexpected_and_mismatched():
+    state = {"a": torch.zeros(2), "extra": torch.zeros(1), "b": torch.zeros(3)}
+    with pytest.raises(CheckpointError) as info:
+        compare_with_model(state, {"a": (2,), "b": (4,), "c": (1,)})
+    text = str(info.value)
+    assert "1 key(s) missing" in text and "c" in text
+    assert "1 unexpected key(s)" in text and "extra" in text
+    assert "b: checkpoint (3,) vs model (4,)" in text
+
+
+def test_build_model_loads_strictly_and_casts():
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+    class Tiny(ModelMixin, ConfigMixin):
+        @register_to_config
+        def __init__(self, width: int = 2):
+            super().__init__()
+            self.proj = torch.nn.Linear(width, width)
+
+    state = {"proj.weight": torch.eye(2), "proj.bias": torch.ones(2)}
+    converted = ConvertedCheckpoint("tiny", "Tiny", {"width": 2}, state)
+    model = build_model(Tiny, converted, torch.float16)
+    assert model.proj.weight.dtype == torch.float16
+    assert torch.equal(model.proj.bias.float(), torch.ones(2))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        build_model(Tiny, ConvertedCheckpoint("tiny", "Tiny", {"width": 3}, state))
+
+
+def test_save_pretrained_atomic_leaves_nothing_on_failure(tmp_path):
+    class Broken:
+        def save_pretrained(self, path, **kwargs):
+            (path / "partial.bin").write_bytes(b"x")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pretrained_atomic(Broken(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_pretrained_atomic_refuses_to_overwrite_by_default(tmp_path):
+    class Fine:
+        def save_pretrained(self, path, **kwargs):
+            (path / "config.json").write_text("{}")
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        save_pretrained_atomic(Fine(), tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    save_pretrained_atomic(Fine(), tmp_path / "out", overwrite=True, model_card="card")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json"]
+
+
+def test_package_exports_are_lazy_and_complete():
+    import diffusers_videovae
+
+    assert diffusers_videovae.__version__
+    assert {"AutoencoderKLIVVAE", "AutoencoderKLODVAE", "AutoencoderKLOpenSora", "load_model"} <= set(
+        dir(diffusers_videovae)
+    )
+    with pytest.raises(AttributeError):
+        diffusers_videovae.NotAThing  # noqa: B018
