@@ -445,4 +445,5 @@ def synthetic_clip(num_frames: int = 17, height: int = 64, width: int = 64, seed
         torch.sin(2 * math.pi * (y * 3 - t * 0.04) + phase[1]),
         torch.cos(2 * math.pi * ((x + y) * 1.5 + t * 0.03) + phase[2]),
     ]
-    return (torch.stack(channels) * 0.8).unsqueeze(0)
+    video = torch.stack([channel.expand(num_frames, height, width) for channel in channels])
+    return (video * 0.8).unsqueeze(0).contiguous()

