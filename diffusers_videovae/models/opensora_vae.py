@@ -1,0 +1,662 @@
+# Copyright 2026 The diffusers-videovae contributors.
+# Based on the Open-Sora 1.2 video autoencoder by the HPC-AI Tech team (https://github.com/hpcaitech/Open-Sora),
+# released under the Apache License, Version 2.0. Re-implemented from its description; no code copied.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Open-Sora 1.2 VAE: diffusers' `AutoencoderKL` (SDXL VAE) per frame, then a MAGVIT-v2-style temporal VAE.
+
+Video `(B, 3, T, H, W)` in [-1, 1] -> spatial latents `(B, 4, T, H/8, W/8)` (frame by frame, times 0.18215) ->
+temporal latents `(B, 4, T', H/8, W/8)`, computed on independent chunks of `micro_frame_size` (17) frames, each
+chunk giving `ceil(n / 4)` latent frames (5 for a full chunk).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..loaders import FromOriginalCheckpointMixin
+from ._tiling import blend, check_latents, check_video, tile_starts
+
+logger = logging.get_logger(__name__)
+
+SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
+SDXL_UP_BLOCKS = ("UpDecoderBlock2D",) * 4
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    # In place only when no graph is recorded: saves one activation-sized buffer per call at inference.
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+class OpenSoraCausalConv3d(nn.Module):
+    """3D convolution that is causal in time: `kt - stride` zero frames in front, zero 'same' padding in space.
+
+    The wrapped `nn.Conv3d` is `self.conv` (checkpoint keys end in `.conv.weight`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        temporal_stride: int = 1,
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.time_pad = kernel_size - temporal_stride
+        self.conv = nn.Conv3d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=(temporal_stride, 1, 1),
+            padding=(0, kernel_size // 2, kernel_size // 2),
+            bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad > 0:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0))
+        return self.conv(x)
+
+
+class OpenSoraResidualBlock(nn.Module):
+    """GroupNorm -> SiLU -> causal conv, twice, plus a (1x1x1 conv) shortcut. No conv biases, GroupNorm eps 1e-5.
+
+    GroupNorm statistics span the whole chunk (all frames), so the block is not causal although its convs are.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, in_channels, eps=1e-5)
+        self.conv1 = OpenSoraCausalConv3d(in_channels, out_channels, 3, bias=False)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels, eps=1e-5)
+        self.conv2 = OpenSoraCausalConv3d(out_channels, out_channels, 3, bias=False)
+        self.conv_shortcut = (
+            OpenSoraCausalConv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(_silu(self.norm1(x)))
+        h = self.conv2(_silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return h.add_(x) if not torch.is_grad_enabled() else h + x
+
+
+class OpenSoraTemporalDownBlock(nn.Module):
+    """`num_layers` residual blocks, then (optionally) a causal 3x3x3 conv with temporal stride 2 (with bias)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, num_groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups) for i in range(num_layers)]
+        )
+        self.downsampler = OpenSoraCausalConv3d(out_channels, out_channels, 3, temporal_stride=2) if downsample else None
+
+
+class OpenSoraTemporalUpBlock(nn.Module):
+    """`num_layers` residual blocks, then (optionally) a causal conv to twice the channels and depth-to-time.
+
+    Depth-to-time: channel `2c + s` of frame `t` becomes channel `c` of frame `2t + s`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, num_groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups) for i in range(num_layers)]
+        )
+        self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
+
+
+def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
+    batch, channels, frames, height, width = x.shape
+    x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
+    return x.reshape(batch, channels // 2, 2 * frames, height, width)
+
+
+class OpenSoraTemporalEncoder(nn.Module):
+    """(B, Cio, T, h, w), T a multiple of the time factor -> (B, 2L, T / factor, h, w)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filters: int,
+        channel_multipliers: tuple[int, ...],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        num_groups: int,
+    ):
+        super().__init__()
+        widths = [filters * m for m in channel_multipliers]
+        self.conv_in = OpenSoraCausalConv3d(in_channels, filters, 3, bias=False)
+        self.down_blocks = nn.ModuleList()
+        previous = filters
+        for level, width in enumerate(widths):
+            downsample = level < len(widths) - 1 and temporal_downsample[level]
+            self.down_blocks.append(OpenSoraTemporalDownBlock(previous, width, num_res_blocks, num_groups, downsample))
+            previous = width
+        self.mid_resnets = nn.ModuleList(
+            [OpenSoraResidualBlock(widths[-1], widths[-1], num_groups) for _ in range(num_res_blocks)]
+        )
+        self.norm_out = nn.GroupNorm(num_groups, widths[-1], eps=1e-5)
+        self.conv_out = OpenSoraCausalConv3d(widths[-1], out_channels, 1)
+        self.gradient_checkpointing = False
+
+    def _resnet(self, resnet: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(resnet, x)
+        return resnet(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            for resnet in block.resnets:
+                x = self._resnet(resnet, x)
+            if block.downsampler is not None:
+                x = block.downsampler(x)
+        for resnet in self.mid_resnets:
+            x = self._resnet(resnet, x)
+        return self.conv_out(_silu(self.norm_out(x)))
+
+
+class OpenSoraTemporalDecoder(nn.Module):
+    """(B, L, t, h, w) -> (B, Cio, t * factor, h, w)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        filters: int,
+        channel_multipliers: tuple[int, ...],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        num_groups: int,
+    ):
+        super().__init__()
+        widths = [filters * m for m in channel_multipliers]
+        self.conv_in = OpenSoraCausalConv3d(in_channels, widths[-1], 3)
+        self.mid_resnets = nn.ModuleList(
+            [OpenSoraResidualBlock(widths[-1], widths[-1], num_groups) for _ in range(num_res_blocks)]
+        )
+        # up_blocks[0] works at the coarsest level (widths[-1]); the upsampler of level i undoes downsampler i - 1.
+        self.up_blocks = nn.ModuleList()
+        previous = widths[-1]
+        for level in reversed(range(len(widths))):
+            upsample = level > 0 and temporal_downsample[level - 1]
+            self.up_blocks.append(OpenSoraTemporalUpBlock(previous, widths[level], num_res_blocks, num_groups, upsample))
+            previous = widths[level]
+        self.norm_out = nn.GroupNorm(num_groups, widths[0], eps=1e-5)
+        self.conv_out = OpenSoraCausalConv3d(widths[0], out_channels, 3)
+        self.gradient_checkpointing = False
+
+    def _resnet(self, resnet: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(resnet, x)
+        return resnet(x)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        for resnet in self.mid_resnets:
+            x = self._resnet(resnet, x)
+        for block in self.up_blocks:
+            for resnet in block.resnets:
+                x = self._resnet(resnet, x)
+            if block.upsampler is not None:
+                x = _depth_to_time(block.upsampler(x))
+        return self.conv_out(_silu(self.norm_out(x)))
+
+
+class OpenSoraTemporalVAE(nn.Module):
+    """The temporal stage on one chunk: front zero padding to a multiple of the time factor, encoder, quant conv."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        latent_embed_dim: int,
+        latent_channels: int,
+        filters: int,
+        channel_multipliers: tuple[int, ...],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        num_groups: int,
+    ):
+        super().__init__()
+        args = (filters, tuple(channel_multipliers), num_res_blocks, tuple(temporal_downsample), num_groups)
+        self.time_factor = 2 ** sum(bool(flag) for flag in temporal_downsample)
+        self.encoder = OpenSoraTemporalEncoder(in_channels, 2 * latent_embed_dim, *args)
+        self.quant_conv = OpenSoraCausalConv3d(2 * latent_embed_dim, 2 * latent_channels, 1)
+        self.post_quant_conv = OpenSoraCausalConv3d(latent_channels, latent_embed_dim, 1)
+        self.decoder = OpenSoraTemporalDecoder(latent_embed_dim, in_channels, *args)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cio, n, h, w) -> moments (B, 2E, ceil(n / factor), h, w); zero frames are prepended, not appended."""
+        pad = -x.shape[2] % self.time_factor
+        if pad:
+            x = F.pad(x, (0, 0, 0, 0, pad, 0))
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B, E, t, h, w) -> (B, Cio, num_frames, h, w): the first `factor * t - num_frames` frames are dropped."""
+        x = self.decoder(self.post_quant_conv(z))
+        return x[:, :, x.shape[2] - num_frames :]
+
+
+class OpenSoraPosterior(DiagonalGaussianDistribution):
+    """The temporal posterior. `sample(generator)` draws one noise tensor per temporal chunk, in chunk order.
+
+    That is how the original draws its noise (`torch.randn(chunk_mean.shape)` per chunk), so a seeded generator
+    reproduces its samples; with a single chunk it is the same as diffusers' `DiagonalGaussianDistribution`.
+    """
+
+    def __init__(self, parameters: torch.Tensor, chunk_sizes: list[int] | None = None):
+        super().__init__(parameters)
+        self.chunk_sizes = chunk_sizes or [parameters.shape[2]]
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        batch, channels, _, height, width = self.mean.shape
+        noise = [
+            randn_tensor(
+                (batch, channels, size, height, width),
+                generator=generator,
+                device=self.parameters.device,
+                dtype=self.parameters.dtype,
+            )
+            for size in self.chunk_sizes
+        ]
+        return self.mean + self.std * torch.cat(noise, dim=2)
+
+
+class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+    r"""The Open-Sora 1.2 video VAE (`VideoAutoencoderPipeline`): SDXL `AutoencoderKL` per frame + temporal VAE.
+
+    `sample (B, 3, T, H, W)` in [-1, 1], any `T >= 1`, `H` and `W` multiples of 8 -> latents
+    `(B, 4, T', H / 8, W / 8)` with `T' = 5 * (T // 17) + ceil((T % 17) / 4)` (chunked, `micro_frame_size=17`) or
+    `ceil(T / 4)` (`micro_frame_size=None`).
+
+    Latent normalisation (what pipelines apply to the raw latents `z` that `encode` returns and `decode` takes):
+    `z_normalised = (z - latents_mean) / latents_std`, per channel (the release's `shift` / `scale`).
+
+    `encode(x).latent_dist` is the temporal posterior. By default the spatial stage uses its posterior mean; the
+    original samples in both stages, which `encode(x, sample_spatial=True, generator=g)` followed by
+    `.latent_dist.sample(generator=g)` reproduces draw for draw (noise of the original's global RNG after
+    `torch.manual_seed(s)` = noise of `torch.Generator().manual_seed(s)`), with tiling and slicing off.
+
+    Decoding needs the clip's frame count: `T'` latent frames can come from several `T` (e.g. 7 latents from 22 to
+    25 frames). `decode(z)` without `num_frames` assumes the smallest, `17k + 4j + 1` (exact for images, for
+    `T = 17k`, and for `T = 17k + 4j + 1`); pass `num_frames=T` for other lengths. Inconsistent values are rejected.
+
+    Args:
+        in_channels / out_channels (`int`, defaults 3): image channels.
+        spatial_latent_channels (`int`, default 4): channels of the spatial (per-frame) latents.
+        block_out_channels (`tuple[int]`, default `(128, 256, 512, 512)`): widths of the spatial `AutoencoderKL`.
+        down_block_types / up_block_types (`tuple[str]`): the spatial `AutoencoderKL` blocks (SDXL: 4 each).
+        layers_per_block (`int`, default 2), norm_num_groups (`int`, default 32), act_fn (`str`, default "silu"),
+        mid_block_add_attention (`bool`, default True): the rest of the spatial `AutoencoderKL` config.
+        spatial_scaling_factor (`float`, default 0.18215): spatial latents are `0.18215 * posterior`, not 0.13025.
+        spatial_micro_batch_size (`int`, default 4): frames per spatial call (the order the original draws noise).
+        temporal_filters (`int`, default 128), temporal_channel_multipliers (`tuple[int]`, default `(1, 2, 2, 4)`),
+        temporal_num_res_blocks (`int`, default 4), temporal_downsample (`tuple[bool]`, default
+        `(False, True, True)`), temporal_num_groups (`int`, default 32): the temporal VAE.
+        temporal_latent_embed_dim (`int`, default 4): encoder output / decoder input channels (L).
+        latent_channels (`int`, default 4): channels of the temporal posterior (E).
+        micro_frame_size (`int` or `None`, default 17): frames per independent temporal chunk; `None` = one chunk.
+        latents_mean / latents_std (`tuple[float]`): per-channel normalisation, see above.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["OpenSoraResidualBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        spatial_latent_channels: int = 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        down_block_types: tuple[str, ...] = SDXL_DOWN_BLOCKS,
+        up_block_types: tuple[str, ...] = SDXL_UP_BLOCKS,
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        act_fn: str = "silu",
+        mid_block_add_attention: bool = True,
+        spatial_scaling_factor: float = 0.18215,
+        spatial_micro_batch_size: int = 4,
+        temporal_filters: int = 128,
+        temporal_channel_multipliers: tuple[int, ...] = (1, 2, 2, 4),
+        temporal_num_res_blocks: int = 4,
+        temporal_downsample: tuple[bool, ...] = (False, True, True),
+        temporal_num_groups: int = 32,
+        temporal_latent_embed_dim: int = 4,
+        latent_channels: int = 4,
+        micro_frame_size: int | None = 17,
+        latents_mean: tuple[float, ...] = (-0.10, 0.34, 0.27, 0.98),
+        latents_std: tuple[float, ...] = (3.85, 2.32, 2.33, 3.06),
+    ):
+        super().__init__()
+        if len(temporal_downsample) != len(temporal_channel_multipliers) - 1:
+            raise ValueError("temporal_downsample needs one entry per temporal level but the last.")
+        if spatial_micro_batch_size < 1:
+            raise ValueError(f"spatial_micro_batch_size must be >= 1, got {spatial_micro_batch_size}.")
+        self.spatial_vae = AutoencoderKL(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            act_fn=act_fn,
+            latent_channels=spatial_latent_channels,
+            norm_num_groups=norm_num_groups,
+            mid_block_add_attention=mid_block_add_attention,
+        )
+        self.temporal_vae = OpenSoraTemporalVAE(
+            spatial_latent_channels,
+            temporal_latent_embed_dim,
+            latent_channels,
+            temporal_filters,
+            tuple(temporal_channel_multipliers),
+            temporal_num_res_blocks,
+            tuple(temporal_downsample),
+            temporal_num_groups,
+        )
+        self.spatial_compression_ratio = 2 ** (len(block_out_channels) - 1)
+        self.temporal_compression_ratio = self.temporal_vae.time_factor
+
+        self.use_slicing = False
+        self.use_tiling = False
+        self.tile_sample_min_height = 256
+        self.tile_sample_min_width = 256
+        self.tile_sample_stride_height = 192
+        self.tile_sample_stride_width = 192
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_min_num_frames: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+        tile_sample_stride_num_frames: int | None = None,
+    ) -> None:
+        r"""Encode and decode in overlapping spatial tiles (both stages), blended linearly across the overlaps.
+
+        Bounds memory for 720p / 1080p clips (the original has no tiling). Tiles are approximate: GroupNorm
+        statistics become per tile; on random tiny models tiled and untiled outputs agree to about 1e-2. Time is
+        never tiled: the temporal chunks of `micro_frame_size` frames are the model's own and stay exact, so
+        `tile_sample_min_num_frames` / `tile_sample_stride_num_frames` must stay `None`.
+
+        Args:
+            tile_sample_min_height / tile_sample_min_width (`int`, default 256): tile size in pixels (multiple of 8).
+            tile_sample_stride_height / tile_sample_stride_width (`int`, default 192): tile step in pixels
+                (multiple of 8, at most the tile size); the overlap `tile - stride` is blended.
+        """
+        if tile_sample_min_num_frames is not None or tile_sample_stride_num_frames is not None:
+            raise ValueError(
+                "Open-Sora's temporal chunks (`micro_frame_size` frames, independent and unblended) are part of the "
+                "model's numbers; temporal tiling is not configurable. Leave the *_num_frames arguments as None."
+            )
+        self.use_tiling = True
+        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
+        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
+        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
+        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
+        factor = self.spatial_compression_ratio
+        for name in ("min_height", "min_width", "stride_height", "stride_width"):
+            value = getattr(self, f"tile_sample_{name}")
+            if value <= 0 or value % factor:
+                raise ValueError(f"tile_sample_{name} must be a positive multiple of {factor}, got {value}.")
+        for axis in ("height", "width"):
+            if getattr(self, f"tile_sample_stride_{axis}") > getattr(self, f"tile_sample_min_{axis}"):
+                raise ValueError(f"tile_sample_stride_{axis} must not exceed tile_sample_min_{axis}.")
+
+    # -- frame bookkeeping ------------------------------------------------------------------------------------
+
+    def _chunk_frames(self, num_frames: int) -> list[int]:
+        """Frame counts of the independent temporal chunks of a `num_frames` clip."""
+        size = self.config.micro_frame_size or num_frames
+        return [min(size, num_frames - start) for start in range(0, num_frames, size)]
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        """`T'` for a clip of `num_frames` frames (5 per full chunk of 17, `ceil(n / 4)` for a last chunk of n)."""
+        factor = self.temporal_compression_ratio
+        return sum(math.ceil(n / factor) for n in self._chunk_frames(num_frames))
+
+    def num_frames_range(self, num_latent_frames: int) -> tuple[int, int]:
+        """The smallest and largest clip lengths that encode to `num_latent_frames` latent frames."""
+        factor, size = self.temporal_compression_ratio, self.config.micro_frame_size
+        if size is None:
+            return factor * (num_latent_frames - 1) + 1, factor * num_latent_frames
+        per_chunk = math.ceil(size / factor)
+        full, last = divmod(num_latent_frames - 1, per_chunk)
+        last += 1
+        return size * full + factor * (last - 1) + 1, size * full + min(factor * last, size)
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+
+    def _spatial_encode(
+        self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(B, 3, T, H, W) -> spatial latents (B, 4, T, H/8, W/8), frames taken batch-major in micro-batches."""
+        batch, _, num_frames, height, width = x.shape
+        factor = self.spatial_compression_ratio
+        out = x.new_empty(batch, self.config.spatial_latent_channels, num_frames, height // factor, width // factor)
+        rows = batch * num_frames
+        step = self.config.spatial_micro_batch_size
+        for start in range(0, rows, step):
+            index = range(start, min(start + step, rows))
+            frames = torch.stack([x[row // num_frames, :, row % num_frames] for row in index])
+            dist = self.spatial_vae.encode(frames).latent_dist
+            latents = dist.sample(generator=generator) if sample_spatial else dist.mode()
+            latents = latents * self.config.spatial_scaling_factor
+            for offset, row in enumerate(index):
+                out[row // num_frames, :, row % num_frames] = latents[offset]
+        return out
+
+    def _encode(
+        self, x: torch.Tensor, sample_spatial: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, 3, T, H, W) -> temporal moments (B, 2E, T', H/8, W/8), chunk by chunk."""
+        x_z = self._spatial_encode(x, sample_spatial, generator)
+        moments, start = [], 0
+        for n in self._chunk_frames(x_z.shape[2]):
+            moments.append(self.temporal_vae.encode(x_z[:, :, start : start + n]))
+            start += n
+        return torch.cat(moments, dim=2)
+
+    @apply_forward_hook
+    def encode(
+        self,
+        x: torch.Tensor,
+        return_dict: bool = True,
+        sample_spatial: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> AutoencoderKLOutput | tuple[OpenSoraPosterior]:
+        r"""Encode a video into the (raw, unnormalised) temporal posterior.
+
+        Args:
+            x (`torch.Tensor`): `(B, 3, T, H, W)` in [-1, 1]; any `T >= 1`; `H`, `W` multiples of 8.
+            return_dict (`bool`): return an `AutoencoderKLOutput` (else a tuple).
+            sample_spatial (`bool`, default False): sample the per-frame posteriors (the original's behaviour)
+                instead of taking their means. Noise is drawn from `generator`, one `(frames, 4, h, w)` draw per
+                spatial micro-batch over the batch-major frame axis.
+            generator (`torch.Generator`, optional): the source of that noise.
+
+        Returns:
+            `latent_dist`: an `OpenSoraPosterior` over `(B, 4, T', H/8, W/8)`; `.mode()` is deterministic,
+            `.sample(generator)` draws one noise tensor per temporal chunk (the original's order).
+        """
+        check_video(x, in_channels=self.config.in_channels, spatial_multiple=self.spatial_compression_ratio, name="x")
+        chunk_sizes = [math.ceil(n / self.temporal_compression_ratio) for n in self._chunk_frames(x.shape[2])]
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode_maybe_tiled(part, sample_spatial, generator) for part in x.split(1)])
+        else:
+            moments = self._encode_maybe_tiled(x, sample_spatial, generator)
+        posterior = OpenSoraPosterior(moments, chunk_sizes)
+        if not return_dict:
+            return (posterior,)
+        return AutoencoderKLOutput(latent_dist=posterior)
+
+    def _encode_maybe_tiled(self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None):
+        height, width = x.shape[-2:]
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            return self.tiled_encode(x, sample_spatial, generator)
+        return self._encode(x, sample_spatial, generator)
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def _decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w): per temporal chunk, then per frame."""
+        batch, _, _, height, width = z.shape
+        factor = self.spatial_compression_ratio
+        out = z.new_empty(batch, self.config.out_channels, num_frames, height * factor, width * factor)
+        per_chunk = math.ceil(num_frames / self.temporal_compression_ratio)
+        if self.config.micro_frame_size is not None:
+            per_chunk = math.ceil(self.config.micro_frame_size / self.temporal_compression_ratio)
+        step = self.config.spatial_micro_batch_size
+        frame = 0
+        for index, n in enumerate(self._chunk_frames(num_frames)):
+            x_z = self.temporal_vae.decode(z[:, :, index * per_chunk : (index + 1) * per_chunk], n)
+            x_z = x_z / self.config.spatial_scaling_factor
+            rows = x_z.transpose(1, 2).reshape(batch * n, *x_z.shape[1:2], height, width)
+            for start in range(0, rows.shape[0], step):
+                decoded = self.spatial_vae.decode(rows[start : start + step]).sample
+                for offset in range(decoded.shape[0]):
+                    row = start + offset
+                    out[row // n, :, frame + row % n] = decoded[offset]
+            frame += n
+        return out
+
+    @apply_forward_hook
+    def decode(
+        self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Decode raw latents (undo the pipeline normalisation first: `z = z_normalised * latents_std + latents_mean`).
+
+        Args:
+            z (`torch.Tensor`): `(B, 4, T', h, w)` raw latents.
+            num_frames (`int`, optional): the clip's frame count. `None` assumes the smallest count giving `T'`
+                latents (`17k + 4j + 1`; exact for images and multiples of 17). Must be consistent with `T'`.
+            return_dict (`bool`): return a `DecoderOutput` (else a tuple).
+
+        Returns:
+            `sample`: `(B, 3, num_frames, 8h, 8w)`, roughly in [-1, 1] (not clamped).
+        """
+        check_latents(z, latent_channels=self.config.latent_channels)
+        low, high = self.num_frames_range(z.shape[2])
+        if num_frames is None:
+            num_frames = low
+        elif not low <= num_frames <= high:
+            raise ValueError(
+                f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
+                f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
+            )
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
+        else:
+            decoded = self._decode_maybe_tiled(z, num_frames)
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+    def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        factor = self.spatial_compression_ratio
+        height, width = z.shape[-2:]
+        if self.use_tiling and (
+            height * factor > self.tile_sample_min_height or width * factor > self.tile_sample_min_width
+        ):
+            return self.tiled_decode(z, num_frames)
+        return self._decode(z, num_frames)
+
+    # -- tiling -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stitch(tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int) -> torch.Tensor:
+        """Blend a grid of overlapping tiles (tile (i, j) starts at `scale * (starts_h[i], starts_w[j])`)."""
+        rows = []
+        for i, row in enumerate(tiles):
+            pieces = []
+            for j, tile in enumerate(row):
+                if j > 0:
+                    overlap = scale * (starts_w[j - 1] - starts_w[j]) + row[j - 1].shape[-1]
+                    tile = row[j] = blend(row[j - 1], tile, overlap, dim=-1)
+                keep = scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else tile.shape[-1]
+                pieces.append(tile[..., :keep])
+            rows.append(torch.cat(pieces, dim=-1))
+        out = []
+        for i, row in enumerate(rows):
+            if i > 0:
+                overlap = scale * (starts_h[i - 1] - starts_h[i]) + rows[i - 1].shape[-2]
+                row = rows[i] = blend(rows[i - 1], row, overlap, dim=-2)
+            keep = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(rows) else row.shape[-2]
+            out.append(row[..., :keep, :])
+        return torch.cat(out, dim=-2)
+
+    def tiled_encode(
+        self, x: torch.Tensor, sample_spatial: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B, 3, T, H, W) -> moments (B, 2E, T', H/8, W/8), both stages run on overlapping spatial tiles."""
+        factor = self.spatial_compression_ratio
+        height, width = x.shape[-2] // factor, x.shape[-1] // factor
+        tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
+        starts_h = tile_starts(height, tile_h, self.tile_sample_stride_height // factor)
+        starts_w = tile_starts(width, tile_w, self.tile_sample_stride_width // factor)
+        tiles = [
+            [
+                self._encode(
+                    x[..., h * factor : (h + tile_h) * factor, w * factor : (w + tile_w) * factor],
+                    sample_spatial,
+                    generator,
+                )
+                for w in starts_w
+            ]
+            for h in starts_h
+        ]
+        return self._stitch(tiles, starts_h, starts_w, 1)
+
+    def tiled_decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w), decoded in overlapping tiles."""
+        factor = self.spatial_compression_ratio
+        tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
+        starts_h = tile_starts(z.shape[-2], tile_h, self.tile_sample_stride_height // factor)
+        starts_w = tile_starts(z.shape[-1], tile_w, self.tile_sample_stride_width // factor)
+        tiles = [
+            [self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for w in starts_w] for h in starts_h
+        ]
+        return self._stitch(tiles, starts_h, starts_w, factor)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Reconstruct `sample (B, 3, T, H, W)`; `sample_posterior=True` samples both stages as the original does."""
+        posterior = self.encode(sample, sample_spatial=sample_posterior, generator=generator).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        return self.decode(z, num_frames=sample.shape[2], return_dict=return_dict)
