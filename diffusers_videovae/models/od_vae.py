@@ -1,0 +1,851 @@
+# Copyright 2026 The diffusers-videovae contributors and the Open-Sora-Plan team (PKU-YuanGroup).
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""OD-VAE: the causal video VAE of Open-Sora-Plan v1.2.0 (`CausalVAEModel`), also able to run the v1.1.0 layout.
+
+Original work: "OD-VAE: An Omni-dimensional Video Compressor for Improving Latent Video Diffusion Model"
+(Chen et al., 2024, arXiv:2409.01199) and https://github.com/PKU-YuanGroup/Open-Sora-Plan (Apache-2.0).
+
+Numerics that matter for parity with the original (see the model card):
+
+* 3D blocks normalise with GroupNorm over the whole clip `(C/32, T, H, W)`: the model is *not* causal in practice
+  and frames cannot be cached; 2D blocks run per frame on `(B*T, C, H, W)`.
+* Causal convolutions prepend `kt - 1` copies of the first frame (not zeros); the 2x2x2 downsampler zero-pads
+  right/bottom *before* that replication.
+* The 2x2x2 upsampler interpolates frame 0 spatially only and the other frames jointly in time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from torch import nn
+
+from ..loaders import FromOriginalCheckpointMixin
+from ._tiling import blend, check_latents, check_video
+
+__all__ = ["AutoencoderKLODVAE"]
+
+BLOCK_TYPES = ("resnet2d", "resnet3d")
+CONV_IN_TYPES = ("conv2d", "causal_conv3d")
+SPATIAL_DOWNSAMPLE_TYPES = ("downsample2d", "downsample3d_time2x")
+TEMPORAL_DOWNSAMPLE_TYPES = ("time_res",)
+SPATIAL_UPSAMPLE_TYPES = ("upsample2d", "upsample3d_time2x")
+TEMPORAL_UPSAMPLE_TYPES = ("time_res",)
+
+
+def _to_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), for the blocks that work frame by frame."""
+    batch, channels, frames, height, width = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+
+
+def _from_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    frames_total, channels, height, width = x.shape
+    return x.reshape(batch, frames_total // batch, channels, height, width).permute(0, 2, 1, 3, 4)
+
+
+def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ODVAECausalConv3d(nn.Module):
+    """3D convolution, causal in time: `kt - 1` copies of the first frame are prepended, nothing is appended.
+
+    Spatial padding is ordinary zero padding. The `nn.Conv3d` is stored as `.conv` (as in the original).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
+        super().__init__()
+        kernel_size = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        padding = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
+        self.time_pad = kernel_size[0] - 1
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, *padding[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
+        return self.conv(x)
+
+
+class ODVAEResnetBlock2D(nn.Module):
+    """Per-frame residual block on `(B*T, C, H, W)`: GroupNorm statistics per frame."""
+
+    per_frame = True
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return h.add_(shortcut)
+
+
+class ODVAEResnetBlock3D(nn.Module):
+    """Residual block with causal 3x3x3 convolutions; GroupNorm statistics over all frames of the clip."""
+
+    per_frame = False
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels, groups)
+        self.conv1 = ODVAECausalConv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = ODVAECausalConv3d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = ODVAECausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return h.add_(shortcut)
+
+
+class ODVAEAttention(nn.Module):
+    """Single-head self-attention over the H*W positions of each frame separately (the original `AttnBlock3DFix`).
+
+    GroupNorm before it spans the whole clip. q, k, v and the output projection are 1x1x1 causal convolutions,
+    i.e. per-position linear maps; they are applied here as one fused matrix product.
+    """
+
+    per_frame = False
+
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__()
+        self.norm = _group_norm(channels, groups)
+        self.q = ODVAECausalConv3d(channels, channels, 1)
+        self.k = ODVAECausalConv3d(channels, channels, 1)
+        self.v = ODVAECausalConv3d(channels, channels, 1)
+        self.proj_out = ODVAECausalConv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = x.shape
+        # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
+        h = self.norm(x).permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+        weight = torch.cat([self.q.conv.weight, self.k.conv.weight, self.v.conv.weight]).flatten(1)
+        bias = torch.cat([self.q.conv.bias, self.k.conv.bias, self.v.conv.bias])
+        query, key, value = F.linear(h, weight, bias).chunk(3, dim=-1)
+        h = F.scaled_dot_product_attention(query, key, value)
+        h = F.linear(h, self.proj_out.conv.weight.flatten(1), self.proj_out.conv.bias)
+        h = h.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return x + h
+
+
+class ODVAEDownsample2D(nn.Module):
+    """Per-frame 2x spatial downsampling: zero-pad right and bottom by one, then a stride-2 3x3 convolution."""
+
+    per_frame = True
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class ODVAEDownsample3D(nn.Module):
+    """Joint 2x downsampling in T, H and W: zero-pad right/bottom, then a causal stride-2 3x3x3 convolution.
+
+    T -> ceil(T / 2), H -> floor(H / 2), W -> floor(W / 2). The replicated first frames include the zero border.
+    """
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = ODVAECausalConv3d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class ODVAETimeDownsampleRes(nn.Module):
+    """2x temporal downsampling (v1.1.0): `a * avg_pool_t(x) + (1 - a) * conv_t(x)` with `a = sigmoid(mix_factor)`.
+
+    Both branches see the clip with two copies of the first frame prepended.
+    """
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
+        self.mix_factor = nn.Parameter(torch.tensor([2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.mix_factor)
+        x = torch.cat([x[:, :, :1].expand(-1, -1, 2, -1, -1), x], dim=2)
+        return alpha * F.avg_pool3d(x, (3, 1, 1), stride=(2, 1, 1)) + (1 - alpha) * self.conv(x)
+
+
+class ODVAEUpsample2D(nn.Module):
+    """Nearest-neighbour 2x spatial upsampling per frame, then a causal (1, 3, 3) convolution."""
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = ODVAECausalConv3d(channels, channels, (1, 3, 3), padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+
+
+def _upsample_time2x(x: torch.Tensor, spatial: int) -> torch.Tensor:
+    """Trilinear upsampling where frame 0 is only scaled in space and frames 1.. are doubled in time.
+
+    T -> 1 + 2 (T - 1); H, W -> spatial * H, spatial * W.
+    """
+    if x.shape[2] == 1:
+        return F.interpolate(x, scale_factor=(1, spatial, spatial), mode="trilinear")
+    first = F.interpolate(x[:, :, :1], scale_factor=(1, spatial, spatial), mode="trilinear")
+    rest = F.interpolate(x[:, :, 1:], scale_factor=(2, spatial, spatial), mode="trilinear")
+    return torch.cat([first, rest], dim=2)
+
+
+class ODVAEUpsample3D(nn.Module):
+    """Joint 2x upsampling in T, H and W (trilinear, frame 0 kept out of the time interpolation), then a causal
+    3x3x3 convolution. T -> 1 + 2 (T - 1)."""
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = ODVAECausalConv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_upsample_time2x(x, spatial=2))
+
+
+class ODVAETimeUpsampleRes(nn.Module):
+    """2x temporal upsampling (v1.1.0): `u = interp_t(x)`, then `a * u + (1 - a) * causal_conv(u)`."""
+
+    per_frame = False
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = ODVAECausalConv3d(channels, channels, 3, padding=1)
+        self.mix_factor = nn.Parameter(torch.tensor([2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.mix_factor)
+        x = _upsample_time2x(x, spatial=1)
+        return alpha * x + (1 - alpha) * self.conv(x)
+
+
+class ODVAEFrameConv2d(nn.Conv2d):
+    """A 3x3 `nn.Conv2d` applied per frame (the v1.2.0 encoder stem)."""
+
+    per_frame = True
+
+
+class ODVAECausalConvIn(ODVAECausalConv3d):
+    per_frame = False
+
+
+def _resnet(kind: str, in_channels: int, out_channels: int, dropout: float, groups: int) -> nn.Module:
+    block = {"resnet2d": ODVAEResnetBlock2D, "resnet3d": ODVAEResnetBlock3D}[kind]
+    return block(in_channels, out_channels, dropout, groups)
+
+
+def _run_sequence(modules, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
+    """Run modules in order, folding frames into the batch only while per-frame (2D) modules run."""
+    batch = None
+    for module in modules:
+        if module.per_frame and batch is None:
+            batch = h.shape[0]
+            h = _to_frames(h)
+        elif not module.per_frame and batch is not None:
+            h = _from_frames(h, batch)
+            batch = None
+        h = checkpoint(module, h) if checkpoint is not None else module(h)
+    return h if batch is None else _from_frames(h, batch)
+
+
+class ODVAEMidBlock(nn.Module):
+    def __init__(self, channels: int, dropout: float, groups: int):
+        super().__init__()
+        self.block_1 = ODVAEResnetBlock3D(channels, channels, dropout, groups)
+        self.attn_1 = ODVAEAttention(channels, groups)
+        self.block_2 = ODVAEResnetBlock3D(channels, channels, dropout, groups)
+
+    def layers(self) -> list[nn.Module]:
+        return [self.block_1, self.attn_1, self.block_2]
+
+
+class ODVAEEncoder(nn.Module):
+    """`(B, 3, T, H, W)` -> `(B, 2 * z_channels, t, h, w)` (mean and log-variance before `quant_conv`)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        z_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        conv_in: str,
+        block_types: tuple[str, ...],
+        spatial_downsample: tuple[str | None, ...],
+        temporal_downsample: tuple[str | None, ...],
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        if conv_in == "conv2d":
+            self.conv_in = ODVAEFrameConv2d(in_channels, block_out_channels[0], 3, padding=1)
+        else:
+            self.conv_in = ODVAECausalConvIn(in_channels, block_out_channels[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        channels = block_out_channels[0]
+        for level, out_channels in enumerate(block_out_channels):
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(layers_per_block):
+                stage.block.append(_resnet(block_types[level], channels, out_channels, dropout, groups))
+                channels = out_channels
+            if spatial_downsample[level] == "downsample2d":
+                stage.downsample = ODVAEDownsample2D(channels)
+            elif spatial_downsample[level] == "downsample3d_time2x":
+                stage.downsample = ODVAEDownsample3D(channels)
+            if temporal_downsample[level] == "time_res":
+                stage.time_downsample = ODVAETimeDownsampleRes(channels)
+            self.down.append(stage)
+        self.mid = ODVAEMidBlock(channels, dropout, groups)
+        self.norm_out = _group_norm(channels, groups)
+        self.conv_out = ODVAECausalConv3d(channels, 2 * z_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def layers(self) -> list[nn.Module]:
+        """Every module of the trunk, in execution order (level downsamplers after their blocks)."""
+        layers = [self.conv_in]
+        for stage in self.down:
+            layers.extend(stage.block)
+            for name in ("downsample", "time_downsample"):
+                if hasattr(stage, name):
+                    layers.append(getattr(stage, name))
+        return layers + self.mid.layers()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        checkpoint = (
+            self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
+        )
+        h = _run_sequence(self.layers(), x, checkpoint)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+
+
+class ODVAEDecoder(nn.Module):
+    """`(B, z_channels, t, h, w)` -> `(B, 3, T, H, W)`; levels are stored by index and run from the deepest."""
+
+    def __init__(
+        self,
+        out_channels: int,
+        z_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        block_types: tuple[str, ...],
+        spatial_upsample: tuple[str | None, ...],
+        temporal_upsample: tuple[str | None, ...],
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        channels = block_out_channels[-1]
+        self.conv_in = ODVAECausalConvIn(z_channels, channels, 3, padding=1)
+        self.mid = ODVAEMidBlock(channels, dropout, groups)
+        stages = {}
+        for level in reversed(range(len(block_out_channels))):
+            stage = nn.Module()
+            stage.block = nn.ModuleList()
+            for _ in range(layers_per_block + 1):
+                stage.block.append(_resnet(block_types[level], channels, block_out_channels[level], dropout, groups))
+                channels = block_out_channels[level]
+            if spatial_upsample[level] == "upsample2d":
+                stage.upsample = ODVAEUpsample2D(channels)
+            elif spatial_upsample[level] == "upsample3d_time2x":
+                stage.upsample = ODVAEUpsample3D(channels)
+            if temporal_upsample[level] == "time_res":
+                stage.time_upsample = ODVAETimeUpsampleRes(channels)
+            stages[level] = stage
+        self.up = nn.ModuleList([stages[level] for level in range(len(block_out_channels))])
+        self.norm_out = _group_norm(channels, groups)
+        self.conv_out = ODVAECausalConv3d(channels, out_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def layers(self) -> list[nn.Module]:
+        layers = [self.conv_in, *self.mid.layers()]
+        for stage in reversed(self.up):
+            layers.extend(stage.block)
+            for name in ("upsample", "time_upsample"):
+                if hasattr(stage, name):
+                    layers.append(getattr(stage, name))
+        return layers
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        checkpoint = (
+            self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
+        )
+        h = _run_sequence(self.layers(), z, checkpoint)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+
+
+def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
+    """Starts of chunks `[s, s + length)` every `stride`, stopping at the first chunk that reaches `size`."""
+    starts = []
+    for start in range(0, size, stride):
+        starts.append(start)
+        if start + length >= size:
+            break
+    return starts
+
+
+class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+    r"""OD-VAE, the 4x8x8 causal video VAE of Open-Sora-Plan v1.2.0 (and, by config, the v1.1.0 CausalVideoVAE).
+
+    Video `(B, 3, T, H, W)` in [-1, 1] with `T = 1 + 4k` (an image is `T = 1`) and H, W multiples of 8 ->
+    latent `(B, latent_channels, 1 + (T - 1) / 4, H / 8, W / 8)`. `encode` returns the RAW posterior; pipelines
+    use `z * scaling_factor` (0.18215, no shift) and `decode(z / scaling_factor)`.
+
+    The defaults are the released v1.2.0 config. Per-level module lists (index 0 = highest resolution) express the
+    v1.1.0 layout too (`encoder_spatial_downsample=("downsample2d",) * 3 + (None,)`,
+    `encoder_temporal_downsample=(None, "time_res", "time_res", None)`,
+    `decoder_spatial_upsample=(None, "upsample2d", "upsample2d", "upsample2d")`,
+    `decoder_temporal_upsample=(None, None, "time_res", "time_res")`).
+
+    Args:
+        in_channels (`int`, defaults to 3): video channels.
+        out_channels (`int`, defaults to 3): decoded channels.
+        latent_channels (`int`, defaults to 4): posterior channels (the original `embed_dim`).
+        z_channels (`int`, defaults to 4): encoder output / decoder input channels around the quant convs.
+        block_out_channels (`tuple[int]`, defaults to `(128, 256, 512, 512)`): channels per level
+            (original `hidden_size * hidden_size_mult`); multiples of `norm_num_groups`.
+        layers_per_block (`int`, defaults to 2): resnets per encoder level; the decoder uses one more.
+        encoder_conv_in (`str`, defaults to `"conv2d"`): `"conv2d"` (per frame) or `"causal_conv3d"`.
+        encoder_block_types (`tuple[str]`): `"resnet2d"` (per frame) or `"resnet3d"` (causal) per encoder level.
+        encoder_spatial_downsample (`tuple[str | None]`): `"downsample2d"` (per-frame 2x), `"downsample3d_time2x"`
+            (joint 2x2x2, causal) or `None` per level. The last level must have none.
+        encoder_temporal_downsample (`tuple[str | None]`): `"time_res"` (v1.1.0 mixed avg-pool/conv 2x) or `None`.
+        decoder_block_types (`tuple[str]`): as `encoder_block_types`, per decoder level.
+        decoder_spatial_upsample (`tuple[str | None]`): `"upsample2d"` (nearest 2x + conv), `"upsample3d_time2x"`
+            (trilinear 2x2x2 + causal conv) or `None` per level.
+        decoder_temporal_upsample (`tuple[str | None]`): `"time_res"` (v1.1.0) or `None` per level.
+        dropout (`float`, defaults to 0.0): dropout inside the resnets.
+        use_quant_layer (`bool`, defaults to `True`): whether the 1x1x1 `quant_conv` / `post_quant_conv` exist.
+        norm_num_groups (`int`, defaults to 32): GroupNorm groups (eps 1e-6 everywhere).
+        scaling_factor (`float`, defaults to 0.18215): latent scale used by Open-Sora-Plan pipelines.
+        temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived from the layout
+            (4 and 8 for both releases); given values must agree with it.
+
+    Tiling (`enable_tiling`) follows the original's scheme, so tiled results equal the original's tiled results
+    (not the untiled ones: GroupNorm statistics become per tile). Tiled and untiled outputs of a tiny random model
+    agree within 1e-2 when tiles overlap (checked by the tests).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["ODVAEResnetBlock3D", "ODVAEResnetBlock2D", "ODVAEAttention"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        latent_channels: int = 4,
+        z_channels: int = 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+        encoder_conv_in: str = "conv2d",
+        encoder_block_types: tuple[str, ...] = ("resnet2d", "resnet2d", "resnet3d", "resnet3d"),
+        encoder_spatial_downsample: tuple[str | None, ...] = (
+            "downsample2d",
+            "downsample3d_time2x",
+            "downsample3d_time2x",
+            None,
+        ),
+        encoder_temporal_downsample: tuple[str | None, ...] = (None, None, None, None),
+        decoder_block_types: tuple[str, ...] = ("resnet3d", "resnet3d", "resnet3d", "resnet3d"),
+        decoder_spatial_upsample: tuple[str | None, ...] = (
+            None,
+            "upsample2d",
+            "upsample3d_time2x",
+            "upsample3d_time2x",
+        ),
+        decoder_temporal_upsample: tuple[str | None, ...] = (None, None, None, None),
+        dropout: float = 0.0,
+        use_quant_layer: bool = True,
+        norm_num_groups: int = 32,
+        scaling_factor: float = 0.18215,
+        temporal_compression_ratio: int | None = None,
+        spatial_compression_ratio: int | None = None,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        self._check_layout(
+            levels,
+            block_out_channels,
+            norm_num_groups,
+            encoder_conv_in,
+            encoder_block_types,
+            encoder_spatial_downsample,
+            encoder_temporal_downsample,
+            decoder_block_types,
+            decoder_spatial_upsample,
+            decoder_temporal_upsample,
+        )
+        spatial = 2 ** sum(kind is not None for kind in encoder_spatial_downsample)
+        temporal = 2 ** (
+            sum(kind == "downsample3d_time2x" for kind in encoder_spatial_downsample)
+            + sum(kind is not None for kind in encoder_temporal_downsample)
+        )
+        up_spatial = 2 ** sum(kind is not None for kind in decoder_spatial_upsample)
+        up_temporal = 2 ** (
+            sum(kind == "upsample3d_time2x" for kind in decoder_spatial_upsample)
+            + sum(kind is not None for kind in decoder_temporal_upsample)
+        )
+        if (spatial, temporal) != (up_spatial, up_temporal):
+            raise ValueError(
+                f"Encoder compresses {temporal}x{spatial}x{spatial} (TxHxW) but the decoder expands "
+                f"{up_temporal}x{up_spatial}x{up_spatial}; the per-level lists do not match."
+            )
+        for name, given, derived in (
+            ("temporal_compression_ratio", temporal_compression_ratio, temporal),
+            ("spatial_compression_ratio", spatial_compression_ratio, spatial),
+        ):
+            if given is not None and given != derived:
+                raise ValueError(f"{name}={given} disagrees with the layout, which gives {derived}.")
+        self.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
+
+        self.encoder = ODVAEEncoder(
+            in_channels,
+            z_channels,
+            tuple(block_out_channels),
+            layers_per_block,
+            encoder_conv_in,
+            tuple(encoder_block_types),
+            tuple(encoder_spatial_downsample),
+            tuple(encoder_temporal_downsample),
+            dropout,
+            norm_num_groups,
+        )
+        self.decoder = ODVAEDecoder(
+            out_channels,
+            z_channels,
+            tuple(block_out_channels),
+            layers_per_block,
+            tuple(decoder_block_types),
+            tuple(decoder_spatial_upsample),
+            tuple(decoder_temporal_upsample),
+            dropout,
+            norm_num_groups,
+        )
+        if use_quant_layer:
+            self.quant_conv = ODVAECausalConv3d(2 * z_channels, 2 * latent_channels, 1)
+            self.post_quant_conv = ODVAECausalConv3d(latent_channels, z_channels, 1)
+        elif z_channels != latent_channels:
+            raise ValueError(
+                f"Without quant layers z_channels ({z_channels}) must equal latent_channels ({latent_channels})."
+            )
+        else:
+            self.quant_conv = None
+            self.post_quant_conv = None
+
+        self.use_slicing = False
+        self.use_tiling = False
+        # The original's `__init__` values (S=256, overlap 0.125) with the pipeline's 29-frame (8-latent) chunks.
+        self.tile_sample_min_height = 256
+        self.tile_sample_min_width = 256
+        self.tile_sample_min_num_frames = 29
+        self.tile_sample_stride_height = 224
+        self.tile_sample_stride_width = 224
+        self.tile_sample_stride_num_frames = 28
+
+    @staticmethod
+    def _check_layout(
+        levels,
+        block_out_channels,
+        groups,
+        conv_in,
+        encoder_blocks,
+        encoder_spatial,
+        encoder_temporal,
+        decoder_blocks,
+        decoder_spatial,
+        decoder_temporal,
+    ) -> None:
+        lists = {
+            "encoder_block_types": (encoder_blocks, BLOCK_TYPES),
+            "encoder_spatial_downsample": (encoder_spatial, SPATIAL_DOWNSAMPLE_TYPES),
+            "encoder_temporal_downsample": (encoder_temporal, TEMPORAL_DOWNSAMPLE_TYPES),
+            "decoder_block_types": (decoder_blocks, BLOCK_TYPES),
+            "decoder_spatial_upsample": (decoder_spatial, SPATIAL_UPSAMPLE_TYPES),
+            "decoder_temporal_upsample": (decoder_temporal, TEMPORAL_UPSAMPLE_TYPES),
+        }
+        for name, (values, allowed) in lists.items():
+            if len(values) != levels:
+                raise ValueError(f"{name} has {len(values)} entries; block_out_channels has {levels} levels.")
+            optional = name not in ("encoder_block_types", "decoder_block_types")
+            for value in values:
+                if value not in allowed and not (optional and value is None):
+                    raise ValueError(
+                        f"{name}: unknown entry {value!r}; expected one of {allowed}"
+                        + (" or None." if optional else ".")
+                    )
+        if conv_in not in CONV_IN_TYPES:
+            raise ValueError(f"encoder_conv_in must be one of {CONV_IN_TYPES}, got {conv_in!r}.")
+        if encoder_spatial[-1] is not None or encoder_temporal[-1] is not None:
+            raise ValueError("The last encoder level cannot downsample (the original computes and then ignores it).")
+        if any(channels % groups for channels in block_out_channels):
+            raise ValueError(
+                f"block_out_channels {tuple(block_out_channels)} must be multiples of norm_num_groups={groups}."
+            )
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_min_num_frames: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+        tile_sample_stride_num_frames: int | None = None,
+    ) -> None:
+        r"""Encode and decode in overlapping tiles (space) and chunks (time), as the original's tiled mode does.
+
+        A clip takes the tiled path when it is larger than one tile in any dimension; then tiles start every
+        `stride` pixels (edge tiles are smaller), neighbours are cross-faded over `min - stride` pixels
+        (`(min - stride) / 8` latents when encoding) and each tile keeps its first `stride` pixels. Time is cut into
+        chunks of `tile_sample_min_num_frames` frames (`1 + (n - 1) / 4` latents when decoding) every
+        `tile_sample_stride_num_frames`; overlapping frames of later chunks are dropped, not blended.
+
+        The original's attributes map as: `tile_sample_min_size = S` -> `tile_sample_min_height = width = S`;
+        `tile_overlap_factor = f` -> `tile_sample_stride_height = width = int(S * (1 - f))`;
+        `tile_sample_min_size_t = n` -> `tile_sample_min_num_frames = n`, `tile_sample_stride_num_frames = n - 1`
+        (with `tile_latent_min_size = S / 8` and `tile_latent_min_size_t = 1 + (n - 1) / 4`).
+
+        Args:
+            tile_sample_min_height / tile_sample_min_width (`int`, defaults to 256): tile size in pixels,
+                a multiple of 8.
+            tile_sample_min_num_frames (`int`, defaults to 29): chunk length in frames, `1 + 4k`.
+            tile_sample_stride_height / tile_sample_stride_width (`int`, defaults to 224): tile stride in pixels,
+                a multiple of 8, at most the tile size.
+            tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
+                most `tile_sample_min_num_frames - 1`.
+        """
+        values = {
+            "tile_sample_min_height": tile_sample_min_height,
+            "tile_sample_min_width": tile_sample_min_width,
+            "tile_sample_min_num_frames": tile_sample_min_num_frames,
+            "tile_sample_stride_height": tile_sample_stride_height,
+            "tile_sample_stride_width": tile_sample_stride_width,
+            "tile_sample_stride_num_frames": tile_sample_stride_num_frames,
+        }
+        values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
+        spatial = self.config.spatial_compression_ratio
+        temporal = self.config.temporal_compression_ratio
+        for axis in ("height", "width"):
+            size, stride = values[f"tile_sample_min_{axis}"], values[f"tile_sample_stride_{axis}"]
+            if size % spatial or stride % spatial or not 0 < stride <= size:
+                raise ValueError(
+                    f"tile_sample_min_{axis}={size} and tile_sample_stride_{axis}={stride} must be positive multiples "
+                    f"of {spatial} with stride <= size."
+                )
+        frames, frame_stride = values["tile_sample_min_num_frames"], values["tile_sample_stride_num_frames"]
+        if frames < 1 + temporal or (frames - 1) % temporal:
+            raise ValueError(f"tile_sample_min_num_frames={frames} must be 1 + {temporal}k with k >= 1.")
+        if frame_stride % temporal or not 0 < frame_stride <= frames - 1:
+            raise ValueError(
+                f"tile_sample_stride_num_frames={frame_stride} must be a positive multiple of {temporal} and at most "
+                f"tile_sample_min_num_frames - 1 = {frames - 1}."
+            )
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.use_tiling = True
+
+    def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        moments = self.encoder(x)
+        return moments if self.quant_conv is None else self.quant_conv(moments)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, frames, height, width = x.shape
+        if self.use_tiling and (
+            height > self.tile_sample_min_height
+            or width > self.tile_sample_min_width
+            or frames > self.tile_sample_min_num_frames
+        ):
+            return self.tiled_encode(x)
+        return self._encode_moments(x)
+
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        r"""Encode a video into its RAW posterior.
+
+        Args:
+            x: `(B, 3, T, H, W)` in [-1, 1], `T = 1 + 4k`, H and W multiples of 8.
+
+        Returns:
+            `AutoencoderKLOutput(latent_dist)` with a `DiagonalGaussianDistribution` over
+            `(B, latent_channels, 1 + (T - 1) / 4, H / 8, W / 8)` (log-variance clamped to [-30, 20]).
+        """
+        check_video(
+            x,
+            in_channels=self.config.in_channels,
+            temporal_compression=self.config.temporal_compression_ratio,
+            spatial_multiple=self.config.spatial_compression_ratio,
+            name="x",
+        )
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode(item) for item in x.split(1)])
+        else:
+            moments = self._encode(x)
+        posterior = DiagonalGaussianDistribution(moments)
+        if not return_dict:
+            return (posterior,)
+        return AutoencoderKLOutput(latent_dist=posterior)
+
+    def _decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        _, _, frames, height, width = z.shape
+        spatial = self.config.spatial_compression_ratio
+        temporal = self.config.temporal_compression_ratio
+        if self.use_tiling and (
+            height > self.tile_sample_min_height // spatial
+            or width > self.tile_sample_min_width // spatial
+            or frames > (self.tile_sample_min_num_frames - 1) // temporal + 1
+        ):
+            return self.tiled_decode(z)
+        return self._decode_latents(z)
+
+    @apply_forward_hook
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        r"""Decode RAW latents (divide scaled latents by `scaling_factor` first).
+
+        Args:
+            z: `(B, latent_channels, t, h, w)`.
+
+        Returns:
+            `DecoderOutput(sample)` with `sample` of shape `(B, 3, 1 + 4 (t - 1), 8 h, 8 w)`, roughly in [-1, 1]
+            (not clamped).
+        """
+        check_latents(z, latent_channels=self.config.latent_channels)
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode(item) for item in z.split(1)])
+        else:
+            decoded = self._decode(z)
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+    def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Moments `(B, 2 * latent_channels, t, h, w)` of `x` computed chunk by chunk in time, tile by tile in space."""
+        temporal = self.config.temporal_compression_ratio
+        length, stride = self.tile_sample_min_num_frames, self.tile_sample_stride_num_frames
+        overlap = (length - 1) // temporal + 1 - stride // temporal
+        chunks = []
+        for index, start in enumerate(_chunk_starts(x.shape[2], length, stride)):
+            moments = self._tiled_encode_spatial(x[:, :, start : start + length])
+            chunks.append(moments if index == 0 else moments[:, :, overlap:])
+        return torch.cat(chunks, dim=2)
+
+    def _tiled_encode_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = self.config.spatial_compression_ratio
+        tile_h, tile_w = self.tile_sample_min_height, self.tile_sample_min_width
+        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        blend_h = (tile_h - stride_h) // spatial
+        blend_w = (tile_w - stride_w) // spatial
+        keep_h, keep_w = stride_h // spatial, stride_w // spatial
+        rows, previous = [], None
+        for top in range(0, x.shape[3], stride_h):
+            row = [
+                self._encode_moments(x[:, :, :, top : top + tile_h, left : left + tile_w])
+                for left in range(0, x.shape[4], stride_w)
+            ]
+            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
+            previous = row
+        return torch.cat(rows, dim=3)
+
+    @staticmethod
+    def _blend_row(row, previous, blend_h: int, blend_w: int, keep_h: int, keep_w: int) -> torch.Tensor:
+        """Blend each tile with the (already blended) tile above, then with the one on its left; crop; concatenate.
+
+        `row` is updated in place with the blended, uncropped tiles (the next row blends with those).
+        """
+        for index, tile in enumerate(row):
+            if previous is not None:
+                tile = blend(previous[index], tile, blend_h, dim=3)
+            if index > 0:
+                tile = blend(row[index - 1], tile, blend_w, dim=4)
+            row[index] = tile
+        return torch.cat([tile[:, :, :, :keep_h, :keep_w] for tile in row], dim=4)
+
+    def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        r"""Decode `z` chunk by chunk in time and tile by tile in space; memory stays flat as the clip grows."""
+        temporal = self.config.temporal_compression_ratio
+        length = (self.tile_sample_min_num_frames - 1) // temporal + 1
+        stride = self.tile_sample_stride_num_frames // temporal
+        overlap = temporal * (length - 1 - stride) + 1
+        chunks = []
+        for index, start in enumerate(_chunk_starts(z.shape[2], length, stride)):
+            frames = self._tiled_decode_spatial(z[:, :, start : start + length])
+            chunks.append(frames if index == 0 else frames[:, :, overlap:])
+        return torch.cat(chunks, dim=2)
+
+    def _tiled_decode_spatial(self, z: torch.Tensor) -> torch.Tensor:
+        spatial = self.config.spatial_compression_ratio
+        tile_h, tile_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
+        stride_h = self.tile_sample_stride_height // spatial
+        stride_w = self.tile_sample_stride_width // spatial
+        blend_h = self.tile_sample_min_height - self.tile_sample_stride_height
+        blend_w = self.tile_sample_min_width - self.tile_sample_stride_width
+        keep_h, keep_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        rows, previous = [], None
+        for top in range(0, z.shape[3], stride_h):
+            row = [
+                self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w])
+                for left in range(0, z.shape[4], stride_w)
+            ]
+            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
+            previous = row
+        return torch.cat(rows, dim=3)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple:
+        r"""Encode and decode `sample` `(B, 3, T, H, W)`; with `sample_posterior` a latent is drawn with `generator`
+        (the original's `forward` samples by default; ours uses the posterior mode unless asked)."""
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        decoded = self.decode(z).sample
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
