@@ -1,0 +1,821 @@
+# Copyright 2026 The diffusers-videovae contributors.
+# IV-VAE was designed by Pingyu Wu, Kai Zhu, Yu Liu, Liming Zhao, Wei Zhai, Yang Cao and Zheng-Jun Zha
+# ("Improved Video VAE for Latent Video Diffusion Model", CVPR 2025; original code and weights by
+# Alibaba TongYi Vision Intelligence Lab, https://github.com/ali-vilab/iv-vae, MIT License).
+# This is an independent re-implementation of that architecture for the diffusers API.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""IV-VAE: a causal video VAE whose every feature map has a per-frame ("2D", keyframe) half and a temporal ("3D") half.
+
+Layout notes for readers:
+
+* Every feature map is `(B, 2w, T, H, W)`: channels `[0, w)` are the 2D half, `[w, 2w)` the 3D half.
+* Time is processed causally in groups: the first frame alone, then groups of `temporal_compression_ratio` (4)
+  frames. A 3x3x3 convolution sees, for each group, `[previous frame, the group's frames, a zero frame]`, so it
+  looks one frame ahead inside a group and never across groups. The previous frame of the first group of a call
+  comes from a cache carried between calls; that cache makes chunked processing of any length exact.
+* The decoder produces two RGB images per frame; the output takes the 2D-half image for the first frame of every
+  group and the 3D-half image for the other frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+from ..loaders import FromOriginalCheckpointMixin
+from ._tiling import blend, check_latents, check_video, tile_starts
+
+logger = logging.get_logger(__name__)
+
+SPATIAL_COMPRESSION = 8
+# F.normalize clamps the L2 norm at this value (the original's normalisation).
+NORM_EPS = 1e-12
+
+
+def _per_frame_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D convolution to every frame of `x: (B, C, T, H, W)` without moving frames into the batch."""
+    return F.conv3d(
+        x,
+        conv.weight.unsqueeze(2),
+        conv.bias,
+        stride=(1, *conv.stride),
+        padding=(0, *conv.padding),
+        dilation=(1, *conv.dilation),
+    )
+
+
+class IVVAESepRMSNorm(nn.Module):
+    """RMS norm of each half separately: `x_half / max(||x_half||, 1e-12) * sqrt(w) * gamma` over channels.
+
+    Args:
+        half_width: `w`, the width of each half; the input has `2w` channels.
+    """
+
+    def __init__(self, half_width: int):
+        super().__init__()
+        self.half_width = half_width
+        self.scale = half_width**0.5
+        self.gamma = nn.Parameter(torch.ones(2 * half_width, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, 2w, T, H, W)` -> same shape."""
+        halves = x.unflatten(1, (2, self.half_width))
+        halves = F.normalize(halves, dim=2, eps=NORM_EPS)
+        return halves.flatten(1, 2) * self.scale * self.gamma
+
+
+class IVVAERMSNorm(nn.Module):
+    """RMS norm over the last (channel) axis of attention tokens, times `sqrt(channels)` and `gamma`."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = channels**0.5
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens: (N, L, C)` -> same shape."""
+        return F.normalize(tokens, dim=-1, eps=NORM_EPS) * self.scale * self.gamma.flatten()
+
+
+class IVVAECausalConv3d(nn.Conv3d):
+    """3x3x3 convolution that is causal between groups of `group_size` frames and looks ahead inside a group.
+
+    For a call with one frame, the temporal window is `[x0, x0, 0]` (the cache is not used). For `T = n *
+    group_size` frames, group `j` is convolved on its own as `[left, frames of group j, zero frame]`, where
+    `left` is `previous` (the last input frame of the preceding call) for `j = 0` and the last frame of group
+    `j - 1` otherwise.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, group_size: int):
+        super().__init__(in_channels, out_channels, kernel_size=3, padding=(0, 1, 1))
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """`x: (B, C, T, H, W)`, `previous: (B, C, H, W)` or None -> `(B, out_channels, T, H, W)`."""
+        batch, channels, num_frames, height, width = x.shape
+        if num_frames == 1:
+            return super().forward(torch.cat([x, x, torch.zeros_like(x)], dim=2))
+        size = self.group_size
+        if num_frames % size or previous is None:
+            raise ValueError(
+                f"IVVAECausalConv3d needs a multiple of {size} frames and the previous frame after the first "
+                f"call; got {num_frames} frames and previous={'missing' if previous is None else 'given'}."
+            )
+        num_groups = num_frames // size
+        groups = x.unflatten(2, (num_groups, size)).transpose(1, 2)  # (B, n, C, g, H, W)
+        windows = x.new_empty(batch, num_groups, channels, size + 2, height, width)
+        windows[:, :, :, 1 : size + 1] = groups
+        windows[:, 0, :, 0] = previous
+        windows[:, 1:, :, 0] = groups[:, :-1, :, -1]
+        windows[:, :, :, size + 1] = 0
+        out = super().forward(windows.flatten(0, 1))  # (B * n, O, g, H, W)
+        return out.unflatten(0, (batch, num_groups)).transpose(1, 2).flatten(2, 3)
+
+
+class IVVAESepConv3d(nn.Module):
+    """Two convolutions that both read all input channels: a per-frame 3x3 one (2D half of the output) and a
+    group-causal 3x3x3 one (3D half of the output).
+
+    Args:
+        in_channels: all input channels (both halves).
+        out_half_width: output channels of each half; the output has `2 * out_half_width` channels.
+        group_size: frames per causal group of the 3D convolution.
+    """
+
+    def __init__(self, in_channels: int, out_half_width: int, group_size: int):
+        super().__init__()
+        self.conv_2d = nn.Conv2d(in_channels, out_half_width, 3, padding=1)
+        self.conv_3d = IVVAECausalConv3d(in_channels, out_half_width, group_size)
+
+    def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """`x: (B, C_in, T, H, W)`, `previous: (B, C_in, H, W)` -> `(B, 2 * out_half_width, T, H, W)`."""
+        return torch.cat([_per_frame_conv(self.conv_2d, x), self.conv_3d(x, previous)], dim=1)
+
+
+class IVVAEResidualBlock(nn.Module):
+    """Residual block with group-causal convolutions (half widths `in_width -> out_width`).
+
+    `out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`; the shortcut is a 1x1x1 convolution when
+    the widths differ. Each of the two 3x3x3 convolutions keeps the last frame of its input as the cache.
+    """
+
+    def __init__(self, in_width: int, out_width: int, group_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = IVVAESepRMSNorm(in_width)
+        self.conv1 = IVVAESepConv3d(2 * in_width, out_width, group_size)
+        self.norm2 = IVVAESepRMSNorm(out_width)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = IVVAESepConv3d(2 * out_width, out_width, group_size)
+        self.conv_shortcut = nn.Conv3d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
+
+    def forward(
+        self, x: torch.Tensor, previous1: torch.Tensor | None = None, previous2: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`x: (B, 2 * in_width, T, H, W)` and the two caches -> `(out, new cache 1, new cache 2)`."""
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        h = F.silu(self.norm1(x))
+        cache1 = h[:, :, -1].clone()
+        h = self.conv1(h, previous1)
+        h = self.dropout(F.silu(self.norm2(h)))
+        cache2 = h[:, :, -1].clone()
+        h = self.conv2(h, previous2)
+        return h + shortcut, cache1, cache2
+
+
+class IVVAEResidualBlock2d(nn.Module):
+    """Per-frame residual block (half widths `in_width -> out_width`); its convolutions mix both halves."""
+
+    def __init__(self, in_width: int, out_width: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = IVVAESepRMSNorm(in_width)
+        self.conv1 = nn.Conv2d(2 * in_width, 2 * out_width, 3, padding=1)
+        self.norm2 = IVVAESepRMSNorm(out_width)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(2 * out_width, 2 * out_width, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, 2 * in_width, T, H, W)` -> `(B, 2 * out_width, T, H, W)`."""
+        shortcut = x if self.conv_shortcut is None else _per_frame_conv(self.conv_shortcut, x)
+        h = _per_frame_conv(self.conv1, F.silu(self.norm1(x)))
+        h = self.dropout(F.silu(self.norm2(h)))
+        h = _per_frame_conv(self.conv2, h)
+        return h + shortcut
+
+
+class IVVAEAttention(nn.Module):
+    """Single-head spatial self-attention inside each frame, with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = IVVAERMSNorm(channels)
+        self.to_qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, C, T, H, W)` -> same shape."""
+        batch, channels, num_frames, height, width = x.shape
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(batch * num_frames, height * width, channels)
+        qkv = F.linear(self.norm(tokens), self.to_qkv.weight.flatten(1), self.to_qkv.bias)
+        query, key, value = qkv.unsqueeze(1).chunk(3, dim=-1)
+        h = F.scaled_dot_product_attention(query, key, value).squeeze(1)
+        h = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)
+        h = h.reshape(batch, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return x + h
+
+
+class IVVAEAttentionBlock(nn.Module):
+    """Separate attention for the 2D half and the 3D half (each `width` channels)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+        self.attn_2d = IVVAEAttention(width)
+        self.attn_3d = IVVAEAttention(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, 2 * width, T, H, W)` -> same shape."""
+        half_2d, half_3d = x.split(self.width, dim=1)
+        return torch.cat([self.attn_2d(half_2d), self.attn_3d(half_3d)], dim=1)
+
+
+class IVVAEDownsample(nn.Module):
+    """Halve H and W of each half (zero-pad right/bottom, 3x3 stride-2 convolution); with `temporal`, also halve T
+    for calls with more than one frame: the 2D half keeps the even frames, the 3D half pairs frames with a
+    (2, 1, 1) stride-2 convolution."""
+
+    def __init__(self, width: int, temporal: bool):
+        super().__init__()
+        self.width = width
+        self.temporal = temporal
+        self.conv_2d = nn.Conv2d(width, width, 3, stride=2)
+        self.conv_3d = nn.Conv2d(width, width, 3, stride=2)
+        self.time_conv = nn.Conv3d(width, width, (2, 1, 1), stride=(2, 1, 1)) if temporal else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, 2w, T, H, W)` -> `(B, 2w, T', H // 2, W // 2)`, `T' = T // 2` if temporal and `T > 1`."""
+        half_2d, half_3d = x.split(self.width, dim=1)
+        temporal = self.time_conv is not None and x.shape[2] > 1
+        if temporal:
+            # Per-frame convolutions: the frames the 2D half drops need not be computed.
+            half_2d = half_2d[:, :, 0::2]
+        half_2d = _per_frame_conv(self.conv_2d, F.pad(half_2d, (0, 1, 0, 1)))
+        half_3d = _per_frame_conv(self.conv_3d, F.pad(half_3d, (0, 1, 0, 1)))
+        if temporal:
+            half_3d = self.time_conv(half_3d)
+        return torch.cat([half_2d, half_3d], dim=1)
+
+
+class IVVAEUpsample(nn.Module):
+    """Double H and W of each half (nearest, then a 3x3 convolution `width -> width // 2`); with `temporal`, first
+    double T (except for the first latent frame): the 2D half repeats each frame, the 3D half predicts two frames
+    from each with a 1x1x1 convolution (`width -> 2 * width`: even frames, then odd frames)."""
+
+    def __init__(self, width: int, temporal: bool):
+        super().__init__()
+        self.width = width
+        self.conv_2d = nn.Conv2d(width, width // 2, 3, padding=1)
+        self.conv_3d = nn.Conv2d(width, width // 2, 3, padding=1)
+        self.time_conv = nn.Conv3d(width, 2 * width, 1) if temporal else None
+
+    def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
+        """`x: (B, 2w, T, H, W)` -> `(B, w, T', 2H, 2W)`, `T' = 2T` if temporal and not `first_chunk`."""
+        half_2d, half_3d = x.split(self.width, dim=1)
+        temporal = self.time_conv is not None and not first_chunk
+        if temporal:
+            batch, width, num_frames, height, w = half_3d.shape
+            pairs = self.time_conv(half_3d).unflatten(1, (2, width))  # (B, 2, w, T, H, W)
+            half_3d = pairs.permute(0, 2, 3, 1, 4, 5).reshape(batch, width, 2 * num_frames, height, w)
+        half_2d = _per_frame_conv(self.conv_2d, F.interpolate(half_2d, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        half_3d = _per_frame_conv(self.conv_3d, F.interpolate(half_3d, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        if temporal:
+            # Per-frame convolution of a repeated frame: repeat after the convolution instead of before.
+            half_2d = half_2d.repeat_interleave(2, dim=2)
+        return torch.cat([half_2d, half_3d], dim=1)
+
+
+class IVVAEPyramidHead(nn.Module):
+    """The encoder's output head: six per-frame convolutions with growing dilation (1x1, then 3x3 with dilation
+    1, 3, 6, 9, 12), each giving `[2D part | 3D part]`, regrouped as all 2D parts then all 3D parts and fused by a
+    1x1 convolution into `out_channels`."""
+
+    dilations = (1, 3, 6, 9, 12)
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.half = out_channels // 2
+        self.branches = nn.ModuleList([nn.Conv2d(in_channels, out_channels, 1)])
+        for dilation in self.dilations:
+            self.branches.append(nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation))
+        self.proj = nn.Conv2d(len(self.branches) * out_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, C, T, H, W)` -> `(B, out_channels, T, H, W)`."""
+        outputs = [_per_frame_conv(branch, x).split(self.half, dim=1) for branch in self.branches]
+        regrouped = [part_2d for part_2d, _ in outputs] + [part_3d for _, part_3d in outputs]
+        return _per_frame_conv(self.proj, torch.cat(regrouped, dim=1))
+
+
+def _cached_call(module: nn.Module, checkpointing: bool, checkpoint_func, x: torch.Tensor, *caches):
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint_func(module, x, *caches)
+    return module(x, *caches)
+
+
+class IVVAEEncoder3d(nn.Module):
+    """Video -> `2 * latent_channels` features per latent frame, for one causal chunk (1 frame, or groups of
+    `temporal_compression` frames) given the cache of the previous chunk."""
+
+    def __init__(
+        self,
+        base_dim: int,
+        latent_channels: int,
+        dim_mult: tuple[int, ...],
+        num_res_blocks: int,
+        temporal_downsample: tuple[bool, ...],
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        widths = [base_dim * m for m in (1, *dim_mult)]
+        num_levels = len(dim_mult)
+        group_size = 2 ** sum(temporal_downsample)
+        self.conv_in = IVVAESepConv3d(3, widths[0], group_size)
+        blocks = []
+        for level in range(num_levels):
+            in_width, out_width = widths[level], widths[level + 1]
+            for index in range(num_res_blocks):
+                block_in = in_width if index == 0 else out_width
+                if level < num_levels - 1:
+                    blocks.append(IVVAEResidualBlock(block_in, out_width, group_size, dropout))
+                else:
+                    blocks.append(IVVAEResidualBlock2d(block_in, out_width, dropout))
+                    blocks.append(IVVAEAttentionBlock(out_width))
+            if level < num_levels - 1:
+                blocks.append(IVVAEDownsample(out_width, temporal_downsample[level]))
+                if temporal_downsample[level]:
+                    group_size //= 2
+            if level == num_levels - 2:
+                blocks.append(IVVAEAttentionBlock(out_width))
+        self.down_blocks = nn.ModuleList(blocks)
+        width = widths[-1]
+        self.mid_blocks = nn.ModuleList(
+            [
+                IVVAEResidualBlock2d(width, width, dropout),
+                IVVAEAttentionBlock(width),
+                IVVAEResidualBlock2d(width, width, dropout),
+            ]
+        )
+        self.norm_out = IVVAESepRMSNorm(width)
+        self.conv_out = IVVAEPyramidHead(2 * width, 2 * latent_channels)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`x: (B, 3, T, H, W)` with `T = 1` (first chunk, `cache=None`) or a multiple of the temporal compression
+        -> `(features (B, 2 * latent_channels, T', H / 8, W / 8), new cache)`."""
+        new_cache = [x[:, :, -1].clone()]
+        x = self.conv_in(x, None if cache is None else cache[0])
+        for block in self.down_blocks:
+            if isinstance(block, IVVAEResidualBlock):
+                start = len(new_cache)
+                previous = (None, None) if cache is None else cache[start : start + 2]
+                x, cache1, cache2 = _cached_call(
+                    block,
+                    self.gradient_checkpointing,
+                    getattr(self, "_gradient_checkpointing_func", None),
+                    x,
+                    *previous,
+                )
+                new_cache += [cache1, cache2]
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
+        for block in self.mid_blocks:
+            x = block(x)
+        x = self.conv_out(F.silu(self.norm_out(x)))
+        return x, new_cache
+
+
+class IVVAEDecoder3d(nn.Module):
+    """`latent_channels` features per latent frame -> two RGB images per output frame (`[2D half | 3D half]`,
+    6 channels), for one causal chunk of latent frames given the cache of the previous chunk."""
+
+    def __init__(
+        self,
+        base_dim: int,
+        latent_channels: int,
+        dim_mult: tuple[int, ...],
+        num_res_blocks: int,
+        temporal_upsample: tuple[bool, ...],
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        widths = [base_dim * m for m in (dim_mult[-1], *reversed(dim_mult))]
+        num_levels = len(dim_mult)
+        self.conv_in = nn.Conv2d(latent_channels, 2 * widths[0], 3, padding=1)
+        self.mid_blocks = nn.ModuleList(
+            [
+                IVVAEResidualBlock2d(widths[0], widths[0], dropout),
+                IVVAEAttentionBlock(widths[0]),
+                IVVAEResidualBlock2d(widths[0], widths[0], dropout),
+            ]
+        )
+        blocks = []
+        group_size = 1
+        for level in range(num_levels):
+            # Upsampling convolutions halve the width, so later levels start from half the previous width.
+            in_width = widths[level] if level == 0 else widths[level] // 2
+            out_width = widths[level + 1]
+            for index in range(num_res_blocks + 1):
+                block_in = in_width if index == 0 else out_width
+                if level == 0:
+                    blocks.append(IVVAEResidualBlock2d(block_in, out_width, dropout))
+                    blocks.append(IVVAEAttentionBlock(out_width))
+                else:
+                    blocks.append(IVVAEResidualBlock(block_in, out_width, group_size, dropout))
+            if level < num_levels - 1:
+                blocks.append(IVVAEUpsample(out_width, temporal_upsample[level]))
+                if temporal_upsample[level]:
+                    group_size *= 2
+        self.up_blocks = nn.ModuleList(blocks)
+        self.norm_out = IVVAESepRMSNorm(widths[-1])
+        self.conv_out = IVVAESepConv3d(2 * widths[-1], 3, group_size)
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`x: (B, latent_channels, t, h, w)`; `cache=None` for the first chunk, which must be the single first
+        latent frame -> `(images (B, 6, T, 8h, 8w), new cache)` with `T = 1` for the first chunk, else `4t`."""
+        first_chunk = cache is None
+        new_cache: list[torch.Tensor] = []
+        x = _per_frame_conv(self.conv_in, x)
+        for block in self.mid_blocks:
+            x = block(x)
+        for block in self.up_blocks:
+            if isinstance(block, IVVAEResidualBlock):
+                start = len(new_cache)
+                previous = (None, None) if cache is None else cache[start : start + 2]
+                x, cache1, cache2 = _cached_call(
+                    block,
+                    self.gradient_checkpointing,
+                    getattr(self, "_gradient_checkpointing_func", None),
+                    x,
+                    *previous,
+                )
+                new_cache += [cache1, cache2]
+            elif isinstance(block, IVVAEUpsample):
+                x = block(x, first_chunk=first_chunk)
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
+        x = F.silu(self.norm_out(x))
+        new_cache.append(x[:, :, -1].clone())
+        x = self.conv_out(x, None if cache is None else cache[len(new_cache) - 1])
+        return x, new_cache
+
+
+class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+    r"""IV-VAE ("Improved Video VAE for Latent Video Diffusion Model", Wu et al., CVPR 2025): a causal video VAE
+    with 4x temporal and 8x spatial compression, keyframe-based temporal compression (a per-frame 2D half and a
+    temporal 3D half in every layer) and a pyramid of dilated convolutions before the latent.
+
+    Inputs are videos `(B, 3, T, H, W)` in [-1, 1] with `T = 1 + 4k` (an image is `T = 1`) and H, W multiples of
+    8; anything else raises a `ValueError` that names the nearest valid sizes (the original silently drops extra
+    frames and floors H and W). Latents are `(B, latent_channels, 1 + k, H / 8, W / 8)`.
+
+    `encode` returns the RAW posterior (`latent_dist.mean` / `.logvar`; diffusers' `DiagonalGaussianDistribution`
+    clamps logvar to [-30, 20], the original does not clamp); `decode` takes RAW latents. Latent diffusion
+    models use normalised latents:
+        `latents = (latent_dist.sample() - shift_factor) * scaling_factor`, and
+        `decode(latents / scaling_factor + shift_factor)`.
+
+    Any length is processed exactly, chunk by chunk, with a cache of one frame per 3x3x3 convolution; memory
+    therefore does not grow with T beyond the input and output. `enable_tiling` also splits frames spatially.
+
+    Args:
+        in_channels (`int`, defaults to 3): video channels; IV-VAE is RGB only.
+        latent_channels (`int`, defaults to 16): `Z`, channels of the latent (the original's `z_dim`).
+        base_dim (`int`, defaults to 64): `C`, half-width of the first level (the original's `dim`).
+        dim_mult (`tuple[int]`, defaults to `(1, 2, 4, 4)`): width multipliers of the levels.
+        num_res_blocks (`int`, defaults to 2): residual blocks per encoder level (decoder levels have one more).
+        temporal_downsample (`tuple[bool]`, defaults to `(False, True, True)`): which encoder downsamples also
+            halve time (the original's `temperal_downsample`); the decoder mirrors it.
+        dropout (`float`, defaults to 0.0): dropout inside residual blocks (0 in every release).
+        scaling_factor (`float`, defaults to 0.9697) and shift_factor (`float`, defaults to -0.1553): latent
+            normalisation of the release (values of `ivvae_z16_dim64`; see the model card for the other variants).
+        temporal_compression_ratio (`int`, optional): derived, `2 ** sum(temporal_downsample)` (4); stored in the
+            config for pipelines to read. Passing a different value raises.
+        spatial_compression_ratio (`int`, optional): derived, `2 ** (len(dim_mult) - 1)` (8); stored likewise.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["IVVAEResidualBlock", "IVVAEResidualBlock2d", "IVVAEAttentionBlock"]
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_channels: int = 16,
+        base_dim: int = 64,
+        dim_mult: tuple[int, ...] = (1, 2, 4, 4),
+        num_res_blocks: int = 2,
+        temporal_downsample: tuple[bool, ...] = (False, True, True),
+        dropout: float = 0.0,
+        scaling_factor: float = 0.9697,
+        shift_factor: float = -0.1553,
+        temporal_compression_ratio: int | None = None,
+        spatial_compression_ratio: int | None = None,
+    ):
+        super().__init__()
+        dim_mult, temporal_downsample = tuple(dim_mult), tuple(bool(t) for t in temporal_downsample)
+        if in_channels != 3:
+            raise ValueError(f"IV-VAE is an RGB model: in_channels must be 3, got {in_channels}.")
+        if latent_channels % 2 or latent_channels < 2:
+            raise ValueError(f"latent_channels must be even (a 2D half and a 3D half), got {latent_channels}.")
+        if len(dim_mult) < 2 or len(temporal_downsample) != len(dim_mult) - 1:
+            raise ValueError(
+                f"Need at least 2 levels and one temporal_downsample flag per downsample: got dim_mult={dim_mult}, "
+                f"temporal_downsample={temporal_downsample}."
+            )
+        if (base_dim * dim_mult[0]) % 2 or any(base_dim * m % 2 for m in dim_mult):
+            raise ValueError(
+                f"Level widths must be even (upsampling halves them): base_dim={base_dim}, dim_mult={dim_mult}."
+            )
+        temporal = 2 ** sum(temporal_downsample)
+        spatial = 2 ** (len(dim_mult) - 1)
+        for name, given, derived in (
+            ("temporal_compression_ratio", temporal_compression_ratio, temporal),
+            ("spatial_compression_ratio", spatial_compression_ratio, spatial),
+        ):
+            if given is not None and given != derived:
+                raise ValueError(f"{name}={given} contradicts the architecture, which gives {derived}.")
+        self.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
+
+        self.encoder = IVVAEEncoder3d(
+            base_dim, latent_channels, dim_mult, num_res_blocks, temporal_downsample, dropout
+        )
+        # 1x1x1 convolutions; quant_conv's outputs are ordered [mean | logvar].
+        self.quant_conv = nn.Conv3d(2 * latent_channels, 2 * latent_channels, 1)
+        self.post_quant_conv = nn.Conv3d(latent_channels, latent_channels, 1)
+        self.decoder = IVVAEDecoder3d(
+            base_dim, latent_channels, dim_mult, num_res_blocks, tuple(reversed(temporal_downsample)), dropout
+        )
+
+        self.use_slicing = False
+        self.use_tiling = False
+        # Temporal chunking is always on (it is exact); tiling adds spatial tiles.
+        self.tile_sample_min_height = 256
+        self.tile_sample_min_width = 256
+        self.tile_sample_stride_height = 192
+        self.tile_sample_stride_width = 192
+        self.tile_sample_min_num_frames = 4 * temporal
+        self.tile_sample_stride_num_frames = 4 * temporal
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_min_num_frames: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+        tile_sample_stride_num_frames: int | None = None,
+    ) -> None:
+        r"""Split frames into overlapping spatial tiles (blended linearly over the overlap) and set the temporal
+        chunk size.
+
+        Spatial tiles are encoded/decoded independently, so they are not exact: attention is global per frame
+        and the pyramid head sees 12 latent pixels around each position; wide overlaps keep seams invisible.
+        Temporal chunks are exact (the causal cache carries across chunks).
+
+        Args:
+            tile_sample_min_height, tile_sample_min_width (`int`, optional): tile size in pixels (multiples of 8).
+            tile_sample_stride_height, tile_sample_stride_width (`int`, optional): tile stride in pixels
+                (multiples of 8, at most the tile size); the overlap is `min - stride`.
+            tile_sample_min_num_frames (`int`, optional): frames per temporal chunk after the first frame
+                (a multiple of the temporal compression, 4).
+            tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
+                the cache instead of overlapping).
+        """
+        self.use_tiling = True
+        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
+        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
+        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
+        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
+        if tile_sample_min_num_frames is not None:
+            self.tile_sample_min_num_frames = tile_sample_min_num_frames
+        self.tile_sample_stride_num_frames = tile_sample_stride_num_frames or self.tile_sample_min_num_frames
+        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
+        sizes = {
+            "tile_sample_min_height": self.tile_sample_min_height,
+            "tile_sample_min_width": self.tile_sample_min_width,
+            "tile_sample_stride_height": self.tile_sample_stride_height,
+            "tile_sample_stride_width": self.tile_sample_stride_width,
+        }
+        for name, value in sizes.items():
+            if value <= 0 or value % spatial:
+                raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
+        if self.tile_sample_stride_height > self.tile_sample_min_height or (
+            self.tile_sample_stride_width > self.tile_sample_min_width
+        ):
+            raise ValueError("Tile strides must not exceed the tile sizes.")
+        if self.tile_sample_min_num_frames <= 0 or self.tile_sample_min_num_frames % temporal:
+            raise ValueError(
+                f"tile_sample_min_num_frames must be a positive multiple of {temporal}, got "
+                f"{self.tile_sample_min_num_frames}."
+            )
+        if self.tile_sample_stride_num_frames != self.tile_sample_min_num_frames:
+            raise ValueError(
+                "IV-VAE's temporal chunks carry a causal cache and do not overlap: "
+                "tile_sample_stride_num_frames must equal tile_sample_min_num_frames."
+            )
+
+    def _frame_chunks(self, num_frames: int, frames_per_step: int) -> list[tuple[int, int]]:
+        """`[(0, 1), (1, 1 + s), ...]`: the first frame alone, then chunks of `s = frames_per_step` frames."""
+        chunks = [(0, 1)]
+        for start in range(1, num_frames, frames_per_step):
+            chunks.append((start, min(start + frames_per_step, num_frames)))
+        return chunks
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, 1 + (T - 1) / 4, H / 8, W / 8)`."""
+        _, _, _, height, width = x.shape
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            return self.tiled_encode(x)
+        cache = None
+        features = []
+        for start, end in self._frame_chunks(x.shape[2], self.tile_sample_min_num_frames):
+            out, cache = self.encoder(x[:, :, start:end], cache)
+            features.append(out)
+        return self.quant_conv(torch.cat(features, dim=2))
+
+    @apply_forward_hook
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True
+    ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
+        r"""Encode a video into the RAW latent posterior.
+
+        Args:
+            x (`torch.Tensor`): `(B, 3, T, H, W)` in [-1, 1], `T = 1 + 4k`, H and W multiples of 8.
+            return_dict (`bool`, defaults to `True`): return an `AutoencoderKLOutput` instead of a tuple.
+
+        Returns:
+            `AutoencoderKLOutput` whose `latent_dist` has mean/logvar `(B, latent_channels, 1 + k, H / 8, W / 8)`.
+        """
+        check_video(
+            x,
+            in_channels=self.config.in_channels,
+            temporal_compression=self.config.temporal_compression_ratio,
+            spatial_multiple=self.config.spatial_compression_ratio,
+            name="x",
+        )
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
+        else:
+            moments = self._encode(x)
+        posterior = DiagonalGaussianDistribution(moments)
+        if not return_dict:
+            return (posterior,)
+        return AutoencoderKLOutput(latent_dist=posterior)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """RAW latents `z: (B, Z, t, h, w)` -> video `(B, 3, 1 + 4(t - 1), 8h, 8w)`."""
+        batch, _, num_latent_frames, height, width = z.shape
+        spatial = self.config.spatial_compression_ratio
+        if self.use_tiling and (
+            height * spatial > self.tile_sample_min_height or width * spatial > self.tile_sample_min_width
+        ):
+            return self.tiled_decode(z)
+        temporal = self.config.temporal_compression_ratio
+        x = self.post_quant_conv(z)
+        num_frames = 1 + temporal * (num_latent_frames - 1)
+        sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
+        cache = None
+        latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
+        for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
+            images, cache = self.decoder(x[:, :, start:end], cache)
+            if start == 0:
+                sample[:, :, :1] = images[:, :3]
+                continue
+            # Each group: the 2D-half image for its first frame, the 3D-half images for the others.
+            groups = images.unflatten(2, (end - start, temporal))
+            frames = torch.cat([groups[:, :3, :, :1], groups[:, 3:, :, 1:]], dim=3).flatten(2, 3)
+            sample[:, :, 1 + temporal * (start - 1) : 1 + temporal * (end - 1)] = frames
+        return sample
+
+    @apply_forward_hook
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Decode RAW latents into a video.
+
+        Args:
+            z (`torch.Tensor`): `(B, latent_channels, t, h, w)`, RAW latents (undo the normalisation first:
+                `latents / scaling_factor + shift_factor`).
+            return_dict (`bool`, defaults to `True`): return a `DecoderOutput` instead of a tuple.
+
+        Returns:
+            `DecoderOutput` with `sample: (B, 3, 1 + 4(t - 1), 8h, 8w)`, not clamped (clamp to [-1, 1] for display).
+        """
+        check_latents(z, latent_channels=self.config.latent_channels, name="z")
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])
+        else:
+            decoded = self._decode(z)
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+    @staticmethod
+    def _stitch(tiles: list[torch.Tensor], starts: list[int], size: int, dim: int) -> torch.Tensor:
+        """Join tiles that start at `starts` along `dim` into `size` entries, cross-fading every overlap."""
+        pieces = []
+        previous = None
+        for index, (start, tile) in enumerate(zip(starts, tiles)):
+            if previous is not None:
+                prev_start, prev_tile = previous
+                tile = blend(prev_tile, tile, prev_start + prev_tile.shape[dim] - start, dim)
+            end = starts[index + 1] if index + 1 < len(starts) else size
+            pieces.append(tile.narrow(dim, 0, end - start))
+            previous = (start, tile)
+        return torch.cat(pieces, dim=dim)
+
+    def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Encode with overlapping spatial tiles (each tile over all frames, chunked in time).
+
+        Args:
+            x (`torch.Tensor`): `(B, 3, T, H, W)`, already validated.
+
+        Returns:
+            moments `(B, 2 * latent_channels, t, H / 8, W / 8)`, blended over the tile overlaps.
+        """
+        _, _, _, height, width = x.shape
+        spatial = self.config.spatial_compression_ratio
+        rows_starts = tile_starts(height, self.tile_sample_min_height, self.tile_sample_stride_height)
+        col_starts = tile_starts(width, self.tile_sample_min_width, self.tile_sample_stride_width)
+        use_tiling, self.use_tiling = self.use_tiling, False
+        try:
+            rows = []
+            for top in rows_starts:
+                tiles = [
+                    self._encode(
+                        x[:, :, :, top : top + self.tile_sample_min_height, left : left + self.tile_sample_min_width]
+                    )
+                    for left in col_starts
+                ]
+                rows.append(self._stitch(tiles, [s // spatial for s in col_starts], width // spatial, dim=4))
+        finally:
+            self.use_tiling = use_tiling
+        return self._stitch(rows, [s // spatial for s in rows_starts], height // spatial, dim=3)
+
+    def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        r"""Decode with overlapping spatial tiles of the latent (each tile over all frames, chunked in time).
+
+        Args:
+            z (`torch.Tensor`): RAW latents `(B, Z, t, h, w)`, already validated.
+
+        Returns:
+            video `(B, 3, 1 + 4(t - 1), 8h, 8w)`, blended over the tile overlaps in pixel space.
+        """
+        _, _, _, height, width = z.shape
+        spatial = self.config.spatial_compression_ratio
+        tile_height, tile_width = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
+        rows_starts = tile_starts(height, tile_height, self.tile_sample_stride_height // spatial)
+        col_starts = tile_starts(width, tile_width, self.tile_sample_stride_width // spatial)
+        use_tiling, self.use_tiling = self.use_tiling, False
+        try:
+            rows = []
+            for top in rows_starts:
+                tiles = [
+                    self._decode(z[:, :, :, top : top + tile_height, left : left + tile_width]) for left in col_starts
+                ]
+                rows.append(self._stitch(tiles, [s * spatial for s in col_starts], width * spatial, dim=4))
+        finally:
+            self.use_tiling = use_tiling
+        return self._stitch(rows, [s * spatial for s in rows_starts], height * spatial, dim=3)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Encode then decode.
+
+        Args:
+            sample (`torch.Tensor`): `(B, 3, T, H, W)` in [-1, 1], `T = 1 + 4k`.
+            sample_posterior (`bool`, defaults to `False`): decode a sample of the posterior instead of its mean
+                (the original always samples).
+            return_dict (`bool`, defaults to `True`): return a `DecoderOutput` instead of a tuple.
+            generator (`torch.Generator`, optional): random generator for posterior sampling.
+        """
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        decoded = self.decode(z).sample
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+
+__all__ = ["AutoencoderKLIVVAE"]
