@@ -97,14 +97,20 @@ class InputRule:
 def input_rule(model: torch.nn.Module) -> InputRule:
     """The frame rule and spatial multiple of a diffusers-videovae model, from its config.
 
-    A model whose `decode` takes the original `num_frames` (Open-Sora) reconstructs any number of frames; the others
-    follow the causal rule `T = 1 + k * temporal_compression_ratio`.
+    The ratios are the model's `temporal_compression_ratio` / `spatial_compression_ratio` (config values, else
+    model attributes). A model whose `decode` takes the original `num_frames` (Open-Sora) reconstructs any number of frames;
+    the others follow the causal rule `T = 1 + k * temporal_compression_ratio`.
     """
-    config = model.config
-    temporal = int(getattr(config, "temporal_compression_ratio", 1) or 1)
-    spatial = int(getattr(config, "spatial_compression_ratio", 8) or 8)
+    temporal = int(_model_attribute(model, "temporal_compression_ratio") or 1)
+    spatial = int(_model_attribute(model, "spatial_compression_ratio") or 1)
     any_num_frames = "num_frames" in inspect.signature(model.decode).parameters
     return InputRule(temporal_compression=temporal, spatial_multiple=spatial, any_num_frames=any_num_frames)
+
+
+def _model_attribute(model: torch.nn.Module, name: str):
+    """A compression ratio: the config value, else the model attribute where the model derives it."""
+    value = getattr(model.config, name, None)
+    return value if value is not None else getattr(model, name, None)
 
 
 def available_memory_bytes() -> int:
