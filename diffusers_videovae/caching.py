@@ -1,9 +1,326 @@
-"""Dataset latent caching (`videovae cache-latents`). Placeholder: filled by the caching work."""
+# Copyright 2026 The diffusers-videovae contributors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Dataset latent caching (`videovae cache-latents`): a folder of videos -> sharded safetensors latents.
+
+Each video is cut into clips of `--num-frames` frames (every `--frame-stride` frames; by default the longest prefix
+that follows the model's frame rule), resized and center-cropped to the model's spatial multiple, and encoded. The
+videos are split across processes (`accelerate launch --num_processes N -m diffusers_videovae.caching ...`).
+
+Output folder:
+    shard-<hash>.safetensors   latents of up to --shard-size clips; the safetensors metadata holds the index rows
+                               of exactly those clips, so a shard is complete, or absent (written to a temporary
+                               name, then renamed)
+    index.json                 model id and class, latent normalisation, and one row per clip: clip path, frame
+                               range, latent shape, shard and tensor name (rebuilt from the shards at the end)
+    failed.json                clips and videos that could not be encoded, with the reason (the run goes on)
+
+A second run with the same arguments skips every clip already in a shard, so an interrupted run resumes without
+losing or duplicating a clip. Latents are the RAW posterior mean (`encode(x).latent_dist.mean`), plus the log
+variance with `--store-logvar`; `index.json` records the normalisation pipelines apply (`latent_normalization`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
+
+INDEX_VERSION = 1
+SHARD_PREFIX = "shard-"
+
+
+@dataclass
+class ClipEntry:
+    """One row of the index: where a clip came from and where its latent is."""
+
+    key: str
+    path: str
+    frame_start: int
+    frame_end: int
+    height: int
+    width: int
+    latent_shape: list[int]
+    shard: str = ""
+    tensor: str = ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `videovae cache-latents` options."""
+    parser.add_argument(
+        "--data", nargs="+", required=True, help="video files, folders or .txt lists (`path [start end]`)"
+    )
+    parser.add_argument("-m", "--model", required=True, help="a diffusers folder, a Hub id or an original checkpoint")
+    parser.add_argument("-o", "--output-dir", required=True)
+    parser.add_argument(
+        "--num-frames", type=int, help="frames per clip (default: the longest valid prefix of each video)"
+    )
+    parser.add_argument(
+        "--frame-stride", type=int, help="first frames of successive clips are this far apart (default: --num-frames)"
+    )
+    parser.add_argument("--size", type=int, help="resize so that the short side is this many pixels (default: as is)")
+    parser.add_argument("--shard-size", type=int, default=64, help="clips per shard")
+    parser.add_argument("--store-logvar", action="store_true", help="also store the posterior log variance")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="storage dtype")
+    parser.add_argument("--tiling", action="store_true", help="encode with the model's tiling (large clips)")
+    parser.add_argument("--model-type", help="model type of an original checkpoint (else detected)")
+    parser.add_argument("--variant", help="released variant of an original checkpoint")
+    parser.add_argument(
+        "--max-clips", type=int, help="stop after encoding this many new clips per process (a time box)"
+    )
+    parser.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `cache-latents` sub-command to the `videovae` command line."""
+    parser = subparsers.add_parser(
+        "cache-latents",
+        help="encode a dataset of videos into sharded safetensors latents (resumable; accelerate)",
+        description=__doc__.split("\n\n")[0] + " Start with `accelerate launch` for several processes.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_run_from_args)
+
+
+# ---------------------------------------------------------------------------------------------------------- the index
+
+
+def clip_key(path: str, frame_start: int, frame_end: int, height: int, width: int) -> str:
+    return f"{path}|{frame_start}:{frame_end}|{height}x{width}"
+
+
+def _tensor_name(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def _read_shard_meta(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()["videovae_cache"])
+
+
+def scan_shards(output_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every complete shard in the folder with its metadata (unreadable ones are reported and ignored)."""
+    shards = []
+    for path in sorted(output_dir.glob(f"{SHARD_PREFIX}*.safetensors")):
+        try:
+            shards.append((path, _read_shard_meta(path)))
+        except Exception as error:  # a foreign or damaged file must not stop the run
+            print(f"Ignoring {path.name}: not a readable cache shard ({error}).", file=sys.stderr)
+    return shards
+
+
+def read_index(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The `index.json` of a cache folder."""
+    return json.loads((Path(output_dir) / "index.json").read_text())
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(data, indent=1))
+    os.replace(staging, path)
+
+
+def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write one shard atomically; its name is a hash of its clips, so re-writing the same clips is idempotent."""
+    from safetensors.torch import save_file
+
+    digest = hashlib.sha1("\n".join(e.key for e in entries).encode()).hexdigest()[:16]
+    final = output_dir / f"{SHARD_PREFIX}{digest}.safetensors"
+    for entry in entries:
+        entry.shard = final.name
+    metadata = {"videovae_cache": json.dumps({"model_id": model_id, "clips": [asdict(e) for e in entries]})}
+    staging = output_dir / f".{final.name}.tmp-{os.getpid()}"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
+    os.replace(staging, final)
+    return final
+
+
+def latent_normalization(config: Any) -> dict[str, Any]:
+    """The latent normalisation a model's config declares, in a form a diffusion trainer can apply."""
+    info: dict[str, Any] = {}
+    for name in ("scaling_factor", "shift_factor", "latents_mean", "latents_std"):
+        value = config.get(name) if hasattr(config, "get") else getattr(config, name, None)
+        if value is not None:
+            info[name] = value
+    if "latents_mean" in info and "latents_std" in info:
+        info["formula"] = "(z - latents_mean) / latents_std  (per channel)"
+    elif "scaling_factor" in info:
+        info["formula"] = "(z - shift_factor) * scaling_factor" if "shift_factor" in info else "z * scaling_factor"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------- the work
+
+
+def plan_clips(num_frames_available: int, num_frames: int | None, stride: int | None, rule) -> list[tuple[int, int]]:
+    """Frame ranges `[start, end)` of the clips cut from a video of `num_frames_available` frames."""
+    if num_frames is None:
+        keep = rule.valid_num_frames(num_frames_available)
+        return [(0, keep)] if keep else []
+    stride = stride or num_frames
+    return [(s, s + num_frames) for s in range(0, num_frames_available - num_frames + 1, stride)]
+
+
+def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `videovae cache-latents`; returns a summary (clips written, skipped, failed)."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .datasets import list_sources
+    from .loaders import load_model
+    from .video import input_rule, read_video
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    xpu = getattr(torch, "xpu", None)
+    has_device = torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
+    state = PartialState(cpu=args.cpu or not has_device)
+    rank, world = state.process_index, state.num_processes
+    output_dir = Path(args.output_dir).resolve()
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+
+    vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(state.device).eval()
+    if args.tiling:
+        vae.enable_tiling()
+    rule = input_rule(vae)
+    if args.num_frames is not None and rule.valid_num_frames(args.num_frames) != args.num_frames:
+        valid = rule.valid_num_frames(args.num_frames)
+        raise ValueError(
+            f"--num-frames {args.num_frames} does not follow the model's frame rule ({rule.describe()}); "
+            f"nearest: {valid} or {valid + rule.temporal_compression}."
+        )
+    model_id = str(args.model)
+    sources = list_sources(args.data)
+
+    if state.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    done: set[str] = set()
+    for path, meta in scan_shards(output_dir):
+        if meta["model_id"] != model_id:
+            raise ValueError(
+                f"{output_dir} already holds latents of model {meta['model_id']!r} ({path.name}); use another "
+                f"--output-dir for {model_id!r}."
+            )
+        done.update(clip["key"] for clip in meta["clips"])
+
+    mine = sources[rank::world]
+    failed: list[dict[str, str]] = []
+    entries: list[ClipEntry] = []
+    tensors: dict[str, torch.Tensor] = {}
+    written = skipped = 0
+    progress = tqdm(mine, desc=f"cache-latents [{rank}]", disable=not state.is_local_main_process, dynamic_ncols=True)
+    for source in progress:
+        if args.max_clips is not None and written + len(entries) >= args.max_clips:
+            break
+        try:
+            video, _ = read_video(source.path, size=args.size, rule=rule)
+        except Exception as error:
+            failed.append({"path": str(source), "error": f"{type(error).__name__}: {error}"})
+            progress.write(f"FAILED {source}: {error}")
+            continue
+        end = video.shape[2] if source.end is None else min(source.end, video.shape[2])
+        video = video[:, :, source.start : end]
+        _, _, _, height, width = video.shape
+        for start, stop in plan_clips(video.shape[2], args.num_frames, args.frame_stride, rule):
+            frame_start, frame_end = source.start + start, source.start + stop
+            key = clip_key(str(source.path), frame_start, frame_end, height, width)
+            if key in done:
+                skipped += 1
+                continue
+            if args.max_clips is not None and written + len(entries) >= args.max_clips:
+                break
+            try:
+                with torch.no_grad():
+                    posterior = vae.encode(video[:, :, start:stop].to(state.device)).latent_dist
+            except Exception as error:
+                failed.append({"path": str(source.path), "frames": f"{frame_start}:{frame_end}", "error": repr(error)})
+                progress.write(f"FAILED {source.path} frames {frame_start}:{frame_end}: {error}")
+                if not isinstance(error, (ValueError, RuntimeError)):
+                    traceback.print_exc()
+                continue
+            name = _tensor_name(key)
+            tensors[f"{name}.mean"] = posterior.mean[0].to("cpu", dtype)
+            if args.store_logvar:
+                tensors[f"{name}.logvar"] = posterior.logvar[0].to("cpu", dtype)
+            entries.append(
+                ClipEntry(key, str(source.path), frame_start, frame_end, height, width, list(posterior.mean.shape[1:]))
+            )
+            entries[-1].tensor = f"{name}.mean"
+            done.add(key)
+            if len(entries) >= args.shard_size:
+                write_shard(output_dir, model_id, entries, tensors)
+                written += len(entries)
+                entries, tensors = [], {}
+    if entries:
+        write_shard(output_dir, model_id, entries, tensors)
+        written += len(entries)
+    progress.close()
+
+    _write_json_atomic(output_dir / f".failed-{rank}.json", failed)
+    state.wait_for_everyone()
+    summary = {"written": written, "skipped": skipped, "failed": len(failed)}
+    if state.is_main_process:
+        all_failed = []
+        for part in sorted(output_dir.glob(".failed-*.json")):
+            all_failed.extend(json.loads(part.read_text()))
+            part.unlink()
+        clips = [clip for _, meta in scan_shards(output_dir) for clip in meta["clips"]]
+        clips.sort(key=lambda c: (c["path"], c["frame_start"]))
+        index = {
+            "version": INDEX_VERSION,
+            "model_id": model_id,
+            "model_class": type(vae).__name__,
+            "latent": "raw posterior mean" + (" and logvar" if args.store_logvar else ""),
+            "latent_normalization": latent_normalization(vae.config),
+            "dtype": args.dtype,
+            "num_clips": len(clips),
+            "clips": clips,
+        }
+        _write_json_atomic(output_dir / "index.json", index)
+        _write_json_atomic(output_dir / "failed.json", all_failed)
+        summary = {"clips_in_index": len(clips), "failed": len(all_failed)}
+        print(f"Cached {len(clips)} clips in {output_dir} ({len(all_failed)} failed; see failed.json).")
+        for item in all_failed:
+            print(f"  failed: {item['path']}: {item['error']}")
+    state.wait_for_everyone()
+    return summary
+
+
+def _run_from_args(args: argparse.Namespace) -> int:
+    cache_latents(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m diffusers_videovae.caching ...` (what `accelerate launch -m` runs)."""
+    parser = argparse.ArgumentParser(prog="videovae cache-latents", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return _run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
