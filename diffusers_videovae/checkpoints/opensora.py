@@ -209,7 +209,9 @@ def _temporal_rules(num_levels: int) -> list[RenameRule]:
         RenameRule(r"temporal_vae\.decoder\.conv1\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_in.conv.\1"),
         RenameRule(r"temporal_vae\.decoder\.conv_out\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_out.conv.\1"),
         RenameRule(r"temporal_vae\.(encoder|decoder)\.norm1\.(weight|bias)", r"temporal_vae.\1.norm_out.\2"),
-        RenameRule(r"temporal_vae\.(encoder|decoder)\.res_blocks\.(\d+)\." + resnet, r"temporal_vae.\1.mid_resnets.\2.\3.\4"),
+        RenameRule(
+            r"temporal_vae\.(encoder|decoder)\.res_blocks\.(\d+)\." + resnet, r"temporal_vae.\1.mid_resnets.\2.\3.\4"
+        ),
         RenameRule(
             r"temporal_vae\.encoder\.block_res_blocks\.(\d+)\.(\d+)\." + resnet,
             r"temporal_vae.encoder.down_blocks.\1.resnets.\2.\3.\4",

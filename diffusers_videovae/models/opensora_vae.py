@@ -111,9 +111,14 @@ class OpenSoraTemporalDownBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, num_groups: int, downsample: bool):
         super().__init__()
         self.resnets = nn.ModuleList(
-            [OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups) for i in range(num_layers)]
+            [
+                OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups)
+                for i in range(num_layers)
+            ]
         )
-        self.downsampler = OpenSoraCausalConv3d(out_channels, out_channels, 3, temporal_stride=2) if downsample else None
+        self.downsampler = (
+            OpenSoraCausalConv3d(out_channels, out_channels, 3, temporal_stride=2) if downsample else None
+        )
 
 
 class OpenSoraTemporalUpBlock(nn.Module):
@@ -125,7 +130,10 @@ class OpenSoraTemporalUpBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, num_groups: int, upsample: bool):
         super().__init__()
         self.resnets = nn.ModuleList(
-            [OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups) for i in range(num_layers)]
+            [
+                OpenSoraResidualBlock(in_channels if i == 0 else out_channels, out_channels, num_groups)
+                for i in range(num_layers)
+            ]
         )
         self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
 
@@ -207,7 +215,9 @@ class OpenSoraTemporalDecoder(nn.Module):
         previous = widths[-1]
         for level in reversed(range(len(widths))):
             upsample = level > 0 and temporal_downsample[level - 1]
-            self.up_blocks.append(OpenSoraTemporalUpBlock(previous, widths[level], num_res_blocks, num_groups, upsample))
+            self.up_blocks.append(
+                OpenSoraTemporalUpBlock(previous, widths[level], num_res_blocks, num_groups, upsample)
+            )
             previous = widths[level]
         self.norm_out = nn.GroupNorm(num_groups, widths[0], eps=1e-5)
         self.conv_out = OpenSoraCausalConv3d(widths[0], out_channels, 3)
@@ -325,6 +335,8 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         latent_channels (`int`, default 4): channels of the temporal posterior (E).
         micro_frame_size (`int` or `None`, default 17): frames per independent temporal chunk; `None` = one chunk.
         latents_mean / latents_std (`tuple[float]`): per-channel normalisation, see above.
+        spatial_compression_ratio / temporal_compression_ratio (`int`, optional): derived from the architecture
+            (8 and 4 for the release) and stored in the config for pipelines; a contradicting value is an error.
     """
 
     _supports_gradient_checkpointing = True
@@ -356,6 +368,8 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         micro_frame_size: int | None = 17,
         latents_mean: tuple[float, ...] = (-0.10, 0.34, 0.27, 0.98),
         latents_std: tuple[float, ...] = (3.85, 2.32, 2.33, 3.06),
+        spatial_compression_ratio: int | None = None,
+        temporal_compression_ratio: int | None = None,
     ):
         super().__init__()
         if len(temporal_downsample) != len(temporal_channel_multipliers) - 1:
@@ -384,8 +398,21 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             tuple(temporal_downsample),
             temporal_num_groups,
         )
-        self.spatial_compression_ratio = 2 ** (len(block_out_channels) - 1)
-        self.temporal_compression_ratio = self.temporal_vae.time_factor
+        # Derived values, stored in the config so that pipelines and `video.input_rule` can read them.
+        derived = {
+            "spatial_compression_ratio": 2 ** (len(block_out_channels) - 1),
+            "temporal_compression_ratio": self.temporal_vae.time_factor,
+        }
+        given = {
+            "spatial_compression_ratio": spatial_compression_ratio,
+            "temporal_compression_ratio": temporal_compression_ratio,
+        }
+        for name, value in derived.items():
+            if given[name] is not None and given[name] != value:
+                raise ValueError(f"{name}={given[name]} contradicts the architecture, which gives {value}.")
+        self.register_to_config(**derived)
+        self.spatial_compression_ratio = derived["spatial_compression_ratio"]
+        self.temporal_compression_ratio = derived["temporal_compression_ratio"]
 
         self.use_slicing = False
         self.use_tiling = False
@@ -598,7 +625,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
     def _stitch(tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int) -> torch.Tensor:
         """Blend a grid of overlapping tiles (tile (i, j) starts at `scale * (starts_h[i], starts_w[j])`)."""
         rows = []
-        for i, row in enumerate(tiles):
+        for row in tiles:
             pieces = []
             for j, tile in enumerate(row):
                 if j > 0:

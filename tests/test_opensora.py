@@ -1,0 +1,423 @@
+"""Open-Sora 1.2 VAE (`AutoencoderKLOpenSora`): parity with the original's own numbers, conversion, tiling, errors.
+
+The tiny fixture in ../shared/reference/opensora was produced by the original Open-Sora v1.2.0 code; the model
+under test is built by running the conversion script in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate import init_empty_weights
+from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
+from safetensors.torch import load_file, save_file
+
+from diffusers_videovae.checkpoints import CheckpointError, convert_to_folder
+from diffusers_videovae.checkpoints._common import OriginalCheckpoint, compare_with_model
+from diffusers_videovae.checkpoints.opensora import convert as convert_opensora
+from diffusers_videovae.checkpoints.opensora import read_original
+from diffusers_videovae.models.opensora_vae import AutoencoderKLOpenSora
+
+CASE_NAMES = ["image", "video17", "awkward22", "nochunk22", "chunks25"]
+
+
+@pytest.fixture(scope="module")
+def cases() -> ReferenceCases:
+    return ReferenceCases("opensora")
+
+
+@pytest.fixture(scope="module")
+def tiny_args() -> list[str]:
+    ref = reference_dir("opensora")
+    return [
+        "--checkpoint",
+        str(ref / "tiny_original" / "model.safetensors"),
+        "--original-config",
+        str(ref / "tiny_original" / "config.json"),
+        "--spatial-config",
+        str(ref / "tiny_spatial_vae" / "vae" / "config.json"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory, tiny_args):
+    output = tmp_path_factory.mktemp("opensora") / "tiny-diffusers"
+    script = REPO_ROOT / "conversion" / "convert_opensora.py"
+    result = subprocess.run(
+        [sys.executable, str(script), *tiny_args, "--output", str(output)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture(scope="module")
+def model(converted_dir) -> AutoencoderKLOpenSora:
+    return AutoencoderKLOpenSora.from_pretrained(converted_dir).eval()
+
+
+def _case(cases: ReferenceCases, name: str) -> dict:
+    return next(case for case in cases.meta["cases"] if case["name"] == name)
+
+
+def _check(cases: ReferenceCases, name: str, key: str, actual: torch.Tensor) -> None:
+    tolerance = _case(cases, name)["expected"][f"{name}.{key}"]["suggested_max_abs_tol"]
+    assert_close(actual, cases[f"{name}.{key}"], tolerance, f"{name}.{key}")
+
+
+@pytest.fixture()
+def case_model(model, cases, request):
+    """The converted model with the case's `micro_frame_size` (`nochunk22` runs unchunked, as in the original)."""
+    name = request.param
+    previous = model.config.micro_frame_size
+    model.register_to_config(micro_frame_size=_case(cases, name)["micro_frame_size"])
+    yield name, model
+    model.register_to_config(micro_frame_size=previous)
+
+
+def _input(cases, name):
+    return cases[_case(cases, name)["input"]["tensor"]]
+
+
+def _normalise(model, z):
+    mean = torch.tensor(model.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(model.config.latents_std).view(1, -1, 1, 1, 1)
+    return (z - mean) / std
+
+
+# -- parity with the original --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case_model", CASE_NAMES, indirect=True)
+def test_spatial_stage_matches_original(case_model, cases):
+    name, model = case_model
+    x = _input(cases, name)
+    batch, _, frames, height, width = x.shape
+    with torch.no_grad():
+        dist = model.spatial_vae.encode(x.transpose(1, 2).reshape(batch * frames, 3, height, width)).latent_dist
+        x_z = model._spatial_encode(x, sample_spatial=False, generator=None)
+        rec = model.spatial_vae.decode(x_z.transpose(1, 2).flatten(0, 1) / model.config.spatial_scaling_factor).sample
+
+    def layout(t):
+        return t.reshape(batch, frames, *t.shape[1:]).transpose(1, 2)
+
+    _check(cases, name, "spatial_mean", layout(dist.mean))
+    _check(cases, name, "spatial_logvar", layout(dist.logvar))
+    _check(cases, name, "x_z_mode", x_z)
+    _check(cases, name, "x_spatial_rec", layout(rec))
+
+
+@pytest.mark.parametrize("case_model", CASE_NAMES, indirect=True)
+def test_encode_posterior_matches_original(case_model, cases):
+    name, model = case_model
+    with torch.no_grad():
+        posterior = model.encode(_input(cases, name)).latent_dist
+    _check(cases, name, "temporal_mean", posterior.mean)
+    _check(cases, name, "temporal_logvar", posterior.logvar)
+    _check(cases, name, "z_mode", _normalise(model, posterior.mode()))
+
+
+@pytest.mark.parametrize("case_model", CASE_NAMES, indirect=True)
+def test_decode_matches_original(case_model, cases):
+    name, model = case_model
+    z = cases[f"{name}.temporal_mean"]
+    num_frames = _case(cases, name)["num_frames"]
+    with torch.no_grad():
+        x_rec = model.decode(z, num_frames=num_frames).sample
+        # The temporal stage alone, chunk by chunk, as handed to the spatial decoder.
+        per_chunk = len(_case(cases, name)["temporal_decode_num_frames"])
+        sizes = model._chunk_frames(num_frames)
+        step = z.shape[2] if per_chunk == 1 else 5
+        x_z = torch.cat(
+            [model.temporal_vae.decode(z[:, :, i * step : (i + 1) * step], n) for i, n in enumerate(sizes)], dim=2
+        )
+    assert sizes == _case(cases, name)["temporal_decode_num_frames"]
+    _check(cases, name, "x_z_rec", x_z)
+    _check(cases, name, "x_rec", x_rec)
+
+
+@pytest.mark.parametrize("case_model", CASE_NAMES, indirect=True)
+def test_two_stage_sampling_reproduces_original_noise(case_model, cases):
+    name, model = case_model
+    seed = _case(cases, name)["sample_seed"]
+    x = _input(cases, name)
+    with torch.no_grad():
+        x_z = model._spatial_encode(x, sample_spatial=True, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        posterior = model.encode(x, sample_spatial=True, generator=generator).latent_dist
+        z = posterior.sample(generator=generator)
+    _check(cases, name, "x_z_sample", x_z)
+    _check(cases, name, "z_sample", _normalise(model, z))
+
+
+@pytest.mark.parametrize("case_model", CASE_NAMES, indirect=True)
+def test_latent_frame_count_matches_original(case_model, cases):
+    name, model = case_model
+    case = _case(cases, name)
+    assert model.num_latent_frames(case["num_frames"]) == case["latent_size_get_latent_size"][0]
+    low, high = model.num_frames_range(case["latent_size_get_latent_size"][0])
+    assert low <= case["num_frames"] <= high
+
+
+def test_from_single_file_equals_conversion_script(model, tiny_args):
+    ref = reference_dir("opensora")
+    direct = AutoencoderKLOpenSora.from_single_file(
+        ref / "tiny_original" / "model.safetensors",
+        original_config=ref / "tiny_original" / "config.json",
+        spatial_config=ref / "tiny_spatial_vae" / "vae" / "config.json",
+    )
+
+    def public(config):
+        return {key: value for key, value in config.items() if not key.startswith("_")}
+
+    assert public(direct.config) == public(model.config)
+    expected = model.state_dict()
+    for key, value in direct.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_release_folder_is_read_with_its_config():
+    ref = reference_dir("opensora")
+    original = read_original(ref / "tiny_original")
+    assert original.original_config["vae_temporal"]["filters"] == 8
+    assert original.info["spatial_config"]["block_out_channels"] == [16, 24, 32, 32]
+
+
+# -- decode without num_frames --------------------------------------------------------------------------------
+
+
+def test_decode_without_num_frames_recovers_17k_plus_4j_plus_1(model, cases):
+    # awkward22: 22 = 17 + 4 + 1 frames, the smallest length giving 7 latents, so the default is exact.
+    with torch.no_grad():
+        x_rec = model.decode(cases["awkward22.temporal_mean"]).sample
+    _check(cases, "awkward22", "x_rec", x_rec)
+
+
+def test_decode_without_num_frames_assumes_the_shortest_clip(model, cases):
+    # chunks25: 25 frames also give 7 latents; without num_frames the decoder returns 22 (documented).
+    with torch.no_grad():
+        assert model.decode(cases["chunks25.temporal_mean"]).sample.shape[2] == 22
+
+
+def test_decode_rejects_inconsistent_num_frames(model, cases):
+    with pytest.raises(ValueError, match="22 to 25 frames"):
+        model.decode(cases["chunks25.temporal_mean"], num_frames=30)
+
+
+def test_image_round_trip_keeps_one_frame(model, cases):
+    with torch.no_grad():
+        assert model(cases["image.x"]).sample.shape == cases["image.x"].shape
+
+
+# -- checkpoint keys -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listing", ["keys_v1.2.json", "keys_tiny.json"])
+def test_every_release_key_converts_to_a_model_key_of_the_right_shape(listing):
+    ref = reference_dir("opensora")
+    shapes = json.loads((ref / listing).read_text())
+    state_dict = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    state_dict["shift"] = torch.tensor([-0.10, 0.34, 0.27, 0.98]).view(1, 4, 1, 1, 1)
+    state_dict["scale"] = torch.tensor([3.85, 2.32, 2.33, 3.06]).view(1, 4, 1, 1, 1)
+    if listing == "keys_tiny.json":
+        config = json.loads((ref / "tiny_original" / "config.json").read_text())
+        spatial = json.loads((ref / "tiny_spatial_vae" / "vae" / "config.json").read_text())
+        checkpoint = OriginalCheckpoint(state_dict, config, info={"spatial_config": spatial})
+    else:
+        checkpoint = OriginalCheckpoint(state_dict)
+    converted = convert_opensora(checkpoint)
+    assert set(converted.dropped) == {"scale", "shift"}
+    assert len(converted.state_dict) == len(shapes) - 2
+    with init_empty_weights():
+        reference = AutoencoderKLOpenSora(**converted.config)
+    compare_with_model(converted.state_dict, {k: tuple(v.shape) for k, v in reference.state_dict().items()})
+    if listing == "keys_v1.2.json":
+        assert converted.variant == "v1.2"
+        assert converted.config["latents_mean"] == pytest.approx([-0.10, 0.34, 0.27, 0.98])
+
+
+def test_save_and_reload_round_trip_is_exact(model, tmp_path, cases):
+    model.save_pretrained(tmp_path)
+    reloaded = AutoencoderKLOpenSora.from_pretrained(tmp_path).eval()
+    x = cases["chunks25.x"]
+    with torch.no_grad():
+        assert torch.equal(model.encode(x).latent_dist.mean, reloaded.encode(x).latent_dist.mean)
+
+
+def test_conversion_writes_model_card_and_dtype(tmp_path, tiny_args):
+    output = tmp_path / "fp16"
+    script = REPO_ROOT / "conversion" / "convert_opensora.py"
+    subprocess.run(
+        [sys.executable, str(script), *tiny_args, "--output", str(output), "--dtype", "float16"], check=True
+    )
+    weights = load_file(str(output / "diffusion_pytorch_model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    card = (output / "README.md").read_text()
+    assert "library_name: diffusers" in card and "This conversion" in card
+
+
+def test_wrong_model_checkpoint_is_rejected_and_nothing_written(tmp_path):
+    bad = tmp_path / "other.safetensors"
+    save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(bad))
+    output = tmp_path / "out"
+    with pytest.raises(CheckpointError, match="not an Open-Sora 1.2 VAE checkpoint"):
+        convert_to_folder("opensora", bad, output, verbose=False)
+    assert not output.exists()
+
+
+def test_truncated_checkpoint_is_rejected_and_nothing_written(tmp_path):
+    data = (reference_dir("opensora") / "tiny_original" / "model.safetensors").read_bytes()
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    output = tmp_path / "out"
+    with pytest.raises(CheckpointError):
+        convert_to_folder("opensora", bad, output, verbose=False)
+    assert not output.exists()
+
+
+def test_missing_key_is_reported(tmp_path):
+    ref = reference_dir("opensora")
+    state_dict = load_file(str(ref / "tiny_original" / "model.safetensors"))
+    del state_dict["temporal_vae.decoder.conv_out.conv.bias"]
+    bad = tmp_path / "model.safetensors"
+    save_file(state_dict, str(bad))
+    with pytest.raises(CheckpointError, match="decoder.conv_out.conv.bias"):
+        convert_to_folder(
+            "opensora",
+            bad,
+            tmp_path / "out",
+            original_config=ref / "tiny_original" / "config.json",
+            verbose=False,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_bare_tiny_file_without_config_is_rejected_as_another_variant(tmp_path):
+    ref = reference_dir("opensora")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        convert_to_folder("opensora", ref / "tiny_original" / "model.safetensors", tmp_path / "out", verbose=False)
+
+
+# -- tiling, slicing, gradient checkpointing --------------------------------------------------------------------
+
+
+def test_tile_blending_reassembles_overlapping_crops_exactly():
+    """The stitcher puts every tile at its offset and cross-fades overlaps: crops of one tensor give it back."""
+    from diffusers_videovae.models._tiling import tile_starts
+
+    full = torch.randn(1, 2, 3, 11, 13)
+    starts_h, starts_w = tile_starts(11, 4, 3), tile_starts(13, 5, 3)
+    tiles = [[full[..., h : h + 4, w : w + 5] for w in starts_w] for h in starts_h]
+    assert_close(AutoencoderKLOpenSora._stitch(tiles, starts_h, starts_w, 1), full, 1e-6, "stitched")
+
+
+def test_tiled_decode_equals_untiled_decode_of_each_tile_where_tiles_do_not_overlap(model):
+    """64x96 px frames, 32 px tiles, stride 24: the corners covered by one tile only are that tile's decode."""
+    z = torch.randn(1, 4, 2, 8, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.enable_tiling(32, 32, None, 24, 24)
+        try:
+            tiled = model.decode(z).sample
+        finally:
+            model.disable_tiling()
+        top_left = model.decode(z[..., :4, :4]).sample
+        bottom_right = model.decode(z[..., 4:, 8:]).sample
+    assert tiled.shape == (1, 3, 5, 64, 96)
+    assert_close(tiled[..., :24, :24], top_left[..., :24, :24], 1e-6, "top-left tile")
+    # Latent tile starts: rows (0, 3, 4), columns (0, 3, 6, 8); the last tile alone covers rows 56.. and columns 80..
+    assert_close(tiled[..., 56:, 80:], bottom_right[..., 24:, 16:], 1e-6, "bottom-right tile")
+
+
+def test_tiled_encode_equals_untiled_encode_of_each_tile_where_tiles_do_not_overlap(model):
+    x = torch.rand(1, 3, 5, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        model.enable_tiling(32, 32, None, 24, 24)
+        try:
+            tiled = model.encode(x).latent_dist.mean
+        finally:
+            model.disable_tiling()
+        top_left = model.encode(x[..., :32, :32]).latent_dist.mean
+    assert tiled.shape == (1, 4, 2, 8, 12)
+    assert_close(tiled[..., :3, :3], top_left[..., :3, :3], 1e-6, "top-left tile")
+
+
+def test_tiles_larger_than_the_frame_change_nothing(model, cases):
+    x = cases["awkward22.x"]
+    with torch.no_grad():
+        expected = model.encode(x).latent_dist.mean
+        model.enable_tiling()
+        try:
+            tiled = model.encode(x).latent_dist.mean
+        finally:
+            model.disable_tiling()
+    assert torch.equal(tiled, expected)
+
+
+def test_temporal_tiling_is_not_configurable(model):
+    with pytest.raises(ValueError, match="micro_frame_size"):
+        model.enable_tiling(tile_sample_min_num_frames=8)
+
+
+def test_slicing_gives_the_same_result(model, cases):
+    x = cases["video17.x"]
+    with torch.no_grad():
+        expected = model.encode(x).latent_dist.mean
+        model.enable_slicing()
+        try:
+            sliced = model.encode(x).latent_dist.mean
+        finally:
+            model.disable_slicing()
+    assert_close(sliced, expected, 1e-5, "sliced encode")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(converted_dir, cases):
+    model = AutoencoderKLOpenSora.from_pretrained(converted_dir)
+    x = cases["chunks25.x"][:, :, :9]
+
+    def grads():
+        model.zero_grad()
+        model(x).sample.square().mean().backward()
+        return model.temporal_vae.encoder.conv_in.conv.weight.grad.clone()
+
+    plain = grads()
+    model.enable_gradient_checkpointing()
+    assert model.temporal_vae.decoder.gradient_checkpointing
+    assert_close(grads(), plain, 1e-6, "checkpointed gradient")
+
+
+# -- bad inputs ---------------------------------------------------------------------------------------------------
+
+
+def test_spatial_size_not_multiple_of_8_is_rejected(model):
+    # The original silently floors 20x36 to 16x32; we say what is wrong instead.
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.encode(torch.zeros(1, 3, 3, 20, 36))
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (torch.zeros(1, 3, 16, 16), ValueError),
+        (torch.zeros(1, 4, 1, 16, 16), ValueError),
+        (torch.zeros(1, 3, 1, 16, 16, dtype=torch.int64), TypeError),
+        (torch.full((1, 3, 1, 16, 16), float("nan")), ValueError),
+    ],
+    ids=["4d", "channels", "integer", "nan"],
+)
+def test_bad_video_is_rejected(model, bad, error):
+    with pytest.raises(error):
+        model.encode(bad)
+
+
+def test_bad_latents_are_rejected(model):
+    with pytest.raises(ValueError, match=r"\(B, 4, t, h, w\)"):
+        model.decode(torch.zeros(1, 8, 2, 4, 4))
+
+
+def test_any_frame_count_is_accepted(model):
+    with torch.no_grad():
+        for frames in (2, 6, 18):
+            assert model(torch.zeros(1, 3, frames, 16, 16)).sample.shape[2] == frames
