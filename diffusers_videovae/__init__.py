@@ -15,6 +15,9 @@ _LAZY = {
     "AutoencoderKLOpenSora": "diffusers_videovae.models.opensora_vae",
     "load_model": "diffusers_videovae.loaders",
     "CheckpointError": "diffusers_videovae.checkpoints",
+    # Not public: diffusers' pipeline loader finds a component's load method by looking its base classes up in the
+    # library named in model_index.json, so ["diffusers_videovae", "AutoencoderKLIVVAE"] needs this name here.
+    "ModelMixin": "diffusers.models.modeling_utils",
 }
 
 __all__ = [
