@@ -593,26 +593,49 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class EvalSettings:
+    """How clips are read for `videovae eval` (printed with the table, as papers state their protocol)."""
+
+    frames: int | None = 17
+    size: int | None = 256
+    start: float = 0.0
+    stride: int = 1
+    crop_square: bool = True
+    lpips: bool = False
+
+    def describe(self, rule: InputRule) -> str:
+        return (
+            f"frames {self.frames or 'all'} from {self.start:g} s, stride {self.stride}; short side "
+            f"{self.size or 'native'}{', center square crop' if self.crop_square else ''}; cropped to "
+            f"{rule.describe()}; posterior mode; PSNR/SSIM per frame in RGB, averaged over frames then clips"
+        )
+
+
+def evaluate_clips(
+    model: torch.nn.Module, clips: list[str | os.PathLike], settings: EvalSettings, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Reconstruct each clip as `settings` say; one row (clip, frames, size, psnr, ssim, lpips) per clip."""
     from .metrics import video_quality
     from .video import read_video
 
-    device = resolve_device(args.device, args.threads)
-    model = load(args, device)
     rule = input_rule(model)
-    if args.tiling == "on":
-        model.enable_tiling()
     rows = []
-    for clip in args.clips:
+    for clip in clips:
         video, _ = read_video(
-            clip, start=args.start, num_frames=args.frames, stride=args.stride, size=args.size, rule=rule
+            clip,
+            start=settings.start,
+            num_frames=settings.frames,
+            stride=settings.stride,
+            size=settings.size,
+            rule=rule,
         )
-        if args.crop_square:
+        if settings.crop_square:
             side = min(video.shape[-2:]) // rule.spatial_multiple * rule.spatial_multiple
             top, left = (video.shape[-2] - side) // 2, (video.shape[-1] - side) // 2
             video = video[..., top : top + side, left : left + side]
-        result = reconstruct_video(model, video, progress=not args.quiet)
-        quality = video_quality(video, result.video, lpips=args.lpips)
+        result = reconstruct_video(model, video, progress=progress)
+        quality = video_quality(video, result.video, lpips=settings.lpips)
         rows.append(
             {
                 "clip": Path(clip).name,
@@ -623,13 +646,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "lpips": quality.lpips,
             }
         )
-    settings = (
-        f"model {args.model_resolved} ({type(model).__name__}, {args.dtype}); frames {args.frames or 'all'} from "
-        f"{args.start:g} s, stride {args.stride}; short side {args.size or 'native'}"
-        f"{', center square crop' if args.crop_square else ''}; cropped to {rule.describe()}; posterior mode; "
-        "PSNR/SSIM per frame in RGB, averaged over frames then clips"
+    return rows
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device, args.threads)
+    model = load(args, device)
+    if args.tiling == "on":
+        model.enable_tiling()
+    settings = EvalSettings(
+        frames=args.frames,
+        size=args.size,
+        start=args.start,
+        stride=args.stride,
+        crop_square=args.crop_square,
+        lpips=args.lpips,
     )
-    print(format_eval_table(rows, settings))
+    rows = evaluate_clips(model, args.clips, settings, progress=not args.quiet)
+    header = (
+        f"model {args.model_resolved} ({type(model).__name__}, {args.dtype}); {settings.describe(input_rule(model))}"
+    )
+    print(format_eval_table(rows, header))
     if args.csv:
         write_eval_csv(args.csv, rows)
         print(f"wrote {args.csv}")
