@@ -348,7 +348,7 @@ def test_tiles_larger_than_the_frame_change_nothing(model, cases):
     x = cases["awkward22.x"]
     with torch.no_grad():
         expected = model.encode(x).latent_dist.mean
-        model.enable_tiling()
+        model.enable_tiling(256, 256, None, 192, 192)
         try:
             tiled = model.encode(x).latent_dist.mean
         finally:
