@@ -295,3 +295,26 @@ def test_push_refuses_a_folder_without_a_model(capsys, tmp_path):
     code, _, err = run(capsys, "push", tmp_path, "someone/empty")
     assert code == 1
     assert "not a diffusers model folder" in err
+
+
+@pytest.mark.parametrize(
+    ("model_type", "checkpoint", "config", "expected_frames"),
+    [
+        ("odvae", "tiny_original.ckpt", "tiny_config.json", 5),  # causal: 6 frames trimmed to T = 1 + 4k
+        ("opensora", "tiny_original", None, 6),  # any T
+    ],
+)
+def test_reconstruct_follows_each_model_frame_rule(capsys, tmp_path, model_type, checkpoint, config, expected_frames):
+    folder = reference_dir(model_type)
+    model = checkpoints.convert_to_folder(
+        model_type,
+        folder / checkpoint,
+        tmp_path / model_type,
+        original_config=folder / config if config else None,
+        verbose=False,
+    )
+    code, _, _ = run(
+        capsys, "reconstruct", media_clip(), "-m", model, "-o", tmp_path / "r.mp4", "--frames", 6, "--size", 32, "-q"
+    )
+    assert code == 0
+    assert probe_video(tmp_path / "r.mp4").num_frames == expected_frames
