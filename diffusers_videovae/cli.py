@@ -350,11 +350,33 @@ def reconstruct_video(
     """
     from tqdm.auto import tqdm
 
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     segments = plan_segments(video.shape[2], segment_frames, input_rule(model))
+    bar = tqdm(total=2 * len(segments), desc="reconstruct", unit="step", disable=not progress, leave=False)
+    # Models encode/decode in chunks and tiles internally; counting the calls of their encoder/decoder modules shows
+    # progress inside a step without depending on a model's internals.
+    calls = {"encoder": 0, "decoder": 0}
+    handles = []
+    for name in calls if progress else ():
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Module):
+
+            def tick(*_, name=name):
+                calls[name] += 1
+                bar.set_postfix_str(f"{name} chunks/tiles {calls[name]}")
+
+            handles.append(module.register_forward_hook(tick))
+    try:
+        return _run_segments(model, video, segments, sample_posterior, generator, bar)
+    finally:
+        for handle in handles:
+            handle.remove()
+        bar.close()
+
+
+def _run_segments(model, video, segments, sample_posterior, generator, bar) -> Reconstruction:
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     outputs, latents = [], []
     encode_seconds = decode_seconds = 0.0
-    bar = tqdm(total=2 * len(segments), desc="reconstruct", unit="step", disable=not progress, leave=False)
     with torch.no_grad():
         for index, segment in enumerate(segments):
             frames = video[:, :, segment.start : segment.stop].to(device=device, dtype=dtype)
@@ -374,7 +396,6 @@ def reconstruct_video(
             bar.update()
             outputs.append(sample[:, :, segment.overlap :].float().cpu())
             latents.append(z[:, :, segment.overlap :].cpu())
-    bar.close()
     return Reconstruction(torch.cat(outputs, dim=2), torch.cat(latents, dim=2), encode_seconds, decode_seconds)
 
 
@@ -413,7 +434,13 @@ def read_input(args: argparse.Namespace, rule: InputRule) -> tuple[torch.Tensor,
         clip = fit_to_rule(synthetic_clip(num_frames=frames, height=side, width=side, seed=args.seed), rule)
         return clip, 25.0, "synthetic clip (no INPUT given)"
     video, fps = read_video(
-        args.input, start=args.start, num_frames=args.frames, stride=args.stride, size=args.size, rule=rule
+        args.input,
+        start=args.start,
+        num_frames=args.frames,
+        stride=args.stride,
+        fps=args.fps,
+        size=args.size,
+        rule=rule,
     )
     return video, fps, str(args.input)
 
@@ -443,6 +470,9 @@ def _add_reading_arguments(parser: argparse.ArgumentParser, frames_default: int 
     parser.add_argument("--size", type=int, help="resize so the short side has this many pixels (default: keep)")
     parser.add_argument("--start", type=float, default=0.0, help="seconds to skip at the start")
     parser.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    parser.add_argument(
+        "--fps", type=float, help="resample to this frame rate (picks frames; exclusive with --stride)"
+    )
 
 
 # -- sub-commands -----------------------------------------------------------------------------------------------
@@ -517,7 +547,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     model = load(args, device)
     rule = input_rule(model)
     video, fps = read_video(
-        args.input, start=args.start, num_frames=args.frames, stride=args.stride, size=args.size, rule=rule
+        args.input,
+        start=args.start,
+        num_frames=args.frames,
+        stride=args.stride,
+        fps=args.fps,
+        size=args.size,
+        rule=rule,
     )
     if args.tiling == "on":
         model.enable_tiling()
@@ -601,12 +637,14 @@ class EvalSettings:
     size: int | None = 256
     start: float = 0.0
     stride: int = 1
+    fps: float | None = None
     crop_square: bool = True
     lpips: bool = False
 
     def describe(self, rule: InputRule) -> str:
         return (
-            f"frames {self.frames or 'all'} from {self.start:g} s, stride {self.stride}; short side "
+            f"frames {self.frames or 'all'} from {self.start:g} s, "
+            f"{f'resampled to {self.fps:g} fps' if self.fps else f'stride {self.stride}'}; short side "
             f"{self.size or 'native'}{', center square crop' if self.crop_square else ''}; cropped to "
             f"{rule.describe()}; posterior mode; PSNR/SSIM per frame in RGB, averaged over frames then clips"
         )
@@ -627,6 +665,7 @@ def evaluate_clips(
             start=settings.start,
             num_frames=settings.frames,
             stride=settings.stride,
+            fps=settings.fps,
             size=settings.size,
             rule=rule,
         )
@@ -659,6 +698,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         size=args.size,
         start=args.start,
         stride=args.stride,
+        fps=args.fps,
         crop_square=args.crop_square,
         lpips=args.lpips,
     )

@@ -262,7 +262,9 @@ def read_video(
                 "smaller ones (size / --size)."
             )
 
-        frames = _decode_frames(container, stream, path, start, num_frames, stride, fps, width, height)
+        # Streams that do not declare their length are checked while decoding.
+        max_frames = max(1, budget // (3 * crop_h * crop_w * 4))
+        frames = _decode_frames(container, stream, path, start, num_frames, stride, fps, width, height, max_frames)
     if not frames:
         where = f" after {start} s" if start else ""
         raise VideoReadError(f"{path} has a video stream but no frames could be decoded{where}.")
@@ -282,7 +284,9 @@ def read_video(
     return from_uint8(video), float(out_fps)
 
 
-def _decode_frames(container, stream, path, start, num_frames, stride, fps, width, height) -> list[np.ndarray]:
+def _decode_frames(
+    container, stream, path, start, num_frames, stride, fps, width, height, max_frames
+) -> list[np.ndarray]:
     frames: list[np.ndarray] = []
     if start > 0 and stream.time_base is not None:
         try:
@@ -308,6 +312,11 @@ def _decode_frames(container, stream, path, start, num_frames, stride, fps, widt
             frames.append(frame.to_ndarray())
             if num_frames is not None and len(frames) >= num_frames:
                 break
+            if len(frames) > max_frames:
+                raise VideoReadError(
+                    f"{path}: more than {max_frames} frames of {width}x{height} would not fit in the memory allowed; "
+                    "read fewer frames (num_frames / --frames) or smaller ones (size / --size)."
+                )
     except av.FFmpegError as error:
         raise VideoReadError(
             f"{path} is corrupt or truncated: decoding failed after {len(frames)} frame(s) "

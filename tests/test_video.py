@@ -257,3 +257,12 @@ def test_clip_too_large_for_memory(clip_file):
 def test_frames_smaller_than_the_spatial_multiple(clip_file):
     with pytest.raises(VideoReadError, match="smaller than this model's spatial multiple"):
         read_video(clip_file, rule=InputRule(4, 64))
+
+
+def test_stream_without_declared_length_is_checked_while_decoding(tmp_path):
+    frames = np.zeros((12, 40, 56, 3), dtype=np.uint8)
+    path = _encode(tmp_path / "undeclared.mkv", frames)  # Matroska does not store a frame count
+    assert probe_video(path).num_frames == 0
+    with pytest.raises(VideoReadError, match="would not fit"):
+        read_video(path, max_bytes=3 * (3 * 40 * 56 * 4))
+    assert read_video(path)[0].shape[2] == 12
