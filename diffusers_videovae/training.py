@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch-size", type=int, default=1, help="clips per process and step")
     optim.add_argument("--max-steps", type=int, default=1000)
+    optim.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="stop (checkpoint and save) at this step, keeping the LR schedule of --max-steps (staged runs)",
+    )
     optim.add_argument("--max-minutes", type=float, help="stop (checkpoint and save) after this much wall time")
     optim.add_argument("--learning-rate", "--lr", type=float, default=1e-4)
     optim.add_argument("--lr-scheduler", default="constant_with_warmup", help="a diffusers.optimization schedule name")
@@ -469,7 +474,8 @@ def train(args: argparse.Namespace) -> Path:
     sums: dict[str, float] = {}
     summed_steps = 0
     micro = args.gradient_accumulation_steps
-    while step < args.max_steps:
+    last_step = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    while step < last_step:
         for micro_step in range(micro):
             first = ((step * micro + micro_step) * world + rank) * args.batch_size
             x = torch.stack([dataset[first + j] for j in range(args.batch_size)]).to(accelerator.device)
@@ -502,7 +508,7 @@ def train(args: argparse.Namespace) -> Path:
         progress.update(1)
         elapsed = time.monotonic() - start_time
         out_of_time = args.max_minutes is not None and elapsed > 60 * args.max_minutes
-        if step % args.log_every == 0 or step == args.max_steps or out_of_time:
+        if step % args.log_every == 0 or step == last_step or out_of_time:
             names = sorted(sums)
             totals = accelerator.reduce(torch.tensor([sums[k] for k in names], device=accelerator.device), "mean")
             means = {k: float(v) / summed_steps for k, v in zip(names, totals)}
@@ -510,12 +516,12 @@ def train(args: argparse.Namespace) -> Path:
             progress.set_postfix(loss=f"{means['loss']:.4f}")
             if log is not None:
                 log.write(step=step, kind="train", lr=lr_scheduler.get_last_lr()[0], elapsed_s=elapsed, **means)
-        if val_clips and (step % args.val_every == 0 or step == args.max_steps or out_of_time):
+        if val_clips and (step % args.val_every == 0 or step == last_step or out_of_time):
             with _ema_weights(ema, vae):
                 value = validate(vae, val_clips, accelerator.device)
             progress.write(f"step {step}: validation PSNR {value:.2f} dB")
             log.write(step=step, kind="val", val_psnr=value, elapsed_s=elapsed)
-        if step % args.checkpoint_every == 0 or step == args.max_steps or out_of_time:
+        if step % args.checkpoint_every == 0 or step == last_step or out_of_time:
             save_checkpoint(accelerator, output_dir, step, args.keep_checkpoints)
         if out_of_time:
             accelerator.print(f"Stopping at step {step}: --max-minutes {args.max_minutes} reached.")
