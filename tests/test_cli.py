@@ -318,3 +318,11 @@ def test_reconstruct_follows_each_model_frame_rule(capsys, tmp_path, model_type,
     )
     assert code == 0
     assert probe_video(tmp_path / "r.mp4").num_frames == expected_frames
+
+
+def test_an_original_release_folder_is_read_directly(capsys):
+    original = reference_dir("opensora") / "tiny_original"  # transformers-style config.json + model.safetensors
+    code, out, _ = run(capsys, "info", original, "--size", "17x32x32")
+    assert code == 0
+    assert "AutoencoderKLOpenSora" in out
+    assert "any T" in out
