@@ -210,6 +210,16 @@ def test_truncated_stream(tmp_path):
         read_video(tmp_path / "cut.mp4")
 
 
+def test_corrupt_stream(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)
+    data = bytearray(_encode(tmp_path / "whole.mp4", noise, options={"movflags": "faststart"}).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4000] = np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    with pytest.raises(VideoReadError, match="corrupt or truncated"):
+        read_video(tmp_path / "damaged.mp4")
+
+
 def test_truncated_file_missing_its_index(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (10, 48, 64, 3), dtype=np.uint8)
     whole = _encode(tmp_path / "whole.mp4", noise).read_bytes()  # index (moov) at the end, cut away
