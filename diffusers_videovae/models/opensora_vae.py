@@ -275,6 +275,43 @@ class OpenSoraTemporalVAE(nn.Module):
         return x[:, :, x.shape[2] - num_frames :]
 
 
+class OpenSoraNearestUpsampleConv2d(nn.Module):
+    """Nearest x2 upsampling followed by a 3x3 conv, computed as four 2x2 convs on the low-resolution input.
+
+    Stands in for the `Upsample2D` layers of the spatial decoder, with the same `conv` weights and keys. Each
+    output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that land
+    on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
+    (equal up to float rounding). While gradients are recorded it runs the plain two-step form.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    @staticmethod
+    def _fold(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
+        first, middle, last = weight.unbind(dim)
+        pair = (first, middle + last) if phase == 0 else (first + middle, last)
+        return torch.stack(pair, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        batch, _, height, width = x.shape
+        channels = self.conv.out_channels
+        phases = [(row, col) for row in range(2) for col in range(2)]
+        kernels = torch.cat([self._fold(self._fold(self.conv.weight, row, 2), col, 3) for row, col in phases])
+        bias = self.conv.bias.repeat(4) if self.conv.bias is not None else None
+        # One conv gives all four phases on the (H + 1) x (W + 1) grid of the zero-padded input.
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias)
+        out = x.new_empty(batch, channels, height, 2, width, 2)
+        for index, (row, col) in enumerate(phases):
+            out[:, :, :, row, :, col] = y[
+                :, index * channels : (index + 1) * channels, row : row + height, col : col + width
+            ]
+        return out.view(batch, channels, 2 * height, 2 * width)
+
+
 class OpenSoraPosterior(DiagonalGaussianDistribution):
     """The temporal posterior. `sample(generator)` draws one noise tensor per temporal chunk, in chunk order.
 
@@ -388,6 +425,9 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             norm_num_groups=norm_num_groups,
             mid_block_add_attention=mid_block_add_attention,
         )
+        for block in self.spatial_vae.decoder.up_blocks:
+            if block.upsamplers is not None:
+                block.upsamplers[0] = OpenSoraNearestUpsampleConv2d(block.upsamplers[0].conv)
         self.temporal_vae = OpenSoraTemporalVAE(
             spatial_latent_channels,
             temporal_latent_embed_dim,
