@@ -220,8 +220,10 @@ def _fuse_pairs(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             if partner not in state_dict:
                 raise CheckpointError(f"{key} has no matching {partner} in the checkpoint.")
             half_2d, half_3d = state_dict[key], state_dict[partner]
-            if param == "weight":
-                half_2d = half_2d.unsqueeze(2)  # (O, I, 1, 1) -> (O, I, 1, 1, 1), as the 3D half
+            if param == "weight" and target is None:
+                half_3d = half_3d.squeeze(2)  # residual shortcuts are per-frame: (O, I, 1, 1)
+            elif param == "weight":
+                half_2d = half_2d.unsqueeze(2)  # latent projections are (O, I, 1, 1, 1) convolutions
             if target == "quant_conv":
                 # Original output [2D (Z) | 3D (Z)]; mean = first halves of both, logvar = second halves of both.
                 z = half_2d.shape[0] // 2

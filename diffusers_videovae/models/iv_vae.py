@@ -50,16 +50,18 @@ SPATIAL_COMPRESSION = 8
 NORM_EPS = 1e-12
 
 
-def _per_frame_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 2D convolution to every frame of `x: (B, C, T, H, W)` without moving frames into the batch."""
-    return F.conv3d(
-        x,
-        conv.weight.unsqueeze(2),
-        conv.bias,
-        stride=(1, *conv.stride),
-        padding=(0, *conv.padding),
-        dilation=(1, *conv.dilation),
-    )
+def _inference() -> bool:
+    """True when no graph is recorded, so fresh intermediate tensors may be overwritten in place."""
+    return not torch.is_grad_enabled()
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x, inplace=_inference())
+
+
+def _frames_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D convolution to every frame of `x: (B, T, C, H, W)` (frames are folded into the batch)."""
+    return conv(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 class IVVAESepRMSNorm(nn.Module):
@@ -76,10 +78,13 @@ class IVVAESepRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(2 * half_width, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, 2w, T, H, W)` -> same shape."""
-        halves = x.unflatten(1, (2, self.half_width))
-        halves = F.normalize(halves, dim=2, eps=NORM_EPS)
-        return halves.flatten(1, 2) * self.scale * self.gamma
+        """`x: (B, T, 2w, H, W)` -> same shape."""
+        halves = x.unflatten(2, (2, self.half_width))
+        # scale / norm is 1/w the size of x: one full-size multiplication instead of a division and another one.
+        factor = self.scale / torch.linalg.vector_norm(halves, dim=3, keepdim=True).clamp_min(NORM_EPS)
+        out = (halves * factor).flatten(2, 3)
+        gamma = self.gamma.view(-1, 1, 1)
+        return out.mul_(gamma) if _inference() else out * gamma
 
 
 class IVVAERMSNorm(nn.Module):
@@ -98,10 +103,12 @@ class IVVAERMSNorm(nn.Module):
 class IVVAECausalConv3d(nn.Conv3d):
     """3x3x3 convolution that is causal between groups of `group_size` frames and looks ahead inside a group.
 
-    For a call with one frame, the temporal window is `[x0, x0, 0]` (the cache is not used). For `T = n *
-    group_size` frames, group `j` is convolved on its own as `[left, frames of group j, zero frame]`, where
-    `left` is `previous` (the last input frame of the preceding call) for `j = 0` and the last frame of group
-    `j - 1` otherwise.
+    Output frame `i` reads input frames `[i - 1, i, i + 1]`, where frame `-1` is `previous` (the last input frame
+    of the preceding call) and frame `i + 1` is replaced by zeros at the end of every group. A call with a single
+    frame reads `[x0, x0, 0]` and ignores `previous`.
+
+    The three temporal taps are stacked along channels and convolved with one 2D convolution over all frames
+    (the same sums as a 3D convolution of each group padded as `[left, group, 0]`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, group_size: int):
@@ -109,25 +116,23 @@ class IVVAECausalConv3d(nn.Conv3d):
         self.group_size = group_size
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """`x: (B, C, T, H, W)`, `previous: (B, C, H, W)` or None -> `(B, out_channels, T, H, W)`."""
-        batch, channels, num_frames, height, width = x.shape
-        if num_frames == 1:
-            return super().forward(torch.cat([x, x, torch.zeros_like(x)], dim=2))
-        size = self.group_size
-        if num_frames % size or previous is None:
+        """`x: (B, T, C, H, W)`, `previous: (B, C, H, W)` or None -> `(B, T, out_channels, H, W)`."""
+        batch, num_frames, channels, height, width = x.shape
+        size = self.group_size if num_frames > 1 else 1
+        if num_frames > 1 and (num_frames % size or previous is None):
             raise ValueError(
                 f"IVVAECausalConv3d needs a multiple of {size} frames and the previous frame after the first "
                 f"call; got {num_frames} frames and previous={'missing' if previous is None else 'given'}."
             )
-        num_groups = num_frames // size
-        groups = x.unflatten(2, (num_groups, size)).transpose(1, 2)  # (B, n, C, g, H, W)
-        windows = x.new_empty(batch, num_groups, channels, size + 2, height, width)
-        windows[:, :, :, 1 : size + 1] = groups
-        windows[:, 0, :, 0] = previous
-        windows[:, 1:, :, 0] = groups[:, :-1, :, -1]
-        windows[:, :, :, size + 1] = 0
-        out = super().forward(windows.flatten(0, 1))  # (B * n, O, g, H, W)
-        return out.unflatten(0, (batch, num_groups)).transpose(1, 2).flatten(2, 3)
+        taps = x.new_empty(batch, num_frames, 3, channels, height, width)
+        taps[:, 0, 0] = x[:, 0] if num_frames == 1 else previous
+        taps[:, 1:, 0] = x[:, :-1]
+        taps[:, :, 1] = x
+        taps[:, :-1, 2] = x[:, 1:]
+        taps[:, size - 1 :: size, 2] = 0
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, 3 * channels, 3, 3)
+        out = F.conv2d(taps.view(batch * num_frames, 3 * channels, height, width), weight, self.bias, padding=1)
+        return out.view(batch, num_frames, self.out_channels, height, width)
 
 
 class IVVAESepConv3d(nn.Module):
@@ -146,15 +151,15 @@ class IVVAESepConv3d(nn.Module):
         self.conv_3d = IVVAECausalConv3d(in_channels, out_half_width, group_size)
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """`x: (B, C_in, T, H, W)`, `previous: (B, C_in, H, W)` -> `(B, 2 * out_half_width, T, H, W)`."""
-        return torch.cat([_per_frame_conv(self.conv_2d, x), self.conv_3d(x, previous)], dim=1)
+        """`x: (B, T, C_in, H, W)`, `previous: (B, C_in, H, W)` -> `(B, T, 2 * out_half_width, H, W)`."""
+        return torch.cat([_frames_conv(self.conv_2d, x), self.conv_3d(x, previous)], dim=2)
 
 
 class IVVAEResidualBlock(nn.Module):
     """Residual block with group-causal convolutions (half widths `in_width -> out_width`).
 
-    `out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`; the shortcut is a 1x1x1 convolution when
-    the widths differ. Each of the two 3x3x3 convolutions keeps the last frame of its input as the cache.
+    `out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`; the shortcut is a 1x1 convolution when the
+    widths differ. Each of the two 3x3x3 convolutions keeps the last frame of its input as the cache.
     """
 
     def __init__(self, in_width: int, out_width: int, group_size: int, dropout: float = 0.0):
@@ -164,20 +169,20 @@ class IVVAEResidualBlock(nn.Module):
         self.norm2 = IVVAESepRMSNorm(out_width)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = IVVAESepConv3d(2 * out_width, out_width, group_size)
-        self.conv_shortcut = nn.Conv3d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
+        self.conv_shortcut = nn.Conv2d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
 
     def forward(
         self, x: torch.Tensor, previous1: torch.Tensor | None = None, previous2: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`x: (B, 2 * in_width, T, H, W)` and the two caches -> `(out, new cache 1, new cache 2)`."""
-        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        h = F.silu(self.norm1(x))
-        cache1 = h[:, :, -1].clone()
+        """`x: (B, T, 2 * in_width, H, W)` and the two caches -> `(out, new cache 1, new cache 2)`."""
+        shortcut = x if self.conv_shortcut is None else _frames_conv(self.conv_shortcut, x)
+        h = _silu(self.norm1(x))
+        cache1 = h[:, -1].clone()
         h = self.conv1(h, previous1)
-        h = self.dropout(F.silu(self.norm2(h)))
-        cache2 = h[:, :, -1].clone()
+        h = self.dropout(_silu(self.norm2(h)))
+        cache2 = h[:, -1].clone()
         h = self.conv2(h, previous2)
-        return h + shortcut, cache1, cache2
+        return (h.add_(shortcut) if _inference() else h + shortcut), cache1, cache2
 
 
 class IVVAEResidualBlock2d(nn.Module):
@@ -193,12 +198,12 @@ class IVVAEResidualBlock2d(nn.Module):
         self.conv_shortcut = nn.Conv2d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, 2 * in_width, T, H, W)` -> `(B, 2 * out_width, T, H, W)`."""
-        shortcut = x if self.conv_shortcut is None else _per_frame_conv(self.conv_shortcut, x)
-        h = _per_frame_conv(self.conv1, F.silu(self.norm1(x)))
-        h = self.dropout(F.silu(self.norm2(h)))
-        h = _per_frame_conv(self.conv2, h)
-        return h + shortcut
+        """`x: (B, T, 2 * in_width, H, W)` -> `(B, T, 2 * out_width, H, W)`."""
+        shortcut = x if self.conv_shortcut is None else _frames_conv(self.conv_shortcut, x)
+        h = _frames_conv(self.conv1, _silu(self.norm1(x)))
+        h = self.dropout(_silu(self.norm2(h)))
+        h = _frames_conv(self.conv2, h)
+        return h.add_(shortcut) if _inference() else h + shortcut
 
 
 class IVVAEAttention(nn.Module):
@@ -211,15 +216,14 @@ class IVVAEAttention(nn.Module):
         self.proj = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, C, T, H, W)` -> same shape."""
-        batch, channels, num_frames, height, width = x.shape
-        tokens = x.permute(0, 2, 3, 4, 1).reshape(batch * num_frames, height * width, channels)
+        """`x: (B, T, C, H, W)` -> same shape."""
+        batch, num_frames, channels, height, width = x.shape
+        tokens = x.flatten(3).flatten(0, 1).transpose(1, 2)  # (B * T, H * W, C)
         qkv = F.linear(self.norm(tokens), self.to_qkv.weight.flatten(1), self.to_qkv.bias)
         query, key, value = qkv.unsqueeze(1).chunk(3, dim=-1)
         h = F.scaled_dot_product_attention(query, key, value).squeeze(1)
         h = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)
-        h = h.reshape(batch, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
-        return x + h
+        return x + h.transpose(1, 2).reshape(batch, num_frames, channels, height, width)
 
 
 class IVVAEAttentionBlock(nn.Module):
@@ -232,9 +236,9 @@ class IVVAEAttentionBlock(nn.Module):
         self.attn_3d = IVVAEAttention(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, 2 * width, T, H, W)` -> same shape."""
-        half_2d, half_3d = x.split(self.width, dim=1)
-        return torch.cat([self.attn_2d(half_2d), self.attn_3d(half_3d)], dim=1)
+        """`x: (B, T, 2 * width, H, W)` -> same shape."""
+        half_2d, half_3d = x.split(self.width, dim=2)
+        return torch.cat([self.attn_2d(half_2d), self.attn_3d(half_3d)], dim=2)
 
 
 class IVVAEDownsample(nn.Module):
@@ -245,23 +249,26 @@ class IVVAEDownsample(nn.Module):
     def __init__(self, width: int, temporal: bool):
         super().__init__()
         self.width = width
-        self.temporal = temporal
         self.conv_2d = nn.Conv2d(width, width, 3, stride=2)
         self.conv_3d = nn.Conv2d(width, width, 3, stride=2)
         self.time_conv = nn.Conv3d(width, width, (2, 1, 1), stride=(2, 1, 1)) if temporal else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, 2w, T, H, W)` -> `(B, 2w, T', H // 2, W // 2)`, `T' = T // 2` if temporal and `T > 1`."""
-        half_2d, half_3d = x.split(self.width, dim=1)
-        temporal = self.time_conv is not None and x.shape[2] > 1
+        """`x: (B, T, 2w, H, W)` -> `(B, T', 2w, H // 2, W // 2)`, `T' = T // 2` if temporal and `T > 1`."""
+        half_2d, half_3d = x.split(self.width, dim=2)
+        temporal = self.time_conv is not None and x.shape[1] > 1
         if temporal:
             # Per-frame convolutions: the frames the 2D half drops need not be computed.
-            half_2d = half_2d[:, :, 0::2]
-        half_2d = _per_frame_conv(self.conv_2d, F.pad(half_2d, (0, 1, 0, 1)))
-        half_3d = _per_frame_conv(self.conv_3d, F.pad(half_3d, (0, 1, 0, 1)))
+            half_2d = half_2d[:, 0::2]
+        half_2d = _frames_conv(self.conv_2d, F.pad(half_2d, (0, 1, 0, 1)))
+        half_3d = _frames_conv(self.conv_3d, F.pad(half_3d, (0, 1, 0, 1)))
         if temporal:
-            half_3d = self.time_conv(half_3d)
-        return torch.cat([half_2d, half_3d], dim=1)
+            # Frames 2t and 2t + 1 side by side along channels: the (2, 1, 1) convolution is a 1x1 one.
+            batch, num_frames, width, height, w = half_3d.shape
+            pairs = half_3d.reshape(batch * num_frames // 2, 2 * width, height, w)
+            weight = self.time_conv.weight.transpose(1, 2).reshape(width, 2 * width, 1, 1)
+            half_3d = F.conv2d(pairs, weight, self.time_conv.bias).view(batch, num_frames // 2, width, height, w)
+        return torch.cat([half_2d, half_3d], dim=2)
 
 
 class IVVAEUpsample(nn.Module):
@@ -277,19 +284,25 @@ class IVVAEUpsample(nn.Module):
         self.time_conv = nn.Conv3d(width, 2 * width, 1) if temporal else None
 
     def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
-        """`x: (B, 2w, T, H, W)` -> `(B, w, T', 2H, 2W)`, `T' = 2T` if temporal and not `first_chunk`."""
-        half_2d, half_3d = x.split(self.width, dim=1)
+        """`x: (B, T, 2w, H, W)` -> `(B, T', w, 2H, 2W)`, `T' = 2T` if temporal and not `first_chunk`."""
+        half_2d, half_3d = x.split(self.width, dim=2)
         temporal = self.time_conv is not None and not first_chunk
         if temporal:
-            batch, width, num_frames, height, w = half_3d.shape
-            pairs = self.time_conv(half_3d).unflatten(1, (2, width))  # (B, 2, w, T, H, W)
-            half_3d = pairs.permute(0, 2, 3, 1, 4, 5).reshape(batch, width, 2 * num_frames, height, w)
-        half_2d = _per_frame_conv(self.conv_2d, F.interpolate(half_2d, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
-        half_3d = _per_frame_conv(self.conv_3d, F.interpolate(half_3d, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+            batch, num_frames, width, height, w = half_3d.shape
+            weight = self.time_conv.weight.flatten(2).unsqueeze(-1)
+            pairs = F.conv2d(half_3d.flatten(0, 1), weight, self.time_conv.bias)  # (B * T, 2w, H, W)
+            half_3d = pairs.view(batch, 2 * num_frames, width, height, w)  # channels [0, w) -> even frames
+        half_2d = _frames_conv(self.conv_2d, _upsample_frames(half_2d))
+        half_3d = _frames_conv(self.conv_3d, _upsample_frames(half_3d))
         if temporal:
             # Per-frame convolution of a repeated frame: repeat after the convolution instead of before.
-            half_2d = half_2d.repeat_interleave(2, dim=2)
-        return torch.cat([half_2d, half_3d], dim=1)
+            half_2d = half_2d.repeat_interleave(2, dim=1)
+        return torch.cat([half_2d, half_3d], dim=2)
+
+
+def _upsample_frames(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x spatial upsampling of `x: (B, T, C, H, W)`."""
+    return F.interpolate(x.flatten(0, 1), scale_factor=2.0, mode="nearest").unflatten(0, x.shape[:2])
 
 
 class IVVAEPyramidHead(nn.Module):
@@ -308,10 +321,11 @@ class IVVAEPyramidHead(nn.Module):
         self.proj = nn.Conv2d(len(self.branches) * out_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x: (B, C, T, H, W)` -> `(B, out_channels, T, H, W)`."""
-        outputs = [_per_frame_conv(branch, x).split(self.half, dim=1) for branch in self.branches]
+        """`x: (B, T, C, H, W)` -> `(B, T, out_channels, H, W)`."""
+        frames = x.flatten(0, 1)
+        outputs = [branch(frames).split(self.half, dim=1) for branch in self.branches]
         regrouped = [part_2d for part_2d, _ in outputs] + [part_3d for _, part_3d in outputs]
-        return _per_frame_conv(self.proj, torch.cat(regrouped, dim=1))
+        return self.proj(torch.cat(regrouped, dim=1)).unflatten(0, x.shape[:2])
 
 
 def _cached_call(module: nn.Module, checkpointing: bool, checkpoint_func, x: torch.Tensor, *caches):
@@ -370,9 +384,9 @@ class IVVAEEncoder3d(nn.Module):
     def forward(
         self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`x: (B, 3, T, H, W)` with `T = 1` (first chunk, `cache=None`) or a multiple of the temporal compression
-        -> `(features (B, 2 * latent_channels, T', H / 8, W / 8), new cache)`."""
-        new_cache = [x[:, :, -1].clone()]
+        """`x: (B, T, 3, H, W)` with `T = 1` (first chunk, `cache=None`) or a multiple of the temporal compression
+        -> `(features (B, T', 2 * latent_channels, H / 8, W / 8), new cache)`."""
+        new_cache = [x[:, -1].clone()]
         x = self.conv_in(x, None if cache is None else cache[0])
         for block in self.down_blocks:
             if isinstance(block, IVVAEResidualBlock):
@@ -392,7 +406,7 @@ class IVVAEEncoder3d(nn.Module):
                 x = block(x)
         for block in self.mid_blocks:
             x = block(x)
-        x = self.conv_out(F.silu(self.norm_out(x)))
+        x = self.conv_out(_silu(self.norm_out(x)))
         return x, new_cache
 
 
@@ -445,11 +459,11 @@ class IVVAEDecoder3d(nn.Module):
     def forward(
         self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """`x: (B, latent_channels, t, h, w)`; `cache=None` for the first chunk, which must be the single first
-        latent frame -> `(images (B, 6, T, 8h, 8w), new cache)` with `T = 1` for the first chunk, else `4t`."""
+        """`x: (B, t, latent_channels, h, w)`; `cache=None` for the first chunk, which must be the single first
+        latent frame -> `(images (B, T, 6, 8h, 8w), new cache)` with `T = 1` for the first chunk, else `4t`."""
         first_chunk = cache is None
         new_cache: list[torch.Tensor] = []
-        x = _per_frame_conv(self.conv_in, x)
+        x = _frames_conv(self.conv_in, x)
         for block in self.mid_blocks:
             x = block(x)
         for block in self.up_blocks:
@@ -470,8 +484,8 @@ class IVVAEDecoder3d(nn.Module):
                 x = self._gradient_checkpointing_func(block, x)
             else:
                 x = block(x)
-        x = F.silu(self.norm_out(x))
-        new_cache.append(x[:, :, -1].clone())
+        x = _silu(self.norm_out(x))
+        new_cache.append(x[:, -1].clone())
         x = self.conv_out(x, None if cache is None else cache[len(new_cache) - 1])
         return x, new_cache
 
@@ -599,38 +613,33 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
                 the cache instead of overlapping).
         """
-        self.use_tiling = True
-        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
-        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
-        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
-        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
-        if tile_sample_min_num_frames is not None:
-            self.tile_sample_min_num_frames = tile_sample_min_num_frames
-        self.tile_sample_stride_num_frames = tile_sample_stride_num_frames or self.tile_sample_min_num_frames
-        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
-        sizes = {
-            "tile_sample_min_height": self.tile_sample_min_height,
-            "tile_sample_min_width": self.tile_sample_min_width,
-            "tile_sample_stride_height": self.tile_sample_stride_height,
-            "tile_sample_stride_width": self.tile_sample_stride_width,
+        settings = {
+            "tile_sample_min_height": tile_sample_min_height or self.tile_sample_min_height,
+            "tile_sample_min_width": tile_sample_min_width or self.tile_sample_min_width,
+            "tile_sample_stride_height": tile_sample_stride_height or self.tile_sample_stride_height,
+            "tile_sample_stride_width": tile_sample_stride_width or self.tile_sample_stride_width,
         }
-        for name, value in sizes.items():
+        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
+        for name, value in settings.items():
             if value <= 0 or value % spatial:
                 raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
-        if self.tile_sample_stride_height > self.tile_sample_min_height or (
-            self.tile_sample_stride_width > self.tile_sample_min_width
-        ):
-            raise ValueError("Tile strides must not exceed the tile sizes.")
-        if self.tile_sample_min_num_frames <= 0 or self.tile_sample_min_num_frames % temporal:
+        for axis in ("height", "width"):
+            if settings[f"tile_sample_stride_{axis}"] > settings[f"tile_sample_min_{axis}"]:
+                raise ValueError(f"tile_sample_stride_{axis} must not exceed tile_sample_min_{axis}.")
+        num_frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
+        if num_frames <= 0 or num_frames % temporal:
             raise ValueError(
-                f"tile_sample_min_num_frames must be a positive multiple of {temporal}, got "
-                f"{self.tile_sample_min_num_frames}."
+                f"tile_sample_min_num_frames must be a positive multiple of {temporal}, got {num_frames}."
             )
-        if self.tile_sample_stride_num_frames != self.tile_sample_min_num_frames:
+        if tile_sample_stride_num_frames not in (None, num_frames):
             raise ValueError(
                 "IV-VAE's temporal chunks carry a causal cache and do not overlap: "
                 "tile_sample_stride_num_frames must equal tile_sample_min_num_frames."
             )
+        settings["tile_sample_min_num_frames"] = settings["tile_sample_stride_num_frames"] = num_frames
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.use_tiling = True
 
     def _frame_chunks(self, num_frames: int, frames_per_step: int) -> list[tuple[int, int]]:
         """`[(0, 1), (1, 1 + s), ...]`: the first frame alone, then chunks of `s = frames_per_step` frames."""
@@ -644,12 +653,13 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         _, _, _, height, width = x.shape
         if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
             return self.tiled_encode(x)
+        frames = x.transpose(1, 2)  # the blocks work frame-major: (B, T, C, H, W)
         cache = None
         features = []
-        for start, end in self._frame_chunks(x.shape[2], self.tile_sample_min_num_frames):
-            out, cache = self.encoder(x[:, :, start:end], cache)
+        for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
+            out, cache = self.encoder(frames[:, start:end], cache)
             features.append(out)
-        return self.quant_conv(torch.cat(features, dim=2))
+        return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
     @apply_forward_hook
     def encode(
@@ -689,20 +699,20 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         ):
             return self.tiled_decode(z)
         temporal = self.config.temporal_compression_ratio
-        x = self.post_quant_conv(z)
+        x = self.post_quant_conv(z).transpose(1, 2)  # frame-major: (B, t, Z, h, w)
         num_frames = 1 + temporal * (num_latent_frames - 1)
         sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
         cache = None
         latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
         for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
-            images, cache = self.decoder(x[:, :, start:end], cache)
+            images, cache = self.decoder(x[:, start:end], cache)  # (B, frames, 6, H, W)
             if start == 0:
-                sample[:, :, :1] = images[:, :3]
+                sample[:, :, 0] = images[:, 0, :3]
                 continue
             # Each group: the 2D-half image for its first frame, the 3D-half images for the others.
-            groups = images.unflatten(2, (end - start, temporal))
-            frames = torch.cat([groups[:, :3, :, :1], groups[:, 3:, :, 1:]], dim=3).flatten(2, 3)
-            sample[:, :, 1 + temporal * (start - 1) : 1 + temporal * (end - 1)] = frames
+            groups = images.unflatten(1, (end - start, temporal))
+            frames = torch.cat([groups[:, :, :1, :3], groups[:, :, 1:, 3:]], dim=2).flatten(1, 2)
+            sample[:, :, 1 + temporal * (start - 1) : 1 + temporal * (end - 1)] = frames.transpose(1, 2)
         return sample
 
     @apply_forward_hook
