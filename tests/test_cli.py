@@ -76,12 +76,13 @@ def test_every_command_dispatches_through_its_func():
 
 
 def test_console_script_is_installed():
-    result = subprocess.run(
-        [sys.executable, "-c", "from diffusers_videovae.cli import main; raise SystemExit(main(['--version']))"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name="videovae")
+    assert entry.value == "diffusers_videovae.cli:main"
+    script = Path(sys.executable).parent / "videovae"  # where pip puts scripts for this interpreter
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "diffusers_videovae.cli"]
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "diffusers-videovae" in result.stdout
 
