@@ -121,6 +121,23 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_run(workspac
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
 
+def test_gradient_checkpointing_trains_to_the_same_weights(workspace, tmp_path):
+    plain = training.train(args_for(workspace, tmp_path / "plain", "--max-steps", "1"))
+    checkpointed = training.train(
+        args_for(workspace, tmp_path / "ckpt", "--max-steps", "1", "--gradient-checkpointing")
+    )
+    a = load_file(str(plain / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(checkpointed / "diffusion_pytorch_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(workspace, tmp_path):
+    output = training.train(args_for(workspace, tmp_path / "bf16", "--max-steps", "1", "--mixed-precision", "bf16"))
+    rows = read_log(output.parent)
+    assert rows[0]["kind"] == "train" and 0 < float(rows[0]["loss"]) < 10
+
+
 def test_train_only_decoder_leaves_the_encoder_untouched(workspace, tmp_path):
     output = training.train(args_for(workspace, tmp_path / "dec", "--max-steps", "2", "--train-only", "decoder"))
     from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
