@@ -248,11 +248,16 @@ def _temporal_rules(num_levels: int) -> list[RenameRule]:
     return rules
 
 
-def _normalisation(state_dict: dict[str, torch.Tensor], name: str, fallback: list[float]) -> list[float]:
+def _normalisation(state_dict: dict[str, torch.Tensor], name: str, configured: list[float]) -> list[float]:
+    """The buffer's values; the config's decimals when they are the same float32 numbers (readable config.json)."""
     tensor = state_dict[name]
     if tensor.is_meta:  # shape-only checks (e.g. key coverage of a release listing)
-        return [float(v) for v in fallback]
-    return [float(v) for v in tensor.detach().float().flatten().tolist()]
+        return [float(v) for v in configured] if isinstance(configured, list) else [float(configured)] * tensor.numel()
+    values = tensor.detach().float().flatten()
+    nice = torch.tensor([float(v) for v in configured], dtype=torch.float32) if isinstance(configured, list) else None
+    if nice is not None and nice.shape == values.shape and torch.equal(nice, values):
+        return [float(v) for v in configured]
+    return [float(v) for v in values.tolist()]
 
 
 def convert(original: OriginalCheckpoint, variant: str | None = None, **options: Any) -> ConvertedCheckpoint:
