@@ -285,6 +285,13 @@ def test_random_state_dict_is_rejected(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_another_models_checkpoint_is_rejected_and_nothing_is_written(tmp_path):
+    other = reference_dir("ivvae") / "tiny_original.pth"
+    with pytest.raises(CheckpointError):
+        convert_to_folder("odvae", other, tmp_path / "out", verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_other_layout_is_rejected_with_missing_and_mismatched_keys(tiny_files, tmp_path):
     # The v1.1.0 release layout read as v1.2.0: time_downsample keys are unknown to that model.
     shapes = json.loads((reference_dir("odvae") / "keys_v1.1.0.json").read_text())

@@ -50,15 +50,18 @@ TEMPORAL_UPSAMPLE_TYPES = ("time_res",)
 
 
 def _to_frames(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B*T, C, H, W), for the blocks that work frame by frame."""
+    """(B, C, T, H, W) -> (B*T, C, H, W) in channels-last memory (faster 2D convolutions on CPU), for the blocks
+    that work frame by frame."""
     batch, channels, frames, height, width = x.shape
-    return x.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+    frames_last = x.permute(0, 2, 3, 4, 1).contiguous().view(batch * frames, height, width, channels)
+    return frames_last.permute(0, 3, 1, 2)
 
 
 def _from_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    """(B*T, C, H, W) -> (B, C, T, H, W), contiguous."""
     frames_total, channels, height, width = x.shape
-    return x.reshape(batch, frames_total // batch, channels, height, width).permute(0, 2, 1, 3, 4)
+    x = x.reshape(batch, frames_total // batch, channels, height, width).permute(0, 2, 1, 3, 4)
+    return x.contiguous()
 
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -78,10 +81,25 @@ class ODVAECausalConv3d(nn.Module):
         self.time_pad = kernel_size[0] - 1
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, *padding[1:]))
 
+    def pad(self, x: torch.Tensor, silu_first: bool = False) -> torch.Tensor:
+        """Prepend the first frame `kt - 1` times; with `silu_first`, SiLU is applied in the same pass."""
+        if not self.time_pad:
+            return F.silu(x) if silu_first else x
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = F.silu(x) if silu_first else x
+            return torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
+        batch, channels, frames, height, width = x.shape
+        padded = x.new_empty(batch, channels, self.time_pad + frames, height, width)
+        body = padded[:, :, self.time_pad :]
+        if silu_first:
+            torch.ops.aten.silu.out(x, out=body)
+        else:
+            body.copy_(x)
+        padded[:, :, : self.time_pad] = body[:, :, :1]
+        return padded
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.time_pad:
-            x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
-        return self.conv(x)
+        return self.conv(self.pad(x))
 
 
 class ODVAEResnetBlock2D(nn.Module):
@@ -120,8 +138,12 @@ class ODVAEResnetBlock3D(nn.Module):
         self.nin_shortcut = ODVAECausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        # `conv.conv(conv.pad(...))` rather than `conv(...)`: the normalised tensor is freed before the convolution.
+        h = self.conv1.conv(self.conv1.pad(self.norm1(x), silu_first=True))
+        if self.training and self.dropout.p > 0:
+            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        else:
+            h = self.conv2.conv(self.conv2.pad(self.norm2(h), silu_first=True))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return h.add_(shortcut)
 
@@ -355,7 +377,7 @@ class ODVAEEncoder(nn.Module):
             self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
         )
         h = _run_sequence(self.layers(), x, checkpoint)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
 
 
 class ODVAEDecoder(nn.Module):
@@ -410,7 +432,7 @@ class ODVAEDecoder(nn.Module):
             self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
         )
         h = _run_sequence(self.layers(), z, checkpoint)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
 
 
 def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
