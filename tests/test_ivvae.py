@@ -249,7 +249,7 @@ def test_temporal_chunks_equal_a_single_pass(tiny_random):
             assert_close(chunked, single, 1e-5, f"latent, {frames}-frame chunks")
             assert_close(tiny_random.decode(single).sample, single_recon, 1e-5, f"video, {frames}-frame chunks")
     finally:
-        tiny_random.tile_sample_min_num_frames = 16
+        tiny_random.tile_sample_min_num_frames = 4
 
 
 def test_tile_stitching_reassembles_a_tensor_exactly():

@@ -580,13 +580,14 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
 
         self.use_slicing = False
         self.use_tiling = False
-        # Temporal chunking is always on (it is exact); tiling adds spatial tiles.
+        # Temporal chunking is always on (it is exact); one frame group per call keeps activations small, like the
+        # original's schedule. Tiling adds spatial tiles.
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256
         self.tile_sample_stride_height = 192
         self.tile_sample_stride_width = 192
-        self.tile_sample_min_num_frames = 4 * temporal
-        self.tile_sample_stride_num_frames = 4 * temporal
+        self.tile_sample_min_num_frames = temporal
+        self.tile_sample_stride_num_frames = temporal
 
     def enable_tiling(
         self,
