@@ -16,7 +16,7 @@ from accelerate import init_empty_weights
 from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from safetensors.torch import load_file, save_file
 
-from diffusers_videovae.checkpoints import CheckpointError, convert_to_folder
+from diffusers_videovae.checkpoints import CheckpointError, conversion_main, convert_to_folder
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, compare_with_model
 from diffusers_videovae.checkpoints.opensora import convert as convert_opensora
 from diffusers_videovae.checkpoints.opensora import read_original
@@ -248,11 +248,9 @@ def test_save_and_reload_round_trip_is_exact(model, tmp_path, cases):
 
 
 def test_conversion_writes_model_card_and_dtype(tmp_path, tiny_args):
+    # In-process this time: the module fixture already runs the script as a subprocess.
     output = tmp_path / "fp16"
-    script = REPO_ROOT / "conversion" / "convert_opensora.py"
-    subprocess.run(
-        [sys.executable, str(script), *tiny_args, "--output", str(output), "--dtype", "float16"], check=True
-    )
+    conversion_main("opensora", [*tiny_args, "--output", str(output), "--dtype", "float16"])
     weights = load_file(str(output / "diffusion_pytorch_model.safetensors"))
     assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
     card = (output / "README.md").read_text()
