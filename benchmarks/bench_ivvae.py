@@ -70,12 +70,12 @@ def setup_ours(
     return model, stage, data
 
 
-def call_ours(state) -> torch.Tensor:
+def call_ours(state):
     model, stage, data = state
     with torch.no_grad():
-        if stage == "encode":
-            return model.encode(data).latent_dist.mean
-        return model.decode(data).sample
+        out = model.encode(data).latent_dist.mean if stage == "encode" else model.decode(data).sample
+    # A numpy array travels back by value (a tensor would be shared through a file descriptor that dies with us).
+    return out.numpy()
 
 
 def setup_original(weights: str, frames: int, size: int, stage: str, repo: str, latent: str | None = None):
@@ -93,12 +93,14 @@ def setup_original(weights: str, frames: int, size: int, stage: str, repo: str, 
     return model, stage, data, config
 
 
-def call_original(state) -> torch.Tensor:
+def call_original(state):
     model, stage, data, config = state
     with torch.no_grad():
         if stage == "encode":
-            return model.encode(data) / config["scale_factor"] + config["shift_factor"]  # back to the raw mean
-        return model.decode(data)
+            out = model.encode(data) / config["scale_factor"] + config["shift_factor"]  # back to the raw mean
+        else:
+            out = model.decode(data)
+    return out.numpy()
 
 
 # --- driver ------------------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             if "error" in encoded:
                 raise SystemExit(f"ours, encode {clip}: {encoded['error']}")
             latent = folder / f"latent_{clip}_{bool(tiling)}.pt"
-            torch.save(encoded["result"], latent)
+            torch.save(torch.from_numpy(encoded["result"]), latent)
             decoded = measure(
                 setup_ours,
                 call_ours,
@@ -219,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                 for name, outcome in (("encode", original_encoded), ("decode", original_decoded)):
                     if "error" in outcome:
                         raise SystemExit(f"original, {name}: {outcome['error']}")
-                latent_diff = (original_encoded["result"] - encoded["result"]).abs().max().item()
-                recon_diff = (original_decoded["result"] - decoded["result"]).abs().max().item()
+                latent_diff = abs(original_encoded["result"] - encoded["result"]).max()
+                recon_diff = abs(original_decoded["result"] - decoded["result"]).max()
                 rows.append(
                     {
                         "implementation": "original (ali-vilab/iv-vae)",

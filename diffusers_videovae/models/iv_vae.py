@@ -19,7 +19,9 @@
 
 Layout notes for readers:
 
-* Every feature map is `(B, 2w, T, H, W)`: channels `[0, w)` are the 2D half, `[w, 2w)` the 3D half.
+* The public API takes `(B, C, T, H, W)` videos; inside, blocks work "frame-major", on `(B, T, C, H, W)`, so that
+  per-frame convolutions are plain batched 2D convolutions over `(B * T, C, H, W)` without copies.
+* Every feature map has `2w` channels: channels `[0, w)` are the 2D half, `[w, 2w)` the 3D half.
 * Time is processed causally in groups: the first frame alone, then groups of `temporal_compression_ratio` (4)
   frames. A 3x3x3 convolution sees, for each group, `[previous frame, the group's frames, a zero frame]`, so it
   looks one frame ahead inside a group and never across groups. The previous frame of the first group of a call
@@ -329,6 +331,7 @@ class IVVAEPyramidHead(nn.Module):
 
 
 def _cached_call(module: nn.Module, checkpointing: bool, checkpoint_func, x: torch.Tensor, *caches):
+    """Run a cached block, through gradient checkpointing when enabled (blocks are pure: caches in, caches out)."""
     if checkpointing and torch.is_grad_enabled():
         return checkpoint_func(module, x, *caches)
     return module(x, *caches)
