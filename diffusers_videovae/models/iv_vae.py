@@ -557,10 +557,6 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 f"Need at least 2 levels and one temporal_downsample flag per downsample: got dim_mult={dim_mult}, "
                 f"temporal_downsample={temporal_downsample}."
             )
-        if (base_dim * dim_mult[0]) % 2 or any(base_dim * m % 2 for m in dim_mult):
-            raise ValueError(
-                f"Level widths must be even (upsampling halves them): base_dim={base_dim}, dim_mult={dim_mult}."
-            )
         temporal = 2 ** sum(temporal_downsample)
         spatial = 2 ** (len(dim_mult) - 1)
         for name, given, derived in (
