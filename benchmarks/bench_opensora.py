@@ -145,6 +145,11 @@ def setup_ours(weights: str, op: str, frames: int, height: int, width: int, tili
         AutoencoderKLOpenSora.from_single_file(path) if path.is_file() else AutoencoderKLOpenSora.from_pretrained(path)
     )
     model.eval()
+    # Weights loaded from safetensors may stay file-backed (paged in on first use); copy them so that peak RSS
+    # counts every weight, as it does for the original (load_state_dict copies into its parameters).
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
     if tiling:
         model.enable_tiling()
     data = _video(frames, height, width) if op == "encode" else torch.load(latents)
