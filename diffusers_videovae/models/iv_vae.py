@@ -32,6 +32,8 @@ Layout notes for readers:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,7 +45,7 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import blend, check_latents, check_video, tile_starts
+from ._tiling import check_latents, check_video
 
 logger = logging.get_logger(__name__)
 
@@ -372,6 +374,9 @@ class IVVAEEncoder3d(nn.Module):
             if level == num_levels - 2:
                 blocks.append(IVVAEAttentionBlock(out_width))
         self.down_blocks = nn.ModuleList(blocks)
+        # `down_blocks[:num_high_res_blocks]` (through the last spatial downsample) run at full to 1/4 resolution and
+        # are purely local; the rest (attention first) run at 1/8 resolution. See `forward_high` / `forward_low`.
+        self.num_high_res_blocks = 1 + max(i for i, b in enumerate(blocks) if isinstance(b, IVVAEDownsample))
         width = widths[-1]
         self.mid_blocks = nn.ModuleList(
             [
@@ -389,9 +394,23 @@ class IVVAEEncoder3d(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`x: (B, T, 3, H, W)` with `T = 1` (first chunk, `cache=None`) or a multiple of the temporal compression
         -> `(features (B, T', 2 * latent_channels, H / 8, W / 8), new cache)`."""
+        x, new_cache = self.forward_high(x, cache)
+        return self.forward_low(x), new_cache
+
+    def forward_high(
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The high-resolution part: `conv_in` and the down blocks through the last spatial downsample.
+
+        Every layer here is local in space (3x3 convolutions, per-pixel norms over channels, stride-2
+        downsampling): an output pixel depends on input pixels at most `high_res_reach()` away, so spatial tiles
+        with that halo give exact results. All the causal caches live here.
+
+        `x: (B, T, 3, H, W)` -> `(features (B, T', C, H / 8, W / 8), new cache)`.
+        """
         new_cache = [x[:, -1].clone()]
         x = self.conv_in(x, None if cache is None else cache[0])
-        for block in self.down_blocks:
+        for block in self.down_blocks[: self.num_high_res_blocks]:
             if isinstance(block, IVVAEResidualBlock):
                 start = len(new_cache)
                 previous = (None, None) if cache is None else cache[start : start + 2]
@@ -407,10 +426,32 @@ class IVVAEEncoder3d(nn.Module):
                 x = self._gradient_checkpointing_func(block, x)
             else:
                 x = block(x)
+        return x, new_cache
+
+    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1/8-resolution part: attention, the last level, the middle and the pyramid head, per frame (global
+        within each frame, no cache). `x: (B, T', C, h, w)` -> `(B, T', 2 * latent_channels, h, w)`."""
+        for block in self.down_blocks[self.num_high_res_blocks :]:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
         for block in self.mid_blocks:
             x = block(x)
-        x = self.conv_out(_silu(self.norm_out(x)))
-        return x, new_cache
+        return self.conv_out(_silu(self.norm_out(x)))
+
+    def high_res_reach(self) -> int:
+        """An upper bound, in input pixels, on how far beyond its own 8x8 footprint an output pixel of
+        `forward_high` reads (`scale` is the input pixels per feature pixel at the current layer)."""
+        reach, scale = 1, 1  # conv_in: 3x3
+        for block in self.down_blocks[: self.num_high_res_blocks]:
+            if isinstance(block, IVVAEResidualBlock):
+                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
+            elif isinstance(block, IVVAEDownsample):
+                # 3x3 stride 2, padded right/bottom: output j reads inputs 2j..2j+2, one input pixel past its area.
+                reach += scale
+                scale *= 2
+        return reach
 
 
 class IVVAEDecoder3d(nn.Module):
@@ -455,6 +496,9 @@ class IVVAEDecoder3d(nn.Module):
                 if temporal_upsample[level]:
                     group_size *= 2
         self.up_blocks = nn.ModuleList(blocks)
+        # `up_blocks[:num_low_res_blocks]` (before the first upsample) run at latent resolution with attention; the
+        # rest are purely local and run at 2x to 8x. See `forward_low` / `forward_high`.
+        self.num_low_res_blocks = min(i for i, b in enumerate(blocks) if isinstance(b, IVVAEUpsample))
         self.norm_out = IVVAESepRMSNorm(widths[-1])
         self.conv_out = IVVAESepConv3d(2 * widths[-1], 3, group_size)
         self.gradient_checkpointing = False
@@ -464,12 +508,35 @@ class IVVAEDecoder3d(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`x: (B, t, latent_channels, h, w)`; `cache=None` for the first chunk, which must be the single first
         latent frame -> `(images (B, T, 6, 8h, 8w), new cache)` with `T = 1` for the first chunk, else `4t`."""
-        first_chunk = cache is None
-        new_cache: list[torch.Tensor] = []
+        return self.forward_high(self.forward_low(x), cache)
+
+    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent-resolution part: `conv_in`, the middle and the first level (residual blocks and attention),
+        per frame (global within each frame, no cache). `x: (B, t, latent_channels, h, w)` -> `(B, t, C, h, w)`."""
         x = _frames_conv(self.conv_in, x)
         for block in self.mid_blocks:
             x = block(x)
-        for block in self.up_blocks:
+        for block in self.up_blocks[: self.num_low_res_blocks]:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
+        return x
+
+    def forward_high(
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The high-resolution part: the up blocks from the first upsample on, `norm_out` and `conv_out`.
+
+        Every layer here is local in space (nearest upsampling, 3x3 convolutions, per-pixel norms over channels):
+        an output pixel depends on latent pixels at most `high_res_reach()` output pixels away, so spatial tiles
+        with that halo give exact results. All the causal caches live here.
+
+        `x: (B, t, C, h, w)`, `cache=None` for the first chunk -> `(images (B, T, 6, 8h, 8w), new cache)`.
+        """
+        first_chunk = cache is None
+        new_cache: list[torch.Tensor] = []
+        for block in self.up_blocks[self.num_low_res_blocks :]:
             if isinstance(block, IVVAEResidualBlock):
                 start = len(new_cache)
                 previous = (None, None) if cache is None else cache[start : start + 2]
@@ -491,6 +558,45 @@ class IVVAEDecoder3d(nn.Module):
         new_cache.append(x[:, -1].clone())
         x = self.conv_out(x, None if cache is None else cache[len(new_cache) - 1])
         return x, new_cache
+
+    def high_res_reach(self, spatial_compression: int) -> int:
+        """An upper bound, in output pixels, on how far beyond its own 8x8 area (one latent pixel) an output
+        pixel of `forward_high` reads (`scale` is the output pixels per feature pixel at the current layer)."""
+        reach, scale = 0, spatial_compression
+        for block in self.up_blocks[self.num_low_res_blocks :]:
+            if isinstance(block, IVVAEUpsample):
+                scale //= 2  # nearest 2x copies a pixel inside its own area: no reach; then a 3x3 convolution
+                reach += scale
+            elif isinstance(block, IVVAEResidualBlock):
+                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
+        return reach + scale  # conv_out: 3x3
+
+
+class _TileSpan(NamedTuple):
+    """One tile along one axis, in latent pixels: it reads `[start, end)` and keeps its core `[core_start,
+    core_end)`."""
+
+    start: int
+    end: int
+    core_start: int
+    core_end: int
+
+    def core_slice(self, scale: int) -> slice:
+        """The core in the stitched output, with `scale` pixels per latent pixel."""
+        return slice(self.core_start * scale, self.core_end * scale)
+
+    def core_in_tile(self, scale: int) -> slice:
+        """The core inside the tile's own output."""
+        return slice((self.core_start - self.start) * scale, (self.core_end - self.start) * scale)
+
+
+def _tile_spans(size: int, core: int, halo: int) -> list[_TileSpan]:
+    """Cores of `core` latent pixels covering `[0, size)` without overlap, each read with `halo` more pixels on both
+    sides where the frame has them (a tile stops at the frame border, where the untiled model pads too)."""
+    return [
+        _TileSpan(max(0, start - halo), min(size, start + core + halo), start, min(start + core, size))
+        for start in range(0, size, core)
+    ]
 
 
 class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
@@ -580,11 +686,12 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         self.use_slicing = False
         self.use_tiling = False
         # Temporal chunking is always on (it is exact); one frame group per call keeps activations small, like the
-        # original's schedule. Tiling adds spatial tiles.
+        # original's schedule. Tiling adds spatial tiles: cores of `tile_sample_min_*` pixels (strides equal the
+        # cores) plus a halo that the architecture determines (`tile_halo`).
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256
-        self.tile_sample_stride_height = 192
-        self.tile_sample_stride_width = 192
+        self.tile_sample_stride_height = 256
+        self.tile_sample_stride_width = 256
         self.tile_sample_min_num_frames = temporal
         self.tile_sample_stride_num_frames = temporal
 
@@ -597,35 +704,44 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
     ) -> None:
-        r"""Split frames into overlapping spatial tiles (blended linearly over the overlap) and set the temporal
-        chunk size.
+        r"""Process the high-resolution stages in spatial tiles ("halo tiling") and set the temporal chunk size.
 
-        Spatial tiles are encoded/decoded independently, so they are not exact: attention is global per frame
-        and the pyramid head sees 12 latent pixels around each position; wide overlaps keep seams invisible.
-        Temporal chunks are exact (the causal cache carries across chunks).
+        Only the stages that run above 1/8 resolution are tiled: the encoder up to its last spatial downsample
+        and the decoder from its first upsample on. They are purely local (convolutions, per-pixel norms,
+        resampling), so each tile reads a halo around its core that covers their receptive field, and the core of
+        its output is exact; cores are stitched without blending. Attention and the pyramid head run on whole
+        latent frames, which are 64 times smaller. Tiled results therefore equal untiled ones up to float
+        rounding. The halo is fixed by the architecture (`tile_halo`: 5 latent pixels = 40 px for the encoder, 7 =
+        56 px for the decoder, with any base width and the released 4 levels). Temporal chunks are exact too (each tile carries its
+        own causal cache across chunks).
 
         Args:
-            tile_sample_min_height, tile_sample_min_width (`int`, optional): tile size in pixels (multiples of 8).
-            tile_sample_stride_height, tile_sample_stride_width (`int`, optional): tile stride in pixels
-                (multiples of 8, at most the tile size); the overlap is `min - stride`.
+            tile_sample_min_height, tile_sample_min_width (`int`, optional): tile core size in pixels (multiples
+                of 8; default 256). Each tile reads its core plus the halo on every side inside the frame.
+            tile_sample_stride_height, tile_sample_stride_width (`int`, optional): accepted for API compatibility;
+                the stride always equals the core (halos make overlaps unnecessary). A different value is ignored
+                with a warning.
             tile_sample_min_num_frames (`int`, optional): frames per temporal chunk after the first frame
                 (a multiple of the temporal compression, 4).
             tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
                 the cache instead of overlapping).
         """
-        settings = {
-            "tile_sample_min_height": tile_sample_min_height or self.tile_sample_min_height,
-            "tile_sample_min_width": tile_sample_min_width or self.tile_sample_min_width,
-            "tile_sample_stride_height": tile_sample_stride_height or self.tile_sample_stride_height,
-            "tile_sample_stride_width": tile_sample_stride_width or self.tile_sample_stride_width,
-        }
         spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
-        for name, value in settings.items():
-            if value <= 0 or value % spatial:
-                raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
-        for axis in ("height", "width"):
-            if settings[f"tile_sample_stride_{axis}"] > settings[f"tile_sample_min_{axis}"]:
-                raise ValueError(f"tile_sample_stride_{axis} must not exceed tile_sample_min_{axis}.")
+        settings = {}
+        for axis, core, stride in (
+            ("height", tile_sample_min_height, tile_sample_stride_height),
+            ("width", tile_sample_min_width, tile_sample_stride_width),
+        ):
+            core = core or getattr(self, f"tile_sample_min_{axis}")
+            for name, value in ((f"tile_sample_min_{axis}", core), (f"tile_sample_stride_{axis}", stride or core)):
+                if value <= 0 or value % spatial:
+                    raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
+            if stride not in (None, core):
+                logger.warning(
+                    f"IV-VAE tiles do not overlap (each reads an exact halo instead): tile_sample_stride_{axis}="
+                    f"{stride} is ignored, the stride equals tile_sample_min_{axis}={core}."
+                )
+            settings[f"tile_sample_min_{axis}"] = settings[f"tile_sample_stride_{axis}"] = core
         num_frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
         if num_frames <= 0 or num_frames % temporal:
             raise ValueError(
@@ -640,6 +756,16 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         for name, value in settings.items():
             setattr(self, name, value)
         self.use_tiling = True
+
+    @property
+    def tile_halo(self) -> dict[str, int]:
+        """Halo of a spatial tile in latent pixels, `{"encode": ..., "decode": ...}`: the receptive field of the
+        tiled (high-resolution) stages, rounded up to whole latent pixels."""
+        spatial = self.config.spatial_compression_ratio
+        return {
+            "encode": -(-self.encoder.high_res_reach() // spatial),
+            "decode": -(-self.decoder.high_res_reach(spatial) // spatial),
+        }
 
     def _frame_chunks(self, num_frames: int, frames_per_step: int) -> list[tuple[int, int]]:
         """`[(0, 1), (1, 1 + s), ...]`: the first frame alone, then chunks of `s = frames_per_step` frames."""
@@ -706,14 +832,19 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
         for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
             images, cache = self.decoder(x[:, start:end], cache)  # (B, frames, 6, H, W)
-            if start == 0:
-                sample[:, :, 0] = images[:, 0, :3]
-                continue
-            # Each group: the 2D-half image for its first frame, the 3D-half images for the others.
-            groups = images.unflatten(1, (end - start, temporal))
-            frames = torch.cat([groups[:, :, :1, :3], groups[:, :, 1:, 3:]], dim=2).flatten(1, 2)
-            sample[:, :, 1 + temporal * (start - 1) : 1 + temporal * (end - 1)] = frames.transpose(1, 2)
+            self._write_frames(sample, images, start, end)
         return sample
+
+    def _write_frames(self, sample: torch.Tensor, images: torch.Tensor, start: int, end: int) -> None:
+        """Write the decoder's images `(B, frames, 6, H, W)` of latent frames `[start, end)` into `sample`."""
+        if start == 0:
+            sample[:, :, 0] = images[:, 0, :3]
+            return
+        # Each group: the 2D-half image for its first frame, the 3D-half images for the others.
+        temporal = self.config.temporal_compression_ratio
+        groups = images.unflatten(1, (end - start, temporal))
+        frames = torch.cat([groups[:, :, :1, :3], groups[:, :, 1:, 3:]], dim=2).flatten(1, 2)
+        sample[:, :, 1 + temporal * (start - 1) : 1 + temporal * (end - 1)] = frames.transpose(1, 2)
 
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
@@ -736,73 +867,88 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             return (decoded,)
         return DecoderOutput(sample=decoded)
 
+    def _spatial_tiles(self, height: int, width: int, halo: int) -> list[tuple[_TileSpan, _TileSpan]]:
+        """The tiles of an `height x width` latent frame as `(rows, columns)` spans in latent pixels."""
+        spatial = self.config.spatial_compression_ratio
+        rows = _tile_spans(height, self.tile_sample_min_height // spatial, halo)
+        columns = _tile_spans(width, self.tile_sample_min_width // spatial, halo)
+        return [(row, column) for row in rows for column in columns]
+
     @staticmethod
-    def _stitch(tiles: list[torch.Tensor], starts: list[int], size: int, dim: int) -> torch.Tensor:
-        """Join tiles that start at `starts` along `dim` into `size` entries, cross-fading every overlap."""
-        pieces = []
-        previous = None
-        for index, (start, tile) in enumerate(zip(starts, tiles)):
-            if previous is not None:
-                prev_start, prev_tile = previous
-                tile = blend(prev_tile, tile, prev_start + prev_tile.shape[dim] - start, dim)
-            end = starts[index + 1] if index + 1 < len(starts) else size
-            pieces.append(tile.narrow(dim, 0, end - start))
-            previous = (start, tile)
-        return torch.cat(pieces, dim=dim)
+    def _map_tiles(
+        function,
+        x: torch.Tensor,
+        caches: list,
+        tiles: list[tuple[_TileSpan, _TileSpan]],
+        size: tuple[int, int],
+        in_scale: int,
+        out_scale: int,
+    ) -> torch.Tensor:
+        """Apply `function(tile, cache) -> (output, new cache)` to every tile of `x: (B, T, C, H, W)` and stitch
+        the cores of the outputs into `(B, T', C', size[0] * out_scale, size[1] * out_scale)`.
+
+        Spans are in latent pixels; `in_scale` / `out_scale` are pixels per latent pixel of `x` / of the output.
+        `caches[i]` is tile `i`'s causal cache, replaced by the new one.
+        """
+        output = None
+        for index, (row, column) in enumerate(tiles):
+            tile = x[..., row.start * in_scale : row.end * in_scale, column.start * in_scale : column.end * in_scale]
+            out, caches[index] = function(tile, caches[index])
+            if output is None:
+                output = out.new_empty(*out.shape[:-2], size[0] * out_scale, size[1] * out_scale)
+            output[..., row.core_slice(out_scale), column.core_slice(out_scale)] = out[
+                ..., row.core_in_tile(out_scale), column.core_in_tile(out_scale)
+            ]
+        return output
 
     def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Encode with overlapping spatial tiles (each tile over all frames, chunked in time).
+        r"""Encode with halo tiles: the high-resolution stages tile by tile, the rest on whole latent frames.
 
         Args:
             x (`torch.Tensor`): `(B, 3, T, H, W)`, already validated.
 
         Returns:
-            moments `(B, 2 * latent_channels, t, H / 8, W / 8)`, blended over the tile overlaps.
+            moments `(B, 2 * latent_channels, 1 + (T - 1) / 4, H / 8, W / 8)`, equal to the untiled ones up to
+            float rounding.
         """
-        _, _, _, height, width = x.shape
         spatial = self.config.spatial_compression_ratio
-        rows_starts = tile_starts(height, self.tile_sample_min_height, self.tile_sample_stride_height)
-        col_starts = tile_starts(width, self.tile_sample_min_width, self.tile_sample_stride_width)
-        use_tiling, self.use_tiling = self.use_tiling, False
-        try:
-            rows = []
-            for top in rows_starts:
-                tiles = [
-                    self._encode(
-                        x[:, :, :, top : top + self.tile_sample_min_height, left : left + self.tile_sample_min_width]
-                    )
-                    for left in col_starts
-                ]
-                rows.append(self._stitch(tiles, [s // spatial for s in col_starts], width // spatial, dim=4))
-        finally:
-            self.use_tiling = use_tiling
-        return self._stitch(rows, [s // spatial for s in rows_starts], height // spatial, dim=3)
+        frames = x.transpose(1, 2)  # frame-major: (B, T, C, H, W)
+        size = (x.shape[3] // spatial, x.shape[4] // spatial)
+        tiles = self._spatial_tiles(*size, halo=self.tile_halo["encode"])
+        caches = [None] * len(tiles)
+        features = []
+        for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
+            # Full to 1/8 resolution, local layers only: tile by tile, each tile with its own causal cache.
+            high = self._map_tiles(self.encoder.forward_high, frames[:, start:end], caches, tiles, size, spatial, 1)
+            # 1/8 resolution: attention, middle and pyramid head on whole latent frames.
+            features.append(self.encoder.forward_low(high))
+        return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
-        r"""Decode with overlapping spatial tiles of the latent (each tile over all frames, chunked in time).
+        r"""Decode with halo tiles: the latent-resolution stages on whole latent frames, the upsampling stages tile
+        by tile.
 
         Args:
             z (`torch.Tensor`): RAW latents `(B, Z, t, h, w)`, already validated.
 
         Returns:
-            video `(B, 3, 1 + 4(t - 1), 8h, 8w)`, blended over the tile overlaps in pixel space.
+            video `(B, 3, 1 + 4(t - 1), 8h, 8w)`, equal to the untiled one up to float rounding.
         """
-        _, _, _, height, width = z.shape
-        spatial = self.config.spatial_compression_ratio
-        tile_height, tile_width = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
-        rows_starts = tile_starts(height, tile_height, self.tile_sample_stride_height // spatial)
-        col_starts = tile_starts(width, tile_width, self.tile_sample_stride_width // spatial)
-        use_tiling, self.use_tiling = self.use_tiling, False
-        try:
-            rows = []
-            for top in rows_starts:
-                tiles = [
-                    self._decode(z[:, :, :, top : top + tile_height, left : left + tile_width]) for left in col_starts
-                ]
-                rows.append(self._stitch(tiles, [s * spatial for s in col_starts], width * spatial, dim=4))
-        finally:
-            self.use_tiling = use_tiling
-        return self._stitch(rows, [s * spatial for s in rows_starts], height * spatial, dim=3)
+        batch, _, num_latent_frames, height, width = z.shape
+        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
+        x = self.post_quant_conv(z).transpose(1, 2)  # frame-major: (B, t, Z, h, w)
+        num_frames = 1 + temporal * (num_latent_frames - 1)
+        sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
+        tiles = self._spatial_tiles(height, width, halo=self.tile_halo["decode"])
+        caches = [None] * len(tiles)
+        latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
+        for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
+            # Latent resolution: conv_in, middle and first level (attention) on whole latent frames.
+            low = self.decoder.forward_low(x[:, start:end])
+            # 2x to 8x, local layers only: tile by tile, each tile with its own causal cache.
+            images = self._map_tiles(self.decoder.forward_high, low, caches, tiles, (height, width), 1, spatial)
+            self._write_frames(sample, images, start, end)
+        return sample
 
     def forward(
         self,
