@@ -154,6 +154,9 @@ def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tenso
     metadata = {"videovae_cache": json.dumps({"model_id": model_id, "clips": [asdict(e) for e in entries]})}
     staging = output_dir / f".{final.name}.tmp-{os.getpid()}"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o666 & ~umask)
     os.replace(staging, final)
     return final
 
