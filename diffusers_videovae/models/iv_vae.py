@@ -615,7 +615,8 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         `decode(latents / scaling_factor + shift_factor)`.
 
     Any length is processed exactly, chunk by chunk, with a cache of one frame per 3x3x3 convolution; memory
-    therefore does not grow with T beyond the input and output. `enable_tiling` also splits frames spatially.
+    therefore does not grow with T beyond the input and output. `enable_tiling` also splits the high-resolution
+    stages into spatial tiles with exact halos (same results up to float rounding; see `enable_tiling`).
 
     Args:
         in_channels (`int`, defaults to 3): video channels; IV-VAE is RGB only.
