@@ -599,6 +599,31 @@ def _tile_spans(size: int, core: int, halo: int) -> list[_TileSpan]:
     ]
 
 
+def _scales(tensor: torch.Tensor, height: int, width: int) -> tuple[int, int]:
+    """Pixels per latent pixel of `tensor` (..., H, W) over a `height x width` latent area."""
+    return tensor.shape[-2] // height, tensor.shape[-1] // width
+
+
+def _tile_window(whole: torch.Tensor, row: _TileSpan, column: _TileSpan, size: tuple[int, int]) -> torch.Tensor:
+    """The part of a whole-frame tensor (any resolution) that a tile reads, halo included (a view)."""
+    scale_h, scale_w = _scales(whole, *size)
+    return whole[..., row.start * scale_h : row.end * scale_h, column.start * scale_w : column.end * scale_w]
+
+
+def _whole_frame_like(part: torch.Tensor, row: _TileSpan, column: _TileSpan, size: tuple[int, int]) -> torch.Tensor:
+    """An empty whole-frame tensor at the resolution of a tile's tensor `part`."""
+    scale_h, scale_w = _scales(part, row.end - row.start, column.end - column.start)
+    return part.new_empty(*part.shape[:-2], size[0] * scale_h, size[1] * scale_w)
+
+
+def _paste_core(whole: torch.Tensor, part: torch.Tensor, row: _TileSpan, column: _TileSpan) -> None:
+    """Copy the core of a tile's tensor `part` into the whole-frame tensor `whole` (same resolution)."""
+    scale_h, scale_w = _scales(part, row.end - row.start, column.end - column.start)
+    whole[..., row.core_slice(scale_h), column.core_slice(scale_w)] = part[
+        ..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)
+    ]
+
+
 class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
     r"""IV-VAE ("Improved Video VAE for Latent Video Diffusion Model", Wu et al., CVPR 2025): a causal video VAE
     with 4x temporal and 8x spatial compression, keyframe-based temporal compression (a per-frame 2D half and a
@@ -713,8 +738,9 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         its output is exact; cores are stitched without blending. Attention and the pyramid head run on whole
         latent frames, which are 64 times smaller. Tiled results therefore equal untiled ones up to float
         rounding. The halo is fixed by the architecture (`tile_halo`: 5 latent pixels = 40 px for the encoder, 7 =
-        56 px for the decoder, with any base width and the released 4 levels). Temporal chunks are exact too (each tile carries its
-        own causal cache across chunks).
+        56 px for the decoder, with any base width and the released 4 levels). Temporal chunks are exact too: the
+        causal cache is kept for whole frames (stitched from the tiles' cores, like the outputs) and each tile
+        reads its window of it, so caches take no more memory than untiled.
 
         Args:
             tile_sample_min_height, tile_sample_min_width (`int`, optional): tile core size in pixels (multiples
@@ -879,28 +905,27 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
     def _map_tiles(
         function,
         x: torch.Tensor,
-        caches: list,
+        cache: list[torch.Tensor] | None,
         tiles: list[tuple[_TileSpan, _TileSpan]],
         size: tuple[int, int],
-        in_scale: int,
-        out_scale: int,
-    ) -> torch.Tensor:
-        """Apply `function(tile, cache) -> (output, new cache)` to every tile of `x: (B, T, C, H, W)` and stitch
-        the cores of the outputs into `(B, T', C', size[0] * out_scale, size[1] * out_scale)`.
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Apply `function(tile, tile_cache) -> (output, new tile_cache)` to every tile of `x: (B, T, C, H, W)`
+        and stitch the cores of the outputs, and of the new caches, into whole frames.
 
-        Spans are in latent pixels; `in_scale` / `out_scale` are pixels per latent pixel of `x` / of the output.
-        `caches[i]` is tile `i`'s causal cache, replaced by the new one.
+        Spans are in latent pixels of the `size = (h, w)` latent frame; every tensor is cut at its own resolution
+        (pixels per latent pixel, read from its shape). `cache` is the whole-frame causal cache of the previous
+        chunk (None for the first): each tile reads its window of it, exact everywhere, halo included.
         """
-        output = None
-        for index, (row, column) in enumerate(tiles):
-            tile = x[..., row.start * in_scale : row.end * in_scale, column.start * in_scale : column.end * in_scale]
-            out, caches[index] = function(tile, caches[index])
+        output, new_cache = None, None
+        for row, column in tiles:
+            previous = None if cache is None else [_tile_window(c, row, column, size) for c in cache]
+            out, tile_cache = function(_tile_window(x, row, column, size), previous)
             if output is None:
-                output = out.new_empty(*out.shape[:-2], size[0] * out_scale, size[1] * out_scale)
-            output[..., row.core_slice(out_scale), column.core_slice(out_scale)] = out[
-                ..., row.core_in_tile(out_scale), column.core_in_tile(out_scale)
-            ]
-        return output
+                output = _whole_frame_like(out, row, column, size)
+                new_cache = [_whole_frame_like(c, row, column, size) for c in tile_cache]
+            for whole, part in zip([output, *new_cache], [out, *tile_cache]):
+                _paste_core(whole, part, row, column)
+        return output, new_cache
 
     def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         r"""Encode with halo tiles: the high-resolution stages tile by tile, the rest on whole latent frames.
@@ -916,11 +941,11 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         frames = x.transpose(1, 2)  # frame-major: (B, T, C, H, W)
         size = (x.shape[3] // spatial, x.shape[4] // spatial)
         tiles = self._spatial_tiles(*size, halo=self.tile_halo["encode"])
-        caches = [None] * len(tiles)
+        cache = None
         features = []
         for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
-            # Full to 1/8 resolution, local layers only: tile by tile, each tile with its own causal cache.
-            high = self._map_tiles(self.encoder.forward_high, frames[:, start:end], caches, tiles, size, spatial, 1)
+            # Full to 1/8 resolution, local layers only: tile by tile.
+            high, cache = self._map_tiles(self.encoder.forward_high, frames[:, start:end], cache, tiles, size)
             # 1/8 resolution: attention, middle and pyramid head on whole latent frames.
             features.append(self.encoder.forward_low(high))
         return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
@@ -941,13 +966,13 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         num_frames = 1 + temporal * (num_latent_frames - 1)
         sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
         tiles = self._spatial_tiles(height, width, halo=self.tile_halo["decode"])
-        caches = [None] * len(tiles)
+        cache = None
         latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
         for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
             # Latent resolution: conv_in, middle and first level (attention) on whole latent frames.
             low = self.decoder.forward_low(x[:, start:end])
-            # 2x to 8x, local layers only: tile by tile, each tile with its own causal cache.
-            images = self._map_tiles(self.decoder.forward_high, low, caches, tiles, (height, width), 1, spatial)
+            # 2x to 8x, local layers only: tile by tile.
+            images, cache = self._map_tiles(self.decoder.forward_high, low, cache, tiles, (height, width))
             self._write_frames(sample, images, start, end)
         return sample
 
