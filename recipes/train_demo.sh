@@ -10,8 +10,8 @@
 # The held-out list also feeds the validation PSNR in log.csv (monitoring only: no model selection).
 #
 # Usage, from the repository root: bash recipes/train_demo.sh [OUTPUT_DIR]
-# Single CPU thread. Stage 1 is batch 4 for 150 steps; stage 2 resumes its checkpoint (weights, Adam state, EMA)
-# with batch 2, for more updates per CPU second. The cosine schedule is recomputed from each stage's --max-steps
+# Single CPU thread. Stage 1 is batch 4 for 150 steps; stages 2 and 3 resume the previous checkpoint (weights,
+# Adam state, EMA) with batch 2, for more updates per CPU second. The cosine schedule is recomputed from each stage's --max-steps
 # at the resumed step. (The original stage 1 was time-boxed and stopped right after its step-150 checkpoint;
 # --stop-at-step 150 does the same thing deterministically. Between the stages the model file was refactored
 # and three 1x1 shortcut kernels of the checkpoint were reshaped from (out, in, 1, 1, 1) to (out, in, 1, 1): same
@@ -40,6 +40,8 @@ export OMP_NUM_THREADS=1
 videovae train "${COMMON[@]}" --batch-size 4 --max-steps 800 --stop-at-step 150
 # Stage 2: batch 2, cosine schedule over 1400 steps (resumed at 150), run to the end (48 min here).
 videovae train "${COMMON[@]}" --batch-size 2 --max-steps 1400
+# Stage 3: batch 2, cosine schedule over 2000 steps (resumed at 1400), stopped at 1788 (an 8-minute time box).
+videovae train "${COMMON[@]}" --batch-size 2 --max-steps 2000 --stop-at-step 1788
 
 # Latent statistics of the training clips -> scaling_factor / shift_factor in the shipped config.
 python - "$OUT" <<'PY'
