@@ -91,33 +91,9 @@ def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.
     for name in ("model_type", "variant", "original_config"):
         if getattr(args, name, None):
             options[name] = getattr(args, name)
-    if path.is_dir() and not _is_diffusers_folder(path):
-        model = _load_original_folder(path, dtype, **options)
-    else:
-        model = load_model(spec, torch_dtype=dtype, **options)
+    model = load_model(spec, torch_dtype=dtype, **options)
     args.model_resolved = spec
     return model.to(device or torch.device("cpu")).eval()
-
-
-def _is_diffusers_folder(path: Path) -> bool:
-    config = path / "config.json"
-    try:
-        return config.is_file() and "_class_name" in json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def _load_original_folder(path: Path, dtype: torch.dtype, model_type: str | None = None, **options):
-    """An original release saved as a folder (Open-Sora's transformers-style `config.json` + weights)."""
-    from .checkpoints import detect_model_type, load_original_model
-    from .checkpoints._common import load_state_dict_file
-
-    if model_type is None:
-        weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".pth", ".pt", ".bin", ".ckpt"})
-        if not weights:
-            raise CLIError(f"{path} is neither a diffusers folder nor a folder holding an original checkpoint.")
-        model_type = detect_model_type(load_state_dict_file(weights[0]))
-    return load_original_model(None, path, model_type=model_type, torch_dtype=dtype, **options).eval()
 
 
 def config_hash(model: torch.nn.Module) -> str:

@@ -78,13 +78,27 @@ def load_model(
 ):
     """Load any of our VAEs from a diffusers folder, a Hub repo id, or an original checkpoint file.
 
-    The class is read from the folder's `config.json` (`_class_name`); for an original file the model type is
-    `model_type` or detected from its keys.
+    The class is read from the folder's `config.json` (`_class_name`). For an original release (a file, or a folder
+    such as OD-VAE's `config.json` + `checkpoint.ckpt` or Open-Sora's `config.json` + `model.safetensors`) the model
+    type is `model_type` or detected from its keys.
     """
     from . import checkpoints
 
     path = Path(model)
-    if path.is_file():
+    if path.is_dir() and not _is_diffusers_folder(path / (subfolder or "")):
+        # An original release saved as a folder (OD-VAE: config.json + checkpoint.ckpt; Open-Sora: a
+        # transformers-style config.json + model.safetensors): its reader takes the folder itself.
+        if model_type is None:
+            weights = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".pth", ".pt", ".bin", ".ckpt"})
+            if not weights:
+                raise checkpoints.CheckpointError(
+                    f"{path} is neither a diffusers-videovae folder (config.json naming one of our classes) nor a folder holding an "
+                    "original checkpoint."
+                )
+            from .checkpoints._common import load_state_dict_file
+
+            model_type = checkpoints.detect_model_type(load_state_dict_file(weights[0]))
+    if path.is_file() or (path.is_dir() and not _is_diffusers_folder(path / (subfolder or ""))):
         return checkpoints.load_original_model(
             None,
             path,
@@ -93,11 +107,9 @@ def load_model(
             original_config=original_config,
             torch_dtype=torch_dtype,
             **options,
-        )
+        ).eval()
     if path.is_dir():
         config_path = path / (subfolder or "") / "config.json"
-        if not config_path.exists():
-            raise FileNotFoundError(f"{path} is not a diffusers model folder: {config_path} is missing.")
         class_name = json.loads(config_path.read_text())["_class_name"]
     else:
         from huggingface_hub import hf_hub_download
@@ -114,3 +126,18 @@ def load_model(
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     return model_class.from_pretrained(str(model), **kwargs).eval()
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    """True when `path/config.json` is a diffusers config of one of OUR classes.
+
+    Original releases can carry a diffusers-style config too (OD-VAE's names `CausalVAEModel`): those are read by
+    their checkpoint reader, not by `from_pretrained`.
+    """
+    from .checkpoints import MODEL_TYPES
+
+    try:
+        class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return class_name in {name for _, name in MODEL_TYPES.values()}

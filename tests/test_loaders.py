@@ -1,0 +1,44 @@
+"""`load_model`: one entry point for converted folders and original release files or folders."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from conftest import reference_dir
+
+from diffusers_videovae import AutoencoderKLODVAE, load_model
+from diffusers_videovae.checkpoints import CheckpointError
+
+
+def test_load_model_reads_an_original_odvae_release_folder(tmp_path):
+    # The release layout: <folder>/config.json + <folder>/checkpoint.ckpt (Open-Sora-Plan v1.2.0 `vae/`).
+    source = reference_dir("odvae")
+    shutil.copy(source / "tiny_original.ckpt", tmp_path / "checkpoint.ckpt")
+    shutil.copy(source / "tiny_config.json", tmp_path / "config.json")
+    model = load_model(tmp_path)
+    reference = AutoencoderKLODVAE.from_single_file(
+        source / "tiny_original.ckpt", original_config=source / "tiny_config.json"
+    )
+    assert isinstance(model, AutoencoderKLODVAE)
+    assert not model.training
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(ours, theirs), name
+
+
+def test_load_model_round_trips_a_converted_folder(tmp_path):
+    source = reference_dir("odvae")
+    model = AutoencoderKLODVAE.from_single_file(
+        source / "tiny_original.ckpt", original_config=source / "tiny_config.json"
+    )
+    model.save_pretrained(tmp_path / "converted")
+    loaded = load_model(tmp_path / "converted", torch_dtype=torch.bfloat16)
+    assert isinstance(loaded, AutoencoderKLODVAE)
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+
+
+def test_load_model_rejects_a_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    with pytest.raises(CheckpointError, match="neither a diffusers-videovae folder"):
+        load_model(tmp_path)
