@@ -19,10 +19,10 @@ MEDIA_ROOT = REFERENCE_ROOT.parent / "media"
 REQUIRE_REFERENCE = os.environ.get("VIDEOVAE_REQUIRE_REFERENCE", "") not in ("", "0")
 
 
-def _missing(what: str) -> None:
+def _missing(what: str, where: Path = REFERENCE_ROOT) -> None:
     message = (
-        f"{what} not found (looked in {REFERENCE_ROOT}). These fixtures ship beside the repository as "
-        "../shared/reference; set VIDEOVAE_REFERENCE_DIR to point elsewhere."
+        f"{what} not found (looked in {where}). The reference fixtures and media ship beside the repository as "
+        "../shared/reference and ../shared/media; set VIDEOVAE_REFERENCE_DIR to point at another reference folder."
     )
     if REQUIRE_REFERENCE:
         pytest.fail(message + " VIDEOVAE_REQUIRE_REFERENCE is set, so this is a failure.", pytrace=False)
@@ -40,7 +40,7 @@ def reference_dir(model: str) -> Path:
 def media_clip(name: str = "ivvae_ori.mp4") -> Path:
     path = MEDIA_ROOT / name
     if not path.exists():
-        _missing(f"Media clip {name!r}")
+        _missing(f"Media clip {name!r}", MEDIA_ROOT)
     return path
 
 
