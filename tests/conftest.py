@@ -70,7 +70,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, name
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The tests run tiny models: thread start-up and synchronisation cost more than they give, up to 40x on a
+    # busy 2-core machine. Processes the tests start (notebook kernels, accelerate workers) choose their own.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seeded():
     torch.manual_seed(0)
     yield

@@ -23,15 +23,6 @@ from diffusers_videovae.video import InputRule, probe_video, synthetic_clip, wri
 NTSC = 30000 / 1001
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: thread start-up and sync cost far more than the convolutions (40x more on a busy 2-core box).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def ivvae_files() -> tuple[Path, Path]:
     folder = reference_dir("ivvae")

@@ -26,15 +26,6 @@ def run_converter(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and a busy machine makes thread synchronisation slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cases() -> ReferenceCases:
     return ReferenceCases("ivvae")

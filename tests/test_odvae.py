@@ -25,15 +25,6 @@ ENCODE_CASES = ["image", "video", "awkward"]
 SCRIPT = REPO_ROOT / "conversion" / "convert_odvae.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run many small ops; on a shared machine extra threads mostly wait for each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def cases() -> ReferenceCases:
     return ReferenceCases("odvae")

@@ -29,10 +29,6 @@ def _isolated_module_cache(tmp_path, monkeypatch):
     # diffusers copies custom pipeline code into a module cache; keep it out of the user's ~/.cache.
     monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads cost more than they give
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
