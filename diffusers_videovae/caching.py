@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from .loaders import TORCH_DTYPES
+
 __all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
 
 INDEX_VERSION = 1
@@ -81,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="resize so that the short side is this many pixels (default: as is)")
     parser.add_argument("--shard-size", type=int, default=64, help="clips per shard")
     parser.add_argument("--store-logvar", action="store_true", help="also store the posterior log variance")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="storage dtype")
+    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="storage dtype")
     parser.add_argument("--tiling", action="store_true", help="encode with the model's tiling (large clips)")
     parser.add_argument("--model-type", help="model type of an original checkpoint (else detected)")
     parser.add_argument("--variant", help="released variant of an original checkpoint")
@@ -203,7 +205,7 @@ def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
     state = PartialState(cpu=args.cpu or not has_device)
     rank, world = state.process_index, state.num_processes
     output_dir = Path(args.output_dir).resolve()
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = TORCH_DTYPES[args.dtype]
 
     vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(state.device).eval()
     if args.tiling:

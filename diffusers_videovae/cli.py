@@ -38,10 +38,10 @@ from typing import Any
 import torch
 
 from . import __version__
+from .loaders import TORCH_DTYPES
 from .video import InputRule, VideoReadError, available_memory_bytes, input_rule
 
 LATENT_FORMAT = "diffusers-videovae-latents/1"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SCALING_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 # Fraction of the available memory an untiled run may use before `--tiling auto` turns tiling on.
 _MEMORY_HEADROOM = 0.7
@@ -86,7 +86,7 @@ def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.
         spec.startswith((".", "/", "~")) or path.suffix in {".pth", ".pt", ".ckpt", ".safetensors"}
     ):
         raise CLIError(f"Model not found: {spec} (not a file or folder here; Hub ids look like owner/name).")
-    dtype = _DTYPES[getattr(args, "dtype", "float32")]
+    dtype = TORCH_DTYPES[getattr(args, "dtype", "float32")]
     options = {}
     for name in ("model_type", "variant", "original_config"):
         if getattr(args, name, None):
@@ -435,7 +435,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = False
     parser.add_argument("--model-type", help="model type of an original checkpoint file (detected when omitted)")
     parser.add_argument("--variant", help="released variant of an original checkpoint file (inferred when omitted)")
     parser.add_argument("--original-config", help="the original's own config file, for custom original checkpoints")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="compute dtype (default float32)")
+    parser.add_argument(
+        "--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="compute dtype (default float32)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
@@ -914,7 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--original-config", "original config file"),
     ):
         sub.add_argument(flag, help=text)
-    sub.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    sub.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub.set_defaults(func=cmd_info)

@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEMO_MODEL_DIR", "FromOriginalCheckpointMixin", "load_model"]
+__all__ = ["DEMO_MODEL_DIR", "TORCH_DTYPES", "FromOriginalCheckpointMixin", "load_model"]
+
+# The dtype names every `--dtype` option of the package accepts.
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # The small demo model shipped inside the package (trained by the project; see model_cards/ivvae-demo.md).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ivvae-demo"

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..loaders import TORCH_DTYPES
 from ._common import (
     CheckpointError,
     ConvertedCheckpoint,
@@ -64,8 +65,6 @@ MODEL_TYPES: dict[str, tuple[str, str]] = {
     "odvae": ("od_vae", "AutoencoderKLODVAE"),
     "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
 }
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def get_checkpoint_module(model_type: str) -> ModuleType:
@@ -190,7 +189,7 @@ def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--original-config", default=None, help="the original's own config file (custom models)")
     parser.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="dtype of the stored weights")
+    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="dtype of the stored weights")
     parser.add_argument(
         "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo"
     )
@@ -230,10 +229,10 @@ def convert_to_folder(
     **options: Any,
 ) -> Path:
     """Convert, check every key, save atomically with a model card, optionally push to the Hub."""
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
     converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
-    model = build_model(get_model_class(model_type), converted, _DTYPES[dtype])
+    model = build_model(get_model_class(model_type), converted, TORCH_DTYPES[dtype])
     card = render_model_card(
         converted, dtype=dtype, sha256=file_sha256(checkpoint) if Path(checkpoint).is_file() else None
     )

@@ -260,8 +260,8 @@ def build_model(
     else:
         state_dict = {key: value.contiguous() for key, value in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)
-    # Non-persistent buffers are not in any state dict: materialise them from a real (tiny) construction is not
-    # possible in general, so models must not keep meta tensors outside their state dict.
+    # Non-persistent buffers are in no state dict, so under init_empty_weights they would stay on the meta device:
+    # models must register every tensor they need as a parameter or persistent buffer.
     leftovers = [
         name for name, tensor in list(model.named_parameters()) + list(model.named_buffers()) if tensor.is_meta
     ]
