@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import assert_close
 
 from diffusers_videovae.checkpoints._common import (
     CheckpointError,
@@ -22,8 +23,10 @@ from diffusers_videovae.models._tiling import (
     blend,
     check_latents,
     check_video,
+    halo_spans,
     nearest_valid_num_frames,
     tile_starts,
+    tiled_with_shared_group_norm,
 )
 
 # ---------------------------------------------------------------- input checks
@@ -221,6 +224,110 @@ def test_save_pretrained_atomic_refuses_to_overwrite_by_default(tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     save_pretrained_atomic(Fine(), tmp_path / "out", overwrite=True, model_card="card")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json"]
+
+
+def test_tile_cores_partition_the_frame_and_halos_stop_at_its_border():
+    spans = halo_spans(16, 4, 5)
+    assert [(span.core_start, span.core_end) for span in spans] == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert [(span.start, span.end) for span in spans] == [(0, 9), (0, 13), (3, 16), (7, 16)]
+    assert [(span.start, span.end, span.core_end) for span in halo_spans(10, 4, 2)][-1] == (6, 10, 10)
+
+
+# ---------------------------------------------------------------- tiles that share GroupNorm statistics
+
+
+class _PadConvDown(torch.nn.Module):
+    """Zero-pad right/bottom, stride-2 3x3 conv: the downsampler of SD-style VAEs."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+class _BilinearUp(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear"))
+
+
+def _toy_encoder():
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(4, 8),
+        nn.SiLU(),
+        _PadConvDown(8),
+        nn.GroupNorm(4, 8),
+        nn.SiLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        _PadConvDown(8),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 4, 3, padding=1),
+    )
+
+
+def _toy_decoder():
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.GroupNorm(4, 8),
+        nn.SiLU(),
+        _BilinearUp(8),
+        nn.GroupNorm(4, 8),
+        nn.SiLU(),
+        _BilinearUp(8),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 3, 3, padding=1),
+    )
+
+
+@torch.no_grad()
+def test_shared_group_norm_tiles_equal_the_untiled_downsampling_stage():
+    torch.manual_seed(0)
+    encoder = _toy_encoder()
+    # Inputs whose statistics differ from tile to tile: plain tiles would normalise each differently.
+    x = torch.randn(2, 3, 48, 72) * torch.linspace(0.2, 3.0, 72) + torch.linspace(-1, 2, 48)[:, None]
+    tiled = tiled_with_shared_group_norm(encoder, x, encoder, core=16, halo=16)  # 3 x 5 tiles
+    assert_close(tiled, encoder(x), 1e-5, "tiled encoder stage")
+
+
+@torch.no_grad()
+def test_shared_group_norm_tiles_equal_the_untiled_upsampling_stage_on_frames_and_clips():
+    torch.manual_seed(0)
+    decoder = _toy_decoder()
+    z = torch.randn(2, 4, 12, 18) * torch.linspace(0.5, 2.0, 18)
+    assert_close(tiled_with_shared_group_norm(decoder, z, decoder, core=4, halo=4), decoder(z), 1e-5, "decoder")
+    # (B, C, T, H, W): statistics over frames and pixels, as in clip-wide GroupNorms.
+    block = torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU())
+    clip = torch.randn(1, 4, 5, 20, 20) + torch.linspace(0, 3, 20)
+    assert_close(tiled_with_shared_group_norm(block, clip, block, core=8, halo=2), block(clip), 1e-5, "clip")
+
+
+@torch.no_grad()
+def test_shared_group_norm_tiles_need_a_halo_that_covers_the_receptive_field():
+    torch.manual_seed(0)
+    encoder = _toy_encoder()
+    x = torch.randn(1, 3, 48, 48)
+    # The toy encoder reaches 12 input pixels beyond its output; a 4-pixel halo is visibly wrong.
+    short = tiled_with_shared_group_norm(encoder, x, encoder, core=16, halo=4)
+    assert float((short - encoder(x)).abs().max()) > 1e-2
+
+
+@torch.no_grad()
+def test_shared_group_norm_tiles_restore_the_modules_afterwards():
+    encoder = _toy_encoder()
+    x = torch.randn(1, 3, 32, 32)
+    tiled_with_shared_group_norm(encoder, x, encoder, core=16, halo=16)
+    assert all("forward" not in module.__dict__ for module in encoder.modules())
+    with pytest.raises(RuntimeError, match="not aligned"):
+        tiled_with_shared_group_norm(encoder, x, encoder, core=10, halo=16)  # cores must be multiples of 4 here
+    assert all("forward" not in module.__dict__ for module in encoder.modules())
 
 
 def test_package_exports_are_lazy_and_complete():

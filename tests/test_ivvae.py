@@ -14,7 +14,6 @@ from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from diffusers_videovae.checkpoints import CheckpointError, convert_original, load_original_model
 from diffusers_videovae.checkpoints import ivvae as ivvae_checkpoints
 from diffusers_videovae.checkpoints._common import build_model
-from diffusers_videovae.models import iv_vae
 from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
 
 PARITY_CASES = ["image", "video", "awkward", "decode_only"]
@@ -306,13 +305,6 @@ def test_tile_halo_is_the_receptive_field_of_the_tiled_stages(tiny_random):
     # Decoder from the first upsample, in output px: 4 + 3 blocks * 2 convs * 4 + 2 + 6 * 2 + 1 + 6 * 1
     # + conv_out 1 = 50 px -> 7 latent px.
     assert tiny_random.tile_halo == {"encode": 5, "decode": 7}
-
-
-def test_tile_cores_partition_the_frame_and_halos_stop_at_its_border():
-    spans = iv_vae._tile_spans(16, 4, 5)
-    assert [(span.core_start, span.core_end) for span in spans] == [(0, 4), (4, 8), (8, 12), (12, 16)]
-    assert [(span.start, span.end) for span in spans] == [(0, 9), (0, 13), (3, 16), (7, 16)]
-    assert [(span.start, span.end, span.core_end) for span in iv_vae._tile_spans(10, 4, 2)][-1] == (6, 10, 10)
 
 
 def test_tile_stride_is_always_the_core():

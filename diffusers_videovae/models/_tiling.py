@@ -19,14 +19,22 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from fractions import Fraction
+from typing import NamedTuple
+
 import torch
+import torch.nn as nn
 
 __all__ = [
+    "TileSpan",
     "blend",
     "check_latents",
     "check_video",
+    "halo_spans",
     "nearest_valid_num_frames",
     "tile_starts",
+    "tiled_with_shared_group_norm",
 ]
 
 
@@ -151,3 +159,147 @@ def blend(previous: torch.Tensor, current: torch.Tensor, extent: int, dim: int) 
     head = current.narrow(dim, 0, extent)
     head.copy_(tail * (1 - weight) + head * weight)
     return current
+
+
+class TileSpan(NamedTuple):
+    """One tile along one axis: it reads `[start, end)` and keeps its core `[core_start, core_end)`."""
+
+    start: int
+    end: int
+    core_start: int
+    core_end: int
+
+    def core_slice(self, scale: int) -> slice:
+        """The core in the stitched output, with `scale` output pixels per input pixel."""
+        return slice(self.core_start * scale, self.core_end * scale)
+
+    def core_in_tile(self, scale: int | Fraction) -> slice:
+        """The core inside the tile's own tensor, which has `scale` pixels per input pixel (e.g. 1/8 in an encoder)."""
+        lo, hi = (self.core_start - self.start) * scale, (self.core_end - self.start) * scale
+        if int(lo) != lo or int(hi) != hi:
+            raise RuntimeError(f"tile core [{self.core_start}, {self.core_end}) is not aligned at scale {scale}.")
+        return slice(int(lo), int(hi))
+
+
+def halo_spans(size: int, core: int, halo: int) -> list[TileSpan]:
+    """Cores of `core` pixels covering `[0, size)` without overlap, each read with `halo` more pixels on both sides
+    where the frame has them (a tile stops at the frame border, where the untiled model pads too)."""
+    if core <= 0 or halo < 0:
+        raise ValueError(f"core ({core}) must be positive and halo ({halo}) non-negative.")
+    return [
+        TileSpan(max(0, start - halo), min(size, start + core + halo), start, min(start + core, size))
+        for start in range(0, size, core)
+    ]
+
+
+class _StatisticsTaken(Exception):
+    """Ends a tile's pass once the GroupNorm being measured has seen its input."""
+
+
+def _group_moments(x: torch.Tensor, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count, mean, sum of squared deviations) per (sample, group) of `x` (N, C, ...), accumulated in float64."""
+    grouped = x.reshape(x.shape[0], groups, -1)
+    var, mean = torch.var_mean(grouped.float(), dim=-1, correction=0)
+    count = grouped.shape[-1]
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    return count, mean.to(wide), var.to(wide) * count
+
+
+def _merge_moments(a, b):
+    """Chan et al.'s pairwise update of (count, mean, M2)."""
+    if a is None:
+        return b
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta.square() * (n_a * n_b / n)
+
+
+def _normalize(module: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """`module`'s GroupNorm of `x` (N, C, ...) with the given per-(sample, group) mean and 1 / std."""
+    batch, channels = x.shape[:2]
+    per_group = channels // module.num_groups
+    scale = rstd.float().repeat_interleave(per_group, dim=1)
+    shift = -mean.float().repeat_interleave(per_group, dim=1) * scale
+    if module.affine:
+        scale = scale * module.weight.float()
+        shift = shift * module.weight.float() + module.bias.float()
+    shape = (batch, channels) + (1,) * (x.ndim - 2)
+    return (x * scale.to(x.dtype).view(shape)).add_(shift.to(x.dtype).view(shape))
+
+
+def tiled_with_shared_group_norm(
+    stage: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    modules: nn.Module | list[nn.Module],
+    core: int,
+    halo: int,
+) -> torch.Tensor:
+    r"""Run `stage` on spatial tiles of `x` so that the result equals `stage(x)` up to float rounding.
+
+    Made for networks whose GroupNorms take statistics over whole frames or clips, where plain tiles see other
+    statistics than the full input. Tiles here share the full input's statistics: every GroupNorm in `modules` is
+    measured first, one after the other in execution order (a pass over all tiles that stops at that GroupNorm,
+    accumulating its input's moments over the tile cores), and the last pass normalises every tile with those
+    moments. Each tile reads `halo` input pixels beyond its core on every side, which must cover the stage's
+    receptive field; cores are then exact and are pasted without blending.
+
+    Cost: one partial pass per GroupNorm plus one full pass (each over the tiles with their halos), so several
+    times the untiled compute; memory is that of one tile. Statistics are constants for autograd.
+
+    Args:
+        stage: `(N, C, ..., h, w) -> (N, C', ..., h', w')`, local in space apart from its GroupNorms; `h' / h` is
+            the same for every input (e.g. 8 for an upsampling decoder, 1/8 for a downsampling encoder).
+        x: the stage input; tiling is over its last two dimensions.
+        modules: the module(s) whose `nn.GroupNorm`s the stage calls.
+        core, halo: tile core and halo in input pixels; with a downsampling stage, multiples of its factor.
+    """
+    modules = [modules] if isinstance(modules, nn.Module) else modules
+    norms = list(dict.fromkeys(m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)))
+    rows, columns = halo_spans(x.shape[-2], core, halo), halo_spans(x.shape[-1], core, halo)
+    tiles = [(row, column) for row in rows for column in columns]
+    statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
+    state: dict = {}
+
+    def forward(module: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+        if module in statistics:
+            return _normalize(module, h, *statistics[module])
+        if state["target"] not in (None, module):
+            raise RuntimeError("GroupNorms ran in a different order in different tiles.")
+        state["target"] = module
+        row, column = state["tile"]
+        scale_h = Fraction(h.shape[-2], row.end - row.start)
+        scale_w = Fraction(h.shape[-1], column.end - column.start)
+        part = h[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+        state["moments"] = _merge_moments(state["moments"], _group_moments(part, module.num_groups))
+        raise _StatisticsTaken
+
+    for module in norms:
+        module.forward = forward.__get__(module)  # an instance attribute shadows the class's forward
+    try:
+        while True:
+            state.update(target=None, moments=None)
+            out = None
+            for row, column in tiles:
+                state["tile"] = (row, column)
+                try:
+                    part = stage(x[..., row.start : row.end, column.start : column.end])
+                except _StatisticsTaken:
+                    continue
+                scale_h = Fraction(part.shape[-2], row.end - row.start)
+                scale_w = Fraction(part.shape[-1], column.end - column.start)
+                if out is None:
+                    height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
+                    out = part.new_empty(*part.shape[:-2], int(height), int(width))
+                out[
+                    ...,
+                    int(row.core_start * scale_h) : int(row.core_end * scale_h),
+                    int(column.core_start * scale_w) : int(column.core_end * scale_w),
+                ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+            if state["target"] is None:
+                return out
+            count, mean, m2 = state["moments"]
+            statistics[state["target"]] = (mean, torch.rsqrt(m2 / count + state["target"].eps))
+    finally:
+        for module in norms:
+            module.__dict__.pop("forward", None)

@@ -32,8 +32,6 @@ Layout notes for readers:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,7 +43,7 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import check_latents, check_video
+from ._tiling import TileSpan, check_latents, check_video, halo_spans
 
 logger = logging.get_logger(__name__)
 
@@ -572,51 +570,24 @@ class IVVAEDecoder3d(nn.Module):
         return reach + scale  # conv_out: 3x3
 
 
-class _TileSpan(NamedTuple):
-    """One tile along one axis, in latent pixels: it reads `[start, end)` and keeps its core `[core_start,
-    core_end)`."""
-
-    start: int
-    end: int
-    core_start: int
-    core_end: int
-
-    def core_slice(self, scale: int) -> slice:
-        """The core in the stitched output, with `scale` pixels per latent pixel."""
-        return slice(self.core_start * scale, self.core_end * scale)
-
-    def core_in_tile(self, scale: int) -> slice:
-        """The core inside the tile's own output."""
-        return slice((self.core_start - self.start) * scale, (self.core_end - self.start) * scale)
-
-
-def _tile_spans(size: int, core: int, halo: int) -> list[_TileSpan]:
-    """Cores of `core` latent pixels covering `[0, size)` without overlap, each read with `halo` more pixels on both
-    sides where the frame has them (a tile stops at the frame border, where the untiled model pads too)."""
-    return [
-        _TileSpan(max(0, start - halo), min(size, start + core + halo), start, min(start + core, size))
-        for start in range(0, size, core)
-    ]
-
-
 def _scales(tensor: torch.Tensor, height: int, width: int) -> tuple[int, int]:
     """Pixels per latent pixel of `tensor` (..., H, W) over a `height x width` latent area."""
     return tensor.shape[-2] // height, tensor.shape[-1] // width
 
 
-def _tile_window(whole: torch.Tensor, row: _TileSpan, column: _TileSpan, size: tuple[int, int]) -> torch.Tensor:
+def _tile_window(whole: torch.Tensor, row: TileSpan, column: TileSpan, size: tuple[int, int]) -> torch.Tensor:
     """The part of a whole-frame tensor (any resolution) that a tile reads, halo included (a view)."""
     scale_h, scale_w = _scales(whole, *size)
     return whole[..., row.start * scale_h : row.end * scale_h, column.start * scale_w : column.end * scale_w]
 
 
-def _whole_frame_like(part: torch.Tensor, row: _TileSpan, column: _TileSpan, size: tuple[int, int]) -> torch.Tensor:
+def _whole_frame_like(part: torch.Tensor, row: TileSpan, column: TileSpan, size: tuple[int, int]) -> torch.Tensor:
     """An empty whole-frame tensor at the resolution of a tile's tensor `part`."""
     scale_h, scale_w = _scales(part, row.end - row.start, column.end - column.start)
     return part.new_empty(*part.shape[:-2], size[0] * scale_h, size[1] * scale_w)
 
 
-def _paste_core(whole: torch.Tensor, part: torch.Tensor, row: _TileSpan, column: _TileSpan) -> None:
+def _paste_core(whole: torch.Tensor, part: torch.Tensor, row: TileSpan, column: TileSpan) -> None:
     """Copy the core of a tile's tensor `part` into the whole-frame tensor `whole` (same resolution)."""
     scale_h, scale_w = _scales(part, row.end - row.start, column.end - column.start)
     whole[..., row.core_slice(scale_h), column.core_slice(scale_w)] = part[
@@ -894,11 +865,11 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             return (decoded,)
         return DecoderOutput(sample=decoded)
 
-    def _spatial_tiles(self, height: int, width: int, halo: int) -> list[tuple[_TileSpan, _TileSpan]]:
+    def _spatial_tiles(self, height: int, width: int, halo: int) -> list[tuple[TileSpan, TileSpan]]:
         """The tiles of an `height x width` latent frame as `(rows, columns)` spans in latent pixels."""
         spatial = self.config.spatial_compression_ratio
-        rows = _tile_spans(height, self.tile_sample_min_height // spatial, halo)
-        columns = _tile_spans(width, self.tile_sample_min_width // spatial, halo)
+        rows = halo_spans(height, self.tile_sample_min_height // spatial, halo)
+        columns = halo_spans(width, self.tile_sample_min_width // spatial, halo)
         return [(row, column) for row in rows for column in columns]
 
     @staticmethod
@@ -906,7 +877,7 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         function,
         x: torch.Tensor,
         cache: list[torch.Tensor] | None,
-        tiles: list[tuple[_TileSpan, _TileSpan]],
+        tiles: list[tuple[TileSpan, TileSpan]],
         size: tuple[int, int],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Apply `function(tile, tile_cache) -> (output, new tile_cache)` to every tile of `x: (B, T, C, H, W)`
