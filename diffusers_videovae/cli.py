@@ -384,11 +384,41 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def apply_tiling(model: torch.nn.Module, mode: str, shape: tuple[int, int, int], device: torch.device) -> str:
+TILING_HELP = (
+    "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
+    "GroupNorms see one tile); exact: tiles that share GroupNorm statistics and read halos, equal to untiled up to "
+    "rounding but several times slower (IV-VAE tiles are always exact)"
+)
+
+
+def enable_tiling(model: torch.nn.Module, mode: str, tile_size: int | None = None) -> None:
+    """`--tiling on` or `--tiling exact` (anything else leaves the model as it is), with `--tile-size` pixels.
+
+    A custom tile size keeps the model's default overlap ratio (stride / size), rounded down to the spatial
+    compression.
+    """
+    if mode not in ("on", "exact"):
+        return
+    sizes = {}
+    if tile_size is not None:
+        multiple = model.config.spatial_compression_ratio
+        if tile_size <= 0 or tile_size % multiple:
+            raise CLIError(f"--tile-size must be a positive multiple of {multiple}, got {tile_size}.")
+        ratio = model.tile_sample_stride_height / model.tile_sample_min_height
+        stride = max(multiple, int(tile_size * ratio) // multiple * multiple)
+        for axis in ("height", "width"):
+            sizes[f"tile_sample_min_{axis}"] = tile_size
+            sizes[f"tile_sample_stride_{axis}"] = stride
+    model.enable_tiling(**sizes, **({"exact": True} if mode == "exact" else {}))
+
+
+def apply_tiling(
+    model: torch.nn.Module, mode: str, shape: tuple[int, int, int], device: torch.device, tile_size: int | None = None
+) -> str:
     """Turn tiling on or off as `--tiling` says; returns a one-line explanation."""
-    if mode == "on":
-        model.enable_tiling()
-        return "on"
+    if mode in ("on", "exact"):
+        enable_tiling(model, mode, tile_size)
+        return mode if tile_size is None else f"{mode} ({tile_size} px tiles)"
     if mode == "off":
         model.disable_tiling()
         return "off"
@@ -397,7 +427,7 @@ def apply_tiling(model: torch.nn.Module, mode: str, shape: tuple[int, int, int],
     if fits:
         model.disable_tiling()
     else:
-        model.enable_tiling()
+        enable_tiling(model, "on", tile_size)
     return (
         f"{'off' if fits else 'on'} (auto: untiled needs ~{gib(estimate.untiled)}, tiled ~{gib(estimate.tiled)}, "
         f"{gib(estimate.available)} available)"
@@ -470,7 +500,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     video, fps, source = read_input(args, rule)
     shape = tuple(video.shape[2:])
     plan_segments(shape[0], args.segment_frames, rule)  # a bad --segment-frames fails before any work
-    tiling = apply_tiling(model, args.tiling, shape, device)
+    tiling = apply_tiling(model, args.tiling, shape, device, args.tile_size)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with PeakMemory(device) as memory:
         result = reconstruct_video(
@@ -537,8 +567,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         size=args.size,
         rule=rule,
     )
-    if args.tiling == "on":
-        model.enable_tiling()
+    enable_tiling(model, args.tiling, args.tile_size)
     with torch.no_grad():
         posterior = model.encode(video.to(device=device, dtype=next(model.parameters()).dtype)).latent_dist
         latents = posterior.mode().float().cpu().contiguous()
@@ -599,8 +628,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             f"These latents come from another {metadata['class_name']} configuration (config hash "
             f"{metadata['config_hash']}, this model has {config_hash(model)}); pass --force to decode anyway."
         )
-    if args.tiling == "on":
-        model.enable_tiling()
+    enable_tiling(model, args.tiling, args.tile_size)
     num_frames = int(metadata["num_frames"])
     with torch.no_grad():
         z = latents.to(device=device, dtype=next(model.parameters()).dtype)
@@ -673,8 +701,7 @@ def evaluate_clips(
 def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
-    if args.tiling == "on":
-        model.enable_tiling()
+    enable_tiling(model, args.tiling, args.tile_size)
     settings = EvalSettings(
         frames=args.frames,
         size=args.size,
@@ -850,10 +877,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reading_arguments(sub, frames_default=17)
     sub.add_argument(
         "--tiling",
-        choices=["auto", "on", "off"],
+        choices=["auto", "on", "exact", "off"],
         default="auto",
-        help="auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs)",
+        help="auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs); "
+        + TILING_HELP,
     )
+    sub.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: the model's)")
     sub.add_argument(
         "--segment-frames",
         type=int,
@@ -872,14 +901,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(sub, required=True)
     sub.add_argument("-o", "--output", required=True, help="latents .safetensors")
     _add_reading_arguments(sub, frames_default=None)
-    sub.add_argument("--tiling", choices=["on", "off"], default="off")
+    sub.add_argument("--tiling", choices=["on", "exact", "off"], default="off", help=TILING_HELP)
+    sub.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: the model's)")
     sub.set_defaults(func=cmd_encode)
 
     sub = subparsers.add_parser("decode", help="latents.safetensors -> video .mp4")
     sub.add_argument("input", help="latents written by `videovae encode`")
     _add_model_arguments(sub, default_help=" (default: the model recorded in the latent file)")
     sub.add_argument("-o", "--output", required=True, help="video .mp4")
-    sub.add_argument("--tiling", choices=["on", "off"], default="off")
+    sub.add_argument("--tiling", choices=["on", "exact", "off"], default="off", help=TILING_HELP)
+    sub.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: the model's)")
     sub.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) to 51 (default 18)")
     sub.add_argument("--force", action="store_true", help="decode even if the model's config differs")
     sub.set_defaults(func=cmd_decode)
@@ -901,7 +932,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="center-crop a square of the short side (default on)",
     )
-    sub.add_argument("--tiling", choices=["on", "off"], default="off")
+    sub.add_argument("--tiling", choices=["on", "exact", "off"], default="off", help=TILING_HELP)
+    sub.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: the model's)")
     sub.add_argument("--csv", help="also write the table as CSV")
     sub.add_argument("--lpips", action="store_true", help="also LPIPS, when its weights are on disk")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -146,6 +146,28 @@ def test_tiling_auto_turns_tiling_on_when_memory_is_short(capsys, tiny_model, sm
     assert "tiling on (auto" in out
 
 
+def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, tmp_path):
+    psnr = {}
+    for mode in ("off", "exact"):
+        code, out, _ = run(
+            capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / f"{mode}.mp4", "-q",
+            "--tiling", mode, "--tile-size", 16,
+        )  # fmt: skip
+        assert code == 0
+        assert f"tiling {mode}" in out  # 16-px tiles: 3 x 3 tiles on the 40x48 clip
+        psnr[mode] = next(line for line in out.splitlines() if "PSNR" in line)
+    assert psnr["exact"] == psnr["off"]
+
+
+def test_tile_size_must_follow_the_spatial_compression(capsys, tiny_model, small_clip, tmp_path):
+    code, _, err = run(
+        capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--tiling", "on",
+        "--tile-size", 20,
+    )  # fmt: skip
+    assert code != 0
+    assert "--tile-size must be a positive multiple of 8" in err
+
+
 def test_memory_estimate_grows_with_the_clip(tiny_model):
     model = loaders.load_model(tiny_model)
     small = cli.estimate_memory(model, (9, 64, 64), torch.device("cpu"))

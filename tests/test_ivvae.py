@@ -313,6 +313,14 @@ def test_tile_stride_is_always_the_core():
     assert (model.tile_sample_stride_height, model.tile_sample_stride_width) == (64, 96)
 
 
+def test_tiles_are_always_exact():
+    model = AutoencoderKLIVVAE(**TINY_CONFIG)
+    model.enable_tiling(exact=True)
+    assert model.use_tiling
+    with pytest.raises(ValueError, match="always exact"):
+        model.enable_tiling(exact=False)
+
+
 @torch.no_grad()
 def test_slicing_equals_batched(tiny_random):
     x = video(5, batch=2)

@@ -700,6 +700,7 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
+        exact: bool = True,
     ) -> None:
         r"""Process the high-resolution stages in spatial tiles ("halo tiling") and set the temporal chunk size.
 
@@ -723,7 +724,14 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 (a multiple of the temporal compression, 4).
             tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
                 the cache instead of overlapping).
+            exact (`bool`, defaults to `True`): IV-VAE's tiles are always exact (the argument exists because the
+                OD-VAE and Open-Sora VAEs offer an exact and an approximate mode); `False` is refused.
         """
+        if exact is not True:
+            raise ValueError(
+                "IV-VAE's tiles are always exact (halo tiles, per-pixel norms); there is no approximate mode: "
+                "leave `exact` at True."
+            )
         spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
         settings = {}
         for axis, core, stride in (
