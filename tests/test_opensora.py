@@ -419,3 +419,151 @@ def test_any_frame_count_is_accepted(model):
     with torch.no_grad():
         for frames in (2, 6, 18):
             assert model(torch.zeros(1, 3, frames, 16, 16)).sample.shape[2] == frames
+
+
+# -- exact tiling (shared GroupNorm statistics) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_random_model() -> AutoencoderKLOpenSora:
+    """Random weights, the release's layer types (attention in both mid blocks) at tiny widths."""
+    torch.manual_seed(0)
+    return AutoencoderKLOpenSora(
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        temporal_filters=4,
+        temporal_num_res_blocks=1,
+        temporal_num_groups=2,
+    ).eval()
+
+
+def _ramp_video(frames: int = 5, height: int = 96, width: int = 128) -> torch.Tensor:
+    """Noise whose scale and offset change across the frame, so that every tile has other statistics."""
+    noise = torch.randn(1, 3, frames, height, width, generator=torch.Generator().manual_seed(0))
+    return (noise * torch.linspace(0.2, 1.5, width) + torch.linspace(-0.5, 0.5, height)[:, None]).clamp(-1, 1)
+
+
+class _CallCounter:
+    def __init__(self, module: torch.nn.Module):
+        self.calls = 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+
+
+def _num_group_norms(*modules: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.GroupNorm) for module in modules for m in module.modules())
+
+
+@pytest.fixture()
+def exact_tiles(tiny_random_model):
+    """32 px tiles: 96x128 px frames (12x16 latent px) give 3 x 4 tiles in every tiled stage."""
+    tiny_random_model.enable_tiling(32, 32, exact=True)
+    yield tiny_random_model
+    tiny_random_model.disable_tiling()
+
+
+def test_exact_tiled_encode_matches_untiled_encode(exact_tiles):
+    model, x = exact_tiles, _ramp_video()
+    spatial = _CallCounter(model.spatial_vae.encoder.conv_in)
+    temporal = _CallCounter(model.temporal_vae.encoder.conv_in)
+    with torch.no_grad():
+        # Spatial posteriors sampled, as in the original: the same noise per micro-batch, tiled or not.
+        tiled = model.encode(x, sample_spatial=True, generator=torch.Generator().manual_seed(1)).latent_dist
+        model.disable_tiling()
+        untiled = model.encode(x, sample_spatial=True, generator=torch.Generator().manual_seed(1)).latent_dist
+    spatial.handle.remove()
+    temporal.handle.remove()
+    # One partial pass per GroupNorm of a tiled stage plus the last pass, over 3 x 4 tiles; two spatial
+    # micro-batches (4 + 1 frames), one temporal chunk. Untiled adds one call each.
+    assert spatial.calls == 2 * 12 * (_num_group_norms(model.spatial_vae.encoder.down_blocks) + 1) + 2
+    assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.encoder) + 1) + 1
+    assert untiled.mean.abs().max() > 0.5
+    assert_close(tiled.mean, untiled.mean, 1e-2, "exact tiled encode, mean")
+    assert_close(tiled.mean, untiled.mean, 1e-4, "exact tiled encode, mean")
+    assert_close(tiled.logvar, untiled.logvar, 1e-4, "exact tiled encode, logvar")
+
+
+def test_exact_tiled_decode_matches_untiled_decode(exact_tiles):
+    model = exact_tiles
+    z = torch.randn(1, 4, 2, 12, 16, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 2, 16)
+    spatial = _CallCounter(model.spatial_vae.decoder.conv_out)
+    temporal = _CallCounter(model.temporal_vae.decoder.conv_in)
+    with torch.no_grad():
+        tiled = model.decode(z, num_frames=5).sample
+        model.disable_tiling()
+        untiled = model.decode(z, num_frames=5).sample
+    spatial.handle.remove()
+    temporal.handle.remove()
+    decoder = model.spatial_vae.decoder
+    # conv_out comes after the last GroupNorm: it runs in the last pass only, once per tile (3 x 4 latent tiles
+    # of 4 latent px) and micro-batch (4 + 1 frames); the temporal decoder's first conv runs in every pass.
+    assert _num_group_norms(decoder.up_blocks, decoder.conv_norm_out) > 0
+    assert spatial.calls == 2 * 12 + 2
+    assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.decoder) + 1) + 1
+    assert untiled.abs().max() > 0.5
+    assert_close(tiled, untiled, 1e-2, "exact tiled decode")
+    assert_close(tiled, untiled, 1e-4, "exact tiled decode")
+
+
+@pytest.mark.parametrize(
+    "direction, key",
+    [("encode", "encode"), ("encode", "temporal_encode"), ("decode", "decode"), ("decode", "temporal_decode")],
+)
+def test_exact_tiles_need_their_halo(exact_tiles, monkeypatch, direction, key):
+    model = exact_tiles
+    x = _ramp_video()
+    z = torch.randn(1, 4, 2, 12, 16, generator=torch.Generator().manual_seed(0))
+
+    def run():
+        with torch.no_grad():
+            return model.encode(x).latent_dist.mean if direction == "encode" else model.decode(z, num_frames=5).sample
+
+    with torch.no_grad():
+        exact = run()
+        halo = dict(model.tile_halo)
+        halo[key] = 0
+        monkeypatch.setattr(AutoencoderKLOpenSora, "tile_halo", property(lambda self: halo))
+        short = run()
+    assert float((short - exact).abs().max()) > 1e-2
+
+
+def test_tile_halo_of_the_release_config():
+    with init_empty_weights():
+        model = AutoencoderKLOpenSora()
+    # encode, input px: conv_in 1 + [2 resnets x 2 convs x 1 + downsample 1] + [2 x 2 x 2 + 2] + [2 x 2 x 4 + 4]
+    #   + [2 x 2 x 8] = 68, rounded up to a multiple of 8 (the encoder's downsampling) = 72.
+    # decode, output px: [3 resnets x 2 convs x 8 + upsample 4] + [3 x 2 x 4 + 2] + [3 x 2 x 2 + 1] + [3 x 2 x 1]
+    #   + conv_out 1 = 98, rounded up to latent px = 13.
+    # temporal_encode, latent px: conv_in 1 + 16 resnets x 2 + 2 time downsamplers + 4 mid resnets x 2 = 43.
+    # temporal_decode, latent px: conv_in 1 + 4 mid resnets x 2 + 16 x 2 + 2 upsamplers + conv_out 1 = 44.
+    assert model.tile_halo == {"encode": 72, "decode": 13, "temporal_encode": 43, "temporal_decode": 44}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"exact": "yes"}, "True or False"),
+        ({"tile_sample_min_height": 64, "tile_sample_min_width": 96, "exact": True}, "square"),
+        ({"tile_sample_min_height": 60, "tile_sample_min_width": 60, "exact": True}, "multiple of 8"),
+        ({"tile_sample_min_num_frames": 17, "exact": True}, "micro_frame_size"),
+    ],
+    ids=["not-bool", "not-square", "not-multiple-of-8", "temporal"],
+)
+def test_exact_tiling_refuses_bad_arguments(tiny_random_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_random_model.enable_tiling(**kwargs)
+
+
+def test_exact_tiles_do_not_overlap_and_blended_tiles_stay_available(tiny_random_model):
+    model = tiny_random_model
+    model.enable_tiling(64, 64, None, 32, 32, exact=True)  # the stride is ignored, with a warning
+    assert model.use_tiling and model.tile_exact
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (64, 64)
+    model.enable_tiling(64, 64, None, 48, 48)
+    assert not model.tile_exact
+    assert (model.tile_sample_min_width, model.tile_sample_stride_width) == (64, 48)
+    model.disable_tiling()
+    assert not model.use_tiling
