@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from diffusers_videovae.checkpoints import CheckpointError, convert_original, convert_to_folder
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, build_model
 from diffusers_videovae.checkpoints.odvae import VARIANTS, convert, looks_like, translate_config
+from diffusers_videovae.models import od_vae
+from diffusers_videovae.models._tiling import halo_spans
 from diffusers_videovae.models.od_vae import AutoencoderKLODVAE
 
 ENCODE_CASES = ["image", "video", "awkward"]
@@ -373,15 +375,17 @@ def _pointwise_tiny() -> AutoencoderKLODVAE:
     return model
 
 
-def test_tiled_matches_untiled_within_1e_2_on_several_tiles():
-    """Tiled vs untiled within 1e-2 (encode: 2x3 tiles x 2 chunks; decode: 2 chunks).
+def test_original_mode_places_tiles_and_chunks_like_untiled_on_a_pointwise_model():
+    """The default (original-compatible) tiling mode puts every tile, blend and crop in the right place
+    (encode: 2x3 tiles x 2 chunks; decode: 2 chunks).
 
-    With general weights OD-VAE's tiled output differs from its untiled output by design (GroupNorm statistics are
-    per tile and per chunk, as in the original). Here the model is pointwise in space-time and the input is a
-    texture with a 16-pixel period, constant in time, that every tile and chunk covers in whole periods: the tiled
-    result then equals the untiled one up to rounding, and any misplaced tile, blend or crop shows as an O(1) error.
-    Spatially tiled *decoding* is left out: the trilinear 2x2x2 upsamplers clamp at tile borders, an O(1) local
-    difference the original has too (its tiled decode is checked against the fixture above).
+    With general weights this mode's output differs from the untiled output by design (GroupNorm statistics are
+    per tile and per chunk, as in the original; `exact=True` is the mode that matches untiled, tested below). Here
+    the model is pointwise in space-time and the input is a texture with a 16-pixel period, constant in time, that
+    every tile and chunk covers in whole periods: the tiled result then equals the untiled one up to rounding, and
+    any misplaced tile, blend or crop shows as an O(1) error. Spatially tiled *decoding* is left out: the trilinear
+    2x2x2 upsamplers clamp at tile borders, an O(1) local difference the original has too (its tiled decode is
+    checked against the fixture above).
     """
     model = _pointwise_tiny()
     texture = torch.rand(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -397,7 +401,7 @@ def test_tiled_matches_untiled_within_1e_2_on_several_tiles():
     assert_close(chunked, decoded, 1e-2, "chunked decode")
 
 
-def test_misplaced_tiles_would_be_detected():
+def test_original_mode_misplaced_tiles_would_be_detected():
     model = _pointwise_tiny()
     texture = torch.rand(1, 3, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     video = texture.repeat(1, 1, 9, 4, 5)
@@ -453,3 +457,159 @@ def test_bad_latents_and_tiling_arguments_are_refused():
         model.enable_tiling(tile_sample_min_num_frames=10)
     with pytest.raises(ValueError, match="multiples of 8"):
         model.enable_tiling(tile_sample_min_height=100)
+
+
+# --- exact tiling (`enable_tiling(exact=True)`) ---------------------------------------------------------------
+
+
+def _exact_tiny(**overrides) -> AutoencoderKLODVAE:
+    """A tiny random model with every layer type of the release (2D and 3D resnets, both downsamplers, both
+    upsamplers, attention); 4 GroupNorm groups of 2 to 4 channels."""
+    return _tiny(**{"block_out_channels": (8, 16, 16, 16), "norm_num_groups": 4, **overrides})
+
+
+def _ramp_video(frames: int, height: int, width: int) -> torch.Tensor:
+    """Noise whose amplitude grows left to right, on a top-to-bottom ramp: every tile has other statistics."""
+    noise = torch.rand(1, 3, frames, height, width, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return (noise * torch.linspace(0.1, 1.0, width) + torch.linspace(-0.5, 0.5, height)[:, None]).clamp(-1, 1)
+
+
+def _ramp_latents(frames: int, height: int, width: int) -> torch.Tensor:
+    noise = torch.randn(1, 4, frames, height, width, generator=torch.Generator().manual_seed(2))
+    return noise * torch.linspace(0.5, 2.0, width) + torch.linspace(-1.0, 1.0, height)[:, None]
+
+
+@pytest.fixture
+def stage_calls(monkeypatch) -> list[dict]:
+    """Records each call of the shared-GroupNorm tiler (the tiled stage's input shape, core and halo)."""
+    calls = []
+
+    def spy(stage, x, modules, core, halo):
+        calls.append({"shape": tuple(x.shape), "core": core, "halo": halo})
+        return tiled_with_shared_group_norm(stage, x, modules, core, halo)
+
+    tiled_with_shared_group_norm = od_vae.tiled_with_shared_group_norm
+    monkeypatch.setattr(od_vae, "tiled_with_shared_group_norm", spy)
+    return calls
+
+
+def _tile_grid(call: dict) -> list[list]:
+    """The tiles of one recorded call along height and width."""
+    return [halo_spans(size, call["core"], call["halo"]) for size in call["shape"][-2:]]
+
+
+def _cut_inside(spans: list, size: int) -> int:
+    """How many tiles along one axis stop inside the frame on at least one side (read less than the whole axis)."""
+    return sum(span.start > 0 or span.end < size for span in spans)
+
+
+def test_exact_tiled_encode_matches_untiled_within_1e_2_on_several_tiles(stage_calls):
+    model = _exact_tiny()
+    video = _ramp_video(5, 64, 96)
+    with torch.no_grad():
+        untiled = model.encode(video).latent_dist
+        model.enable_tiling(16, 16, exact=True)
+        tiled = model.encode(video).latent_dist
+    # One tiled stage over the pixels: 16-pixel cores, a 24-pixel halo, 4 x 6 tiles, each cut inside the frame.
+    assert len(stage_calls) == 1 and stage_calls[0]["shape"] == (1, 3, 5, 64, 96)
+    rows, columns = _tile_grid(stage_calls[0])
+    assert (len(rows), len(columns), stage_calls[0]["halo"]) == (4, 6, 24)
+    assert (_cut_inside(rows, 64), _cut_inside(columns, 96)) == (4, 6)
+    assert_close(tiled.mean, untiled.mean, 1e-2, "exact tiled encode: mean")
+    assert_close(tiled.logvar, untiled.logvar, 1e-2, "exact tiled encode: logvar")
+    assert_close(tiled.mean, untiled.mean, 1e-4, "exact tiled encode: mean, float rounding only")
+
+
+def test_exact_tiled_decode_matches_untiled_within_1e_2_on_several_tiles(stage_calls):
+    # One latent frame keeps this test fast (CPU 3D convolutions are slow); the encode test covers several frames.
+    model = _exact_tiny()
+    latents = _ramp_latents(1, 12, 16)
+    with torch.no_grad():
+        untiled = model.decode(latents).sample
+        model.enable_tiling(32, 32, exact=True)
+        tiled = model.decode(latents).sample
+    # One tiled stage at latent resolution: 4-latent-pixel cores, a 7-pixel halo, 3 x 4 tiles.
+    assert len(stage_calls) == 1 and stage_calls[0]["shape"][-2:] == (12, 16)
+    rows, columns = _tile_grid(stage_calls[0])
+    assert (len(rows), len(columns), stage_calls[0]["halo"]) == (3, 4, 7)
+    assert (_cut_inside(rows, 12), _cut_inside(columns, 16)) == (2, 4)  # the middle row reads all 12 rows
+    assert_close(tiled, untiled, 1e-2, "exact tiled decode")
+    assert_close(tiled, untiled, 1e-4, "exact tiled decode, float rounding only")
+
+
+def test_exact_tiles_need_the_whole_halo(monkeypatch):
+    model = _exact_tiny()
+    video, latents = _ramp_video(5, 64, 96), _ramp_latents(1, 12, 16)
+    with torch.no_grad():
+        untiled_mean = model.encode(video).latent_dist.mean
+        untiled_sample = model.decode(latents).sample
+        # Halos of 8 pixels and 2 latent pixels instead of 24 and 7: the cores read wrong borders.
+        monkeypatch.setattr(AutoencoderKLODVAE, "tile_halo", property(lambda self: {"encode": 8, "decode": 2}))
+        model.enable_tiling(16, 16, exact=True)
+        short_mean = model.encode(video).latent_dist.mean
+        model.enable_tiling(32, 32, exact=True)
+        short_sample = model.decode(latents).sample
+    assert float((short_mean - untiled_mean).abs().max()) > 1e-2
+    assert float((short_sample - untiled_sample).abs().max()) > 1e-2
+
+
+def test_exact_tile_halo_of_the_released_configs():
+    with torch.device("meta"):
+        released = AutoencoderKLODVAE()
+        v110 = AutoencoderKLODVAE(**translate_config(VARIANTS["v1.1.0"]))
+    # Encode, pixels (scale = input pixels per feature pixel; 2 resnets per level, two 3x3 convolutions each;
+    # a downsampler reads one pixel past its own two): conv_in 1 + level 0 (4 + 1) x 1 + level 1 (4 + 1) x 2
+    # + level 2 (4 + 1) x 4 = 36 -> 40 (a multiple of 8). v1.1.0 adds its level-1 time downsampler (3x3) x 4: 40.
+    assert released.encoder.high_res_reach() == 36
+    assert v110.encoder.high_res_reach() == 40
+    # Decode, output pixels (3 resnets per level): level-3 upsampler (trilinear 2 + conv 1) x 4 + level 2 (6) x 4
+    # + its upsampler (2 + 1) x 2 + level 1 (6) x 2 + its nearest upsampler (1 + 1) x 1 + level 0 (6) x 1
+    # + conv_out 1 = 12 + 24 + 6 + 12 + 2 + 6 + 1 = 63 -> ceil(63 / 8) = 8 latent pixels. v1.1.0: (nearest 1 + conv
+    # 1) x 4 + time upsampler 1 x 4 + 24 + (1 + 1) x 2 + 1 x 2 + 12 + 2 + 6 + 1 = 63 as well.
+    assert released.decoder.high_res_reach() == 63
+    assert v110.decoder.high_res_reach() == 63
+    assert released.tile_halo == v110.tile_halo == {"encode": 40, "decode": 8}
+
+
+def test_exact_tiling_matches_untiled_on_the_v110_layout(stage_calls):
+    model = _exact_tiny(
+        **translate_config(
+            {**VARIANTS["v1.1.0"], "hidden_size": 8, "hidden_size_mult": [1, 2, 2, 2], "num_res_blocks": 1}
+        )
+    )
+    video, latents = _ramp_video(5, 64, 96), _ramp_latents(1, 12, 16)
+    with torch.no_grad():
+        untiled_mean = model.encode(video).latent_dist.mean
+        untiled_sample = model.decode(latents).sample
+        model.enable_tiling(16, 16, exact=True)
+        tiled_mean = model.encode(video).latent_dist.mean
+        model.enable_tiling(32, 32, exact=True)
+        tiled_sample = model.decode(latents).sample
+    assert [call["halo"] for call in stage_calls] == [32, 7]
+    assert_close(tiled_mean, untiled_mean, 1e-4, "v1.1.0 exact tiled encode")
+    assert_close(tiled_sample, untiled_sample, 1e-4, "v1.1.0 exact tiled decode")
+
+
+def test_exact_tiling_arguments_are_checked_and_strides_follow_the_tile_size():
+    model = _exact_tiny()
+    with pytest.raises(ValueError, match="True or False"):
+        model.enable_tiling(exact="yes")
+    with pytest.raises(ValueError, match="square"):
+        model.enable_tiling(16, 24, exact=True)
+    model.enable_tiling(16, 16, 9, 8, 8, 8, exact=True)
+    assert (model.tile_sample_stride_height, model.tile_sample_stride_width, model.tile_exact) == (16, 16, True)
+    model.enable_tiling()
+    assert not model.tile_exact
+    model.disable_tiling()
+    assert not model.use_tiling
+
+
+def test_exact_tiling_does_not_cut_time(stage_calls):
+    model = _exact_tiny()
+    video = _ramp_video(13, 16, 16)
+    with torch.no_grad():
+        untiled = model.encode(video).latent_dist.mean
+        model.enable_tiling(16, 16, 5, 16, 16, 4, exact=True)  # 5-frame chunks would apply in the default mode
+        tiled = model.encode(video).latent_dist.mean
+    assert stage_calls == []
+    assert torch.equal(tiled, untiled)

@@ -33,13 +33,16 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import blend, check_latents, check_video
+from ._tiling import blend, check_latents, check_video, tiled_with_shared_group_norm
 
 __all__ = ["AutoencoderKLODVAE"]
+
+logger = logging.get_logger(__name__)
 
 BLOCK_TYPES = ("resnet2d", "resnet3d")
 CONV_IN_TYPES = ("conv2d", "causal_conv3d")
@@ -372,12 +375,54 @@ class ODVAEEncoder(nn.Module):
                     layers.append(getattr(stage, name))
         return layers + self.mid.layers()
 
+    def _num_high_res_layers(self) -> int:
+        layers = self.layers()
+        downsamplers = (ODVAEDownsample2D, ODVAEDownsample3D)
+        return 1 + max((i for i, layer in enumerate(layers) if isinstance(layer, downsamplers)), default=0)
+
+    def high_res_layers(self) -> list[nn.Module]:
+        """`conv_in` and the down levels through the last spatial downsampler: every layer above latent
+        resolution. Local in space apart from their GroupNorms, so exact tiling can run them tile by tile."""
+        return self.layers()[: self._num_high_res_layers()]
+
+    def low_res_layers(self) -> list[nn.Module]:
+        """The layers after the last spatial downsampler (the last level's blocks, a v1.1.0 time downsampler,
+        the mid block with its attention): they run on whole latent-resolution frames."""
+        return self.layers()[self._num_high_res_layers() :]
+
+    def high_res_reach(self) -> int:
+        """An upper bound, in input pixels, on how far beyond its own footprint (8x8 input pixels for a latent
+        pixel) an output pixel of `forward_high` reads; `scale` is input pixels per feature pixel at each layer."""
+        reach, scale = 0, 1
+        for layer in self.high_res_layers():
+            if isinstance(layer, (ODVAEFrameConv2d, ODVAECausalConvIn, ODVAETimeDownsampleRes)):
+                reach += scale  # one 3x3 convolution (the time downsampler's is 3x3x3, padded 1 in space)
+            elif isinstance(layer, (ODVAEResnetBlock2D, ODVAEResnetBlock3D)):
+                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
+            elif isinstance(layer, (ODVAEDownsample2D, ODVAEDownsample3D)):
+                # 3x3 stride 2 after one pixel of padding right/bottom: output j reads inputs 2j..2j+2, one input
+                # pixel past its own two (on the right / bottom side only; the halo is symmetric anyway).
+                reach += scale
+                scale *= 2
+            else:
+                raise TypeError(f"No receptive field known for {type(layer).__name__}.")
+        return reach
+
+    def forward_high(self, x: torch.Tensor, checkpoint=None) -> torch.Tensor:
+        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` of the high-resolution layers."""
+        return _run_sequence(self.high_res_layers(), x, checkpoint)
+
+    def forward_low(self, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
+        """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)` (`t' < t` only with a v1.1.0 time
+        downsampler in the last level): the latent-resolution layers, `norm_out` and `conv_out`."""
+        h = _run_sequence(self.low_res_layers(), h, checkpoint)
+        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         checkpoint = (
             self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
         )
-        h = _run_sequence(self.layers(), x, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+        return self.forward_low(self.forward_high(x, checkpoint), checkpoint)
 
 
 class ODVAEDecoder(nn.Module):
@@ -427,12 +472,63 @@ class ODVAEDecoder(nn.Module):
                     layers.append(getattr(stage, name))
         return layers
 
+    def _num_low_res_layers(self) -> int:
+        layers = self.layers()
+        upsamplers = (ODVAEUpsample2D, ODVAEUpsample3D)
+        return next((i for i, layer in enumerate(layers) if isinstance(layer, upsamplers)), len(layers))
+
+    def low_res_layers(self) -> list[nn.Module]:
+        """`conv_in`, the mid block with its attention and the blocks before the first spatial upsampler: they run
+        on whole latent-resolution frames."""
+        return self.layers()[: self._num_low_res_layers()]
+
+    def high_res_layers(self) -> list[nn.Module]:
+        """The layers from the first spatial upsampler on (`norm_out` and `conv_out` follow them): local in space
+        apart from their GroupNorms, so exact tiling can run them tile by tile."""
+        return self.layers()[self._num_low_res_layers() :]
+
+    def high_res_reach(self) -> int:
+        """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `forward_high`
+        reads; `scale` is output pixels per feature pixel at each layer (8 at latent resolution).
+
+        Walking back from an output pixel, the pixels it depends on span an interval that grows by `scale` on each
+        side per 3x3 convolution; a 2x upsampler also widens it to whole coarse pixels (nearest: at most one fine
+        pixel per side) or, trilinear, by one coarse pixel (two fine pixels). The latent pixels read are then at
+        most `ceil(reach / 8)` away from the output pixel's own.
+        """
+        layers = self.high_res_layers()
+        scale = 2 ** sum(isinstance(layer, (ODVAEUpsample2D, ODVAEUpsample3D)) for layer in layers)
+        reach = 0
+        for layer in layers:
+            if isinstance(layer, ODVAEUpsample2D):
+                scale //= 2
+                reach += scale + scale  # nearest 2x (alignment), then a 3x3 convolution
+            elif isinstance(layer, ODVAEUpsample3D):
+                scale //= 2
+                reach += 2 * scale + scale  # trilinear 2x (one coarse pixel), then a 3x3x3 convolution
+            elif isinstance(layer, ODVAETimeUpsampleRes):
+                reach += scale  # interpolation in time only, then a 3x3x3 convolution
+            elif isinstance(layer, (ODVAEResnetBlock2D, ODVAEResnetBlock3D)):
+                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
+            else:
+                raise TypeError(f"No receptive field known for {type(layer).__name__}.")
+        return reach + scale  # conv_out: 3x3
+
+    def forward_low(self, z: torch.Tensor, checkpoint=None) -> torch.Tensor:
+        """`(B, z_channels, t, h, w)` -> features `(B, C, t', h, w)` of the latent-resolution layers (`t' > t` only
+        with a v1.1.0 time upsampler before the first spatial upsampler)."""
+        return _run_sequence(self.low_res_layers(), z, checkpoint)
+
+    def forward_high(self, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
+        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the upsampling levels, `norm_out` and `conv_out`."""
+        h = _run_sequence(self.high_res_layers(), h, checkpoint)
+        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         checkpoint = (
             self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
         )
-        h = _run_sequence(self.layers(), z, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+        return self.forward_high(self.forward_low(z, checkpoint), checkpoint)
 
 
 def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
@@ -482,10 +578,14 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived from the layout
             (4 and 8 for both releases); given values must agree with it.
 
-    Tiling (`enable_tiling`) follows the original's scheme, so tiled results equal the original's tiled results.
-    They are not the untiled results: GroupNorm statistics become per tile and per chunk, and the trilinear
-    upsamplers clamp at tile borders. Where those effects vanish (a model pointwise in space-time on a periodic
-    input) the tiled encode and chunked decode match the untiled ones within 1e-2 (checked by the tests).
+    Tiling (`enable_tiling`) has two modes. The default follows the original's scheme (overlapping tiles blended
+    at the seams, chunks in time), so tiled results equal the original's tiled results and memory stays flat as the
+    clip grows; they are not the untiled results, because GroupNorm statistics become per tile and per chunk and the
+    trilinear upsamplers clamp at tile borders. `enable_tiling(exact=True)` gives the untiled results up to float
+    rounding instead: the layers above latent resolution run tile by tile with halos that cover their receptive
+    field (`tile_halo`) and GroupNorm statistics shared over all tiles, the rest (mid-block attention included) on
+    whole latent frames. It costs several passes over the tiles and keeps the whole clip in time, so its memory
+    grows with the number of frames.
     """
 
     _supports_gradient_checkpointing = True
@@ -605,6 +705,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         self.tile_sample_stride_height = 224
         self.tile_sample_stride_width = 224
         self.tile_sample_stride_num_frames = 28
+        self.tile_exact = False
 
     @staticmethod
     def _check_layout(
@@ -654,19 +755,44 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Encode and decode in overlapping tiles (space) and chunks (time), as the original's tiled mode does.
+        r"""Encode and decode in tiles: as the original's tiled mode does (default), or exactly (`exact=True`).
 
-        A clip takes the tiled path when it is larger than one tile in any dimension; then tiles start every
-        `stride` pixels (edge tiles are smaller), neighbours are cross-faded over `min - stride` pixels
-        (`(min - stride) / 8` latents when encoding) and each tile keeps its first `stride` pixels. Time is cut into
-        chunks of `tile_sample_min_num_frames` frames (`1 + (n - 1) / 4` latents when decoding) every
+        **Default (original-compatible) mode.** Results equal the original's tiled results (checked against its
+        numbers), not the untiled ones: GroupNorm statistics are per tile and per chunk, and the trilinear
+        upsamplers clamp at tile borders. Memory stays flat as the clip grows in any dimension. A clip takes the
+        tiled path when it is larger than one tile in any dimension; then tiles start every `stride` pixels (edge
+        tiles are smaller), neighbours are cross-faded over `min - stride` pixels (`(min - stride) / 8` latents when
+        encoding) and each tile keeps its first `stride` pixels. Time is cut into chunks of
+        `tile_sample_min_num_frames` frames (`1 + (n - 1) / 4` latents when decoding) every
         `tile_sample_stride_num_frames`; overlapping frames of later chunks are dropped, not blended.
 
         The original's attributes map as: `tile_sample_min_size = S` -> `tile_sample_min_height = width = S`;
         `tile_overlap_factor = f` -> `tile_sample_stride_height = width = int(S * (1 - f))`;
         `tile_sample_min_size_t = n` -> `tile_sample_min_num_frames = n`, `tile_sample_stride_num_frames = n - 1`
         (with `tile_latent_min_size = S / 8` and `tile_latent_min_size_t = 1 + (n - 1) / 4`).
+
+        **Exact mode** (`exact=True`). Results equal the untiled ones up to float rounding (a few 1e-6 on random
+        tiny models). The layers above latent resolution (encoder: `conv_in` and the down levels through the last
+        spatial downsampler; decoder: the levels from the first spatial upsampler on, `norm_out` and `conv_out`)
+        run on non-overlapping square tiles of `tile_sample_min_height` pixels (`/ 8` latent pixels when decoding),
+        each read with a halo (`tile_halo`) that covers their receptive field, and their GroupNorms normalise every
+        tile with statistics measured over all tiles (`tiled_with_shared_group_norm`). The rest, including the
+        mid-block attention (global over each frame), runs untiled on whole latent-resolution frames. A clip takes
+        the tiled path when it is larger than one tile in height or width. The price:
+
+        - compute: one partial pass over the tiles (with their halos) per GroupNorm of the tiled layers, then one
+          full pass: 12 + 1 passes in the released encoder, 19 + 1 in its decoder, several times the untiled work;
+        - memory: the activations of one tile, plus the whole input and whole-clip tensors at latent resolution;
+        - time is not cut into chunks (the 3D blocks' GroupNorms span all frames, so chunks would change their
+          statistics): every tile holds the whole clip and memory grows with T. The default mode is the one whose
+          memory stays flat.
+
+        In exact mode the spatial strides are set to the tile size (a different value given is ignored with a
+        warning); `tile_sample_min_num_frames` and `tile_sample_stride_num_frames` are checked and kept for the
+        default mode but not used. Exact tiling is meant for inference: the shared statistics are constants for
+        autograd, and gradient checkpointing is not applied inside the tiles.
 
         Args:
             tile_sample_min_height / tile_sample_min_width (`int`, defaults to 256): tile size in pixels,
@@ -676,7 +802,11 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 a multiple of 8, at most the tile size.
             tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
                 most `tile_sample_min_num_frames - 1`.
+            exact (`bool`, defaults to `False`): exact mode (see above); it needs square tiles
+                (`tile_sample_min_height == tile_sample_min_width`).
         """
+        if not isinstance(exact, bool):
+            raise ValueError(f"`exact` must be True or False, got {exact!r}.")
         values = {
             "tile_sample_min_height": tile_sample_min_height,
             "tile_sample_min_width": tile_sample_min_width,
@@ -686,6 +816,20 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             "tile_sample_stride_num_frames": tile_sample_stride_num_frames,
         }
         values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
+        if exact:
+            if values["tile_sample_min_height"] != values["tile_sample_min_width"]:
+                raise ValueError(
+                    "Exact tiles are square: tile_sample_min_height and tile_sample_min_width must be equal, got "
+                    f"{values['tile_sample_min_height']} and {values['tile_sample_min_width']}."
+                )
+            for axis, stride in (("height", tile_sample_stride_height), ("width", tile_sample_stride_width)):
+                size = values[f"tile_sample_min_{axis}"]
+                if stride is not None and int(stride) != size:
+                    logger.warning(
+                        f"Exact tiles do not overlap (each reads a halo instead): tile_sample_stride_{axis}={stride} "
+                        f"is ignored, the stride equals tile_sample_min_{axis}={size}."
+                    )
+                values[f"tile_sample_stride_{axis}"] = size
         spatial = self.config.spatial_compression_ratio
         temporal = self.config.temporal_compression_ratio
         for axis in ("height", "width"):
@@ -705,7 +849,29 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             )
         for name, value in values.items():
             setattr(self, name, value)
+        self.tile_exact = exact
         self.use_tiling = True
+
+    @property
+    def tile_halo(self) -> dict[str, int]:
+        """Halo of an exact tile, `{"encode": input pixels, "decode": latent pixels}`: the receptive field of the
+        tiled layers (`high_res_reach`), rounded up to whole latent pixels (encode: to a multiple of 8 pixels, as
+        the stride-2 downsamplers need tiles aligned to 8).
+
+        Released v1.2.0 layout (`scale` = pixels per feature pixel, `r` = levels' resnets, 2 per encoder level,
+        3 per decoder level, two 3x3 convolutions each):
+        - encode: conv_in 1 + level 0 (2 r x 2 + downsample 1) + level 1 (2 r x 2 + 1) x 2 + level 2 (same) x 4
+          = 1 + 5 + 10 + 20 = 36 px -> 40 px (5 latent pixels); v1.1.0: 36 + 4 (its level-1 time downsampler,
+          3x3 at scale 4) = 40 px.
+        - decode: level 3 upsampler (trilinear 2 + conv 1) x 4 + level 2 (3 r x 2) x 4 + its upsampler (2 + 1) x 2
+          + level 1 (6) x 2 + its upsampler (nearest 1 + conv 1) x 1 + level 0 (6) x 1 + conv_out 1
+          = 12 + 24 + 6 + 12 + 2 + 6 + 1 = 63 px -> 8 latent pixels.
+        """
+        spatial = self.config.spatial_compression_ratio
+        return {
+            "encode": -(-self.encoder.high_res_reach() // spatial) * spatial,
+            "decode": -(-self.decoder.high_res_reach() // spatial),
+        }
 
     def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(x)
@@ -716,7 +882,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         if self.use_tiling and (
             height > self.tile_sample_min_height
             or width > self.tile_sample_min_width
-            or frames > self.tile_sample_min_num_frames
+            or (frames > self.tile_sample_min_num_frames and not self.tile_exact)
         ):
             return self.tiled_encode(x)
         return self._encode_moments(x)
@@ -760,7 +926,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         if self.use_tiling and (
             height > self.tile_sample_min_height // spatial
             or width > self.tile_sample_min_width // spatial
-            or frames > (self.tile_sample_min_num_frames - 1) // temporal + 1
+            or (frames > (self.tile_sample_min_num_frames - 1) // temporal + 1 and not self.tile_exact)
         ):
             return self.tiled_decode(z)
         return self._decode_latents(z)
@@ -786,7 +952,10 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         return DecoderOutput(sample=decoded)
 
     def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Moments `(B, 2 * latent_channels, t, h, w)` of `x` computed chunk by chunk in time, tile by tile in space."""
+        r"""Moments `(B, 2 * latent_channels, t, h, w)` of `x` computed chunk by chunk in time, tile by tile in space
+        (exact mode: tile by tile in space only, see `enable_tiling`)."""
+        if self.tile_exact:
+            return self._exact_tiled_encode(x)
         temporal = self.config.temporal_compression_ratio
         length, stride = self.tile_sample_min_num_frames, self.tile_sample_stride_num_frames
         overlap = (length - 1) // temporal + 1 - stride // temporal
@@ -828,7 +997,10 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         return torch.cat([tile[:, :, :, :keep_h, :keep_w] for tile in row], dim=4)
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
-        r"""Decode `z` chunk by chunk in time and tile by tile in space; memory stays flat as the clip grows."""
+        r"""Decode `z` chunk by chunk in time and tile by tile in space; memory stays flat as the clip grows
+        (exact mode: tile by tile in space only, memory grows with T; see `enable_tiling`)."""
+        if self.tile_exact:
+            return self._exact_tiled_decode(z)
         temporal = self.config.temporal_compression_ratio
         length = (self.tile_sample_min_num_frames - 1) // temporal + 1
         stride = self.tile_sample_stride_num_frames // temporal
@@ -856,6 +1028,33 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
             previous = row
         return torch.cat(rows, dim=3)
+
+    def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""
+        layers = self.encoder.high_res_layers()
+        # No gradient checkpointing inside the tiles: its recomputation would run the GroupNorms unshared.
+        h = tiled_with_shared_group_norm(
+            lambda tile: _run_sequence(layers, tile),
+            x,
+            layers,
+            core=self.tile_sample_min_height,
+            halo=self.tile_halo["encode"],
+        )
+        moments = self.encoder.forward_low(h)
+        return moments if self.quant_conv is None else self.quant_conv(moments)
+
+    def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`tiled_decode` in exact mode: `(B, latent_channels, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        h = self.decoder.forward_low(z)
+        return tiled_with_shared_group_norm(
+            self.decoder.forward_high,
+            h,
+            [*self.decoder.high_res_layers(), self.decoder.norm_out],
+            core=self.tile_sample_min_height // self.config.spatial_compression_ratio,
+            halo=self.tile_halo["decode"],
+        )
 
     def forward(
         self,
