@@ -295,6 +295,8 @@ def test_shared_group_norm_tiles_equal_the_untiled_downsampling_stage():
     x = torch.randn(2, 3, 48, 72) * torch.linspace(0.2, 3.0, 72) + torch.linspace(-1, 2, 48)[:, None]
     tiled = tiled_with_shared_group_norm(encoder, x, encoder, core=16, halo=16)  # 3 x 5 tiles
     assert_close(tiled, encoder(x), 1e-5, "tiled encoder stage")
+    rectangles = tiled_with_shared_group_norm(encoder, x, encoder, core=(24, 16), halo=16)  # 2 x 5 tiles
+    assert_close(rectangles, encoder(x), 1e-5, "tiled encoder stage, 24 x 16 cores")
 
 
 @torch.no_grad()

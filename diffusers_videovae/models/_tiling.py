@@ -232,7 +232,7 @@ def tiled_with_shared_group_norm(
     stage: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     modules: nn.Module | list[nn.Module],
-    core: int,
+    core: int | tuple[int, int],
     halo: int,
 ) -> torch.Tensor:
     r"""Run `stage` on spatial tiles of `x` so that the result equals `stage(x)` up to float rounding.
@@ -252,11 +252,13 @@ def tiled_with_shared_group_norm(
             the same for every input (e.g. 8 for an upsampling decoder, 1/8 for a downsampling encoder).
         x: the stage input; tiling is over its last two dimensions.
         modules: the module(s) whose `nn.GroupNorm`s the stage calls.
-        core, halo: tile core and halo in input pixels; with a downsampling stage, multiples of its factor.
+        core, halo: tile core (one size, or `(height, width)`) and halo in input pixels; with a downsampling stage,
+            multiples of its factor.
     """
     modules = [modules] if isinstance(modules, nn.Module) else modules
     norms = list(dict.fromkeys(m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)))
-    rows, columns = halo_spans(x.shape[-2], core, halo), halo_spans(x.shape[-1], core, halo)
+    core_h, core_w = (core, core) if isinstance(core, int) else core
+    rows, columns = halo_spans(x.shape[-2], core_h, halo), halo_spans(x.shape[-1], core_w, halo)
     tiles = [(row, column) for row in rows for column in columns]
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
     state: dict = {}
