@@ -776,7 +776,8 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         **Exact mode** (`exact=True`). Results equal the untiled ones up to float rounding (a few 1e-6 on random
         tiny models). The layers above latent resolution (encoder: `conv_in` and the down levels through the last
         spatial downsampler; decoder: the levels from the first spatial upsampler on, `norm_out` and `conv_out`)
-        run on non-overlapping square tiles of `tile_sample_min_height` pixels (`/ 8` latent pixels when decoding),
+        run on non-overlapping tiles of `tile_sample_min_height` x `tile_sample_min_width` pixels (`/ 8` latent
+        pixels when decoding),
         each read with a halo (`tile_halo`) that covers their receptive field, and their GroupNorms normalise every
         tile with statistics measured over all tiles (`tiled_with_shared_group_norm`). The rest, including the
         mid-block attention (global over each frame), runs untiled on whole latent-resolution frames. A clip takes
@@ -802,8 +803,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 a multiple of 8, at most the tile size.
             tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
                 most `tile_sample_min_num_frames - 1`.
-            exact (`bool`, defaults to `False`): exact mode (see above); it needs square tiles
-                (`tile_sample_min_height == tile_sample_min_width`).
+            exact (`bool`, defaults to `False`): exact mode (see above).
         """
         if not isinstance(exact, bool):
             raise ValueError(f"`exact` must be True or False, got {exact!r}.")
@@ -817,11 +817,6 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         }
         values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
         if exact:
-            if values["tile_sample_min_height"] != values["tile_sample_min_width"]:
-                raise ValueError(
-                    "Exact tiles are square: tile_sample_min_height and tile_sample_min_width must be equal, got "
-                    f"{values['tile_sample_min_height']} and {values['tile_sample_min_width']}."
-                )
             for axis, stride in (("height", tile_sample_stride_height), ("width", tile_sample_stride_width)):
                 size = values[f"tile_sample_min_{axis}"]
                 if stride is not None and int(stride) != size:
@@ -1037,7 +1032,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             lambda tile: _run_sequence(layers, tile),
             x,
             layers,
-            core=self.tile_sample_min_height,
+            core=(self.tile_sample_min_height, self.tile_sample_min_width),
             halo=self.tile_halo["encode"],
         )
         moments = self.encoder.forward_low(h)
@@ -1045,6 +1040,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
 
     def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
         """`tiled_decode` in exact mode: `(B, latent_channels, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`."""
+        spatial = self.config.spatial_compression_ratio
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         h = self.decoder.forward_low(z)
@@ -1052,7 +1048,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             self.decoder.forward_high,
             h,
             [*self.decoder.high_res_layers(), self.decoder.norm_out],
-            core=self.tile_sample_min_height // self.config.spatial_compression_ratio,
+            core=(self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial),
             halo=self.tile_halo["decode"],
         )
 
