@@ -476,9 +476,9 @@ def test_exact_tiled_encode_matches_untiled_encode(exact_tiles):
         untiled = model.encode(x, sample_spatial=True, generator=torch.Generator().manual_seed(1)).latent_dist
     spatial.handle.remove()
     temporal.handle.remove()
-    # One partial pass per GroupNorm of a tiled stage plus the last pass, over 3 x 4 tiles; two spatial
-    # micro-batches (4 + 1 frames), one temporal chunk. Untiled adds one call each.
-    assert spatial.calls == 2 * 12 * (_num_group_norms(model.spatial_vae.encoder.down_blocks) + 1) + 2
+    # One partial pass per GroupNorm of a tiled stage plus the last pass, over 3 x 4 tiles; the spatial VAE runs
+    # frame by frame (5 frames), the temporal VAE on one chunk. Untiled adds one call per frame / chunk.
+    assert spatial.calls == 5 * 12 * (_num_group_norms(model.spatial_vae.encoder.down_blocks) + 1) + 5
     assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.encoder) + 1) + 1
     assert untiled.mean.abs().max() > 0.5
     assert_close(tiled.mean, untiled.mean, 1e-2, "exact tiled encode, mean")
@@ -499,9 +499,9 @@ def test_exact_tiled_decode_matches_untiled_decode(exact_tiles):
     temporal.handle.remove()
     decoder = model.spatial_vae.decoder
     # conv_out comes after the last GroupNorm: it runs in the last pass only, once per tile (3 x 4 latent tiles
-    # of 4 latent px) and micro-batch (4 + 1 frames); the temporal decoder's first conv runs in every pass.
+    # of 4 latent px) and frame (5); the temporal decoder's first conv runs in every pass.
     assert _num_group_norms(decoder.up_blocks, decoder.conv_norm_out) > 0
-    assert spatial.calls == 2 * 12 + 2
+    assert spatial.calls == 5 * 12 + 5
     assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.decoder) + 1) + 1
     assert untiled.abs().max() > 0.5
     assert_close(tiled, untiled, 1e-2, "exact tiled decode")

@@ -138,6 +138,14 @@ class OpenSoraTemporalUpBlock(nn.Module):
         self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
 
 
+def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
+    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
+    diffusers' `Encoder` / `Decoder` run their blocks)."""
+    if torch.is_grad_enabled() and owner.gradient_checkpointing:
+        return owner._gradient_checkpointing_func(block, *args)
+    return block(*args)
+
+
 def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
     """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
     batch, channels, frames, height, width = x.shape
@@ -282,11 +290,17 @@ class OpenSoraNearestUpsampleConv2d(nn.Module):
     output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that land
     on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
     (equal up to float rounding). While gradients are recorded it runs the plain two-step form.
+
+    The folded kernels cost a pass over the weights; `AutoencoderKLOpenSora.decode` folds them once per call
+    (`phase_kernels`) instead of once per frame.
     """
+
+    PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
+        self.phase_kernels: list[torch.Tensor] | None = None
 
     @staticmethod
     def _fold(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
@@ -294,22 +308,24 @@ class OpenSoraNearestUpsampleConv2d(nn.Module):
         pair = (first, middle + last) if phase == 0 else (first + middle, last)
         return torch.stack(pair, dim)
 
+    def fold_kernels(self) -> list[torch.Tensor]:
+        """The 2x2 kernel `(C_out, C_in, 2, 2)` of each output phase `(row, col)`, in `PHASES` order."""
+        with torch.no_grad():
+            return [self._fold(self._fold(self.conv.weight, row, 2), col, 3) for row, col in self.PHASES]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         batch, _, height, width = x.shape
-        channels = self.conv.out_channels
-        phases = [(row, col) for row in range(2) for col in range(2)]
-        kernels = torch.cat([self._fold(self._fold(self.conv.weight, row, 2), col, 3) for row, col in phases])
-        bias = self.conv.bias.repeat(4) if self.conv.bias is not None else None
-        # One conv gives all four phases on the (H + 1) x (W + 1) grid of the zero-padded input.
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias)
-        out = x.new_empty(batch, channels, height, 2, width, 2)
-        for index, (row, col) in enumerate(phases):
-            out[:, :, :, row, :, col] = y[
-                :, index * channels : (index + 1) * channels, row : row + height, col : col + width
-            ]
-        return out.view(batch, channels, 2 * height, 2 * width)
+        kernels = self.phase_kernels if self.phase_kernels is not None else self.fold_kernels()
+        padded = F.pad(x, (1, 1, 1, 1))
+        # Phase (row, col) of output pixel (2i + row, 2j + col) reads padded rows i + row .. i + row + 1.
+        out = x.new_empty(batch, self.conv.out_channels, height, 2, width, 2)
+        for (row, col), kernel in zip(self.PHASES, kernels):
+            # One phase at a time: a quarter of the output is the only temporary.
+            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.conv.bias)
+            out[:, :, :, row, :, col] = phase
+        return out.view(batch, -1, 2 * height, 2 * width)
 
 
 class OpenSoraPosterior(DiagonalGaussianDistribution):
@@ -369,7 +385,9 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         layers_per_block (`int`, default 2), norm_num_groups (`int`, default 32), act_fn (`str`, default "silu"),
         mid_block_add_attention (`bool`, default True): the rest of the spatial `AutoencoderKL` config.
         spatial_scaling_factor (`float`, default 0.18215): spatial latents are `0.18215 * posterior`, not 0.13025.
-        spatial_micro_batch_size (`int`, default 4): frames per spatial call (the order the original draws noise).
+        spatial_micro_batch_size (`int`, default 4): frames per spatial micro-batch, as in the original: one
+            noise draw each, and the spatial mid block (attention) runs on them together; the high-resolution
+            layers run one frame at a time (frames are independent there), which bounds memory to one frame's.
         temporal_filters (`int`, default 128), temporal_channel_multipliers (`tuple[int]`, default `(1, 2, 2, 4)`),
         temporal_num_res_blocks (`int`, default 4), temporal_downsample (`tuple[bool]`, default
         `(False, True, True)`), temporal_num_groups (`int`, default 32): the temporal VAE.
@@ -626,25 +644,28 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
     def _spatial_moments(self, frames: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
         """Frames (N, 3, H, W) -> moments (N, 8, H/8, W/8) of the spatial `AutoencoderKL`.
 
-        With `exact_tiles`, diffusers' `Encoder.forward` and `AutoencoderKL._encode` are split at the mid block:
-        `conv_in` and the down blocks run in exact tiles, the rest on whole latent frames.
+        diffusers' `Encoder.forward` and `AutoencoderKL._encode` (0.42.1: same submodules, same order, no dtype
+        casts), split after the down blocks: `conv_in` and the down blocks run one frame at a time (frames are
+        independent; this bounds the activations to one frame's), in exact tiles with `exact_tiles`; the mid block
+        (attention) and the output layers run on all N latent frames at once, as the original's micro-batch.
         """
-        vae = self.spatial_vae
-        if not exact_tiles:
-            return vae.encode(frames).latent_dist.parameters
-        encoder = vae.encoder
+        vae, encoder = self.spatial_vae, self.spatial_vae.encoder
 
         def high_resolution(h: torch.Tensor) -> torch.Tensor:
             h = encoder.conv_in(h)
             for block in encoder.down_blocks:
-                h = block(h)
+                h = _checkpointed(encoder, block, h)
             return h
 
-        h = tiled_with_shared_group_norm(
-            high_resolution, frames, encoder.down_blocks, self.tile_sample_min_height, self.tile_halo["encode"]
-        )
-        # The same layers as diffusers 0.42.1 after the down blocks (it casts no dtype on this path).
-        h = encoder.mid_block(h)
+        if exact_tiles:
+            core, halo = self.tile_sample_min_height, self.tile_halo["encode"]
+            parts = [
+                tiled_with_shared_group_norm(high_resolution, frame, encoder.down_blocks, core, halo)
+                for frame in frames.split(1)
+            ]
+        else:
+            parts = [high_resolution(frame) for frame in frames.split(1)]
+        h = _checkpointed(encoder, encoder.mid_block, torch.cat(parts))
         h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
         return vae.quant_conv(h) if vae.quant_conv is not None else h
 
@@ -748,26 +769,27 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
     def _spatial_decode(self, latents: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
         """Spatial latents (N, 4, h, w), unscaled -> frames (N, 3, 8h, 8w) by the spatial `AutoencoderKL`.
 
-        With `exact_tiles`, diffusers' `AutoencoderKL._decode` and `Decoder.forward` are split after the mid block:
-        `post_quant_conv`, `conv_in` and the mid block run on whole latent frames, the rest in exact tiles.
+        diffusers' `AutoencoderKL._decode` and `Decoder.forward` (0.42.1: same submodules, same order, no dtype
+        casts), split after the mid block: `post_quant_conv`, `conv_in` and the mid block (attention) run on all N
+        latent frames at once; the up blocks and output layers one frame at a time (in exact tiles with
+        `exact_tiles`), which bounds the activations to one frame's.
         """
-        vae = self.spatial_vae
-        if not exact_tiles:
-            return vae.decode(latents).sample
-        decoder = vae.decoder
+        vae, decoder = self.spatial_vae, self.spatial_vae.decoder
         h = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
-        # diffusers 0.42.1's `Decoder.forward` casts no dtype between the mid block and the up blocks.
-        h = decoder.mid_block(decoder.conv_in(h), None)
+        h = _checkpointed(decoder, decoder.mid_block, decoder.conv_in(h), None)
 
         def high_resolution(h: torch.Tensor) -> torch.Tensor:
             for block in decoder.up_blocks:
-                h = block(h, None)
+                h = _checkpointed(decoder, block, h, None)
             return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
 
-        core = self.tile_sample_min_height // self.spatial_compression_ratio
-        return tiled_with_shared_group_norm(
-            high_resolution, h, [decoder.up_blocks, decoder.conv_norm_out], core, self.tile_halo["decode"]
-        )
+        if exact_tiles:
+            core, halo = self.tile_sample_min_height // self.spatial_compression_ratio, self.tile_halo["decode"]
+            norms = [decoder.up_blocks, decoder.conv_norm_out]
+            return torch.cat(
+                [tiled_with_shared_group_norm(high_resolution, frame, norms, core, halo) for frame in h.split(1)]
+            )
+        return torch.cat([high_resolution(frame) for frame in h.split(1)])
 
     def _decode(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False) -> torch.Tensor:
         """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w): per temporal chunk, then per frame."""
@@ -815,10 +837,18 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
             )
-        if self.use_slicing and z.shape[0] > 1:
-            decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
-        else:
-            decoded = self._decode_maybe_tiled(z, num_frames)
+        upsamplers = [m for m in self.spatial_vae.decoder.modules() if isinstance(m, OpenSoraNearestUpsampleConv2d)]
+        if not torch.is_grad_enabled():  # fold their kernels once for all frames
+            for upsampler in upsamplers:
+                upsampler.phase_kernels = upsampler.fold_kernels()
+        try:
+            if self.use_slicing and z.shape[0] > 1:
+                decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
+            else:
+                decoded = self._decode_maybe_tiled(z, num_frames)
+        finally:
+            for upsampler in upsamplers:
+                upsampler.phase_kernels = None
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
