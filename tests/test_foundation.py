@@ -312,6 +312,20 @@ def test_shared_group_norm_tiles_equal_the_untiled_upsampling_stage_on_frames_an
 
 
 @torch.no_grad()
+def test_shared_group_norm_tiles_run_once_untiled_when_every_tile_reads_the_whole_input():
+    encoder = _toy_encoder()
+    calls = []
+
+    def stage(x):
+        calls.append(tuple(x.shape))
+        return encoder(x)
+
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(tiled_with_shared_group_norm(stage, x, encoder, core=16, halo=16), encoder(x))
+    assert calls == [(1, 3, 32, 32)]
+
+
+@torch.no_grad()
 def test_shared_group_norm_tiles_need_a_halo_that_covers_the_receptive_field():
     torch.manual_seed(0)
     encoder = _toy_encoder()

@@ -477,9 +477,11 @@ def test_exact_tiled_encode_matches_untiled_encode(exact_tiles):
     spatial.handle.remove()
     temporal.handle.remove()
     # One partial pass per GroupNorm of a tiled stage plus the last pass, over 3 x 4 tiles; the spatial VAE runs
-    # frame by frame (5 frames), the temporal VAE on one chunk. Untiled adds one call per frame / chunk.
+    # frame by frame (5 frames). The temporal VAE's 13-px halo covers these 12x16 latent frames from every tile,
+    # so it runs once, untiled (its tiles: `test_exact_tiled_temporal_stages_*`). Untiled adds one call each.
     assert spatial.calls == 5 * 12 * (_num_group_norms(model.spatial_vae.encoder.down_blocks) + 1) + 5
-    assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.encoder) + 1) + 1
+    assert model.tile_halo["temporal_encode"] == 13
+    assert temporal.calls == 1 + 1
     assert untiled.mean.abs().max() > 0.5
     assert_close(tiled.mean, untiled.mean, 1e-2, "exact tiled encode, mean")
     assert_close(tiled.mean, untiled.mean, 1e-4, "exact tiled encode, mean")
@@ -499,13 +501,28 @@ def test_exact_tiled_decode_matches_untiled_decode(exact_tiles):
     temporal.handle.remove()
     decoder = model.spatial_vae.decoder
     # conv_out comes after the last GroupNorm: it runs in the last pass only, once per tile (3 x 4 latent tiles
-    # of 4 latent px) and frame (5); the temporal decoder's first conv runs in every pass.
+    # of 4 latent px) and frame (5); the temporal decoder runs once, untiled (its halo covers the frame).
     assert _num_group_norms(decoder.up_blocks, decoder.conv_norm_out) > 0
     assert spatial.calls == 5 * 12 + 5
-    assert temporal.calls == 12 * (_num_group_norms(model.temporal_vae.decoder) + 1) + 1
+    assert temporal.calls == 1 + 1
     assert untiled.abs().max() > 0.5
     assert_close(tiled, untiled, 1e-2, "exact tiled decode")
     assert_close(tiled, untiled, 1e-4, "exact tiled decode")
+
+
+@torch.no_grad()
+def test_exact_tiled_temporal_stages_match_untiled_on_frames_wider_than_their_halo(exact_tiles):
+    # 12x40 latent frames: 3 x 10 tiles of 4 latent px, most of which stop inside the frame (13-px halo).
+    model = exact_tiles
+    x_z = torch.randn(1, 4, 5, 12, 40, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.2, 2, 40)
+    z = torch.randn(1, 4, 2, 12, 40, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.2, 2, 40)
+    encoder = _CallCounter(model.temporal_vae.encoder.conv_in)
+    tiled_moments = model._temporal_encode(x_z, exact_tiles=True)
+    encoder.handle.remove()
+    assert encoder.calls == 30 * (_num_group_norms(model.temporal_vae.encoder) + 1)
+    assert_close(tiled_moments, model._temporal_encode(x_z), 1e-4, "exact tiled temporal encode")
+    tiled_frames = model._temporal_decode(z, 5, exact_tiles=True)
+    assert_close(tiled_frames, model._temporal_decode(z, 5), 1e-4, "exact tiled temporal decode")
 
 
 @pytest.mark.parametrize(
@@ -546,11 +563,10 @@ def test_tile_halo_of_the_release_config():
     "kwargs, message",
     [
         ({"exact": "yes"}, "True or False"),
-        ({"tile_sample_min_height": 64, "tile_sample_min_width": 96, "exact": True}, "square"),
         ({"tile_sample_min_height": 60, "tile_sample_min_width": 60, "exact": True}, "multiple of 8"),
         ({"tile_sample_min_num_frames": 17, "exact": True}, "micro_frame_size"),
     ],
-    ids=["not-bool", "not-square", "not-multiple-of-8", "temporal"],
+    ids=["not-bool", "not-multiple-of-8", "temporal"],
 )
 def test_exact_tiling_refuses_bad_arguments(tiny_random_model, kwargs, message):
     with pytest.raises(ValueError, match=message):

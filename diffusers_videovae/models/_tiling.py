@@ -245,7 +245,8 @@ def tiled_with_shared_group_norm(
     receptive field; cores are then exact and are pasted without blending.
 
     Cost: one partial pass per GroupNorm plus one full pass (each over the tiles with their halos), so several
-    times the untiled compute; memory is that of one tile. Statistics are constants for autograd.
+    times the untiled compute; memory is that of one tile. Statistics are constants for autograd. When every tile
+    would read the whole input (halo and core cover it), the stage simply runs once, untiled.
 
     Args:
         stage: `(N, C, ..., h, w) -> (N, C', ..., h', w')`, local in space apart from its GroupNorms; `h' / h` is
@@ -260,6 +261,10 @@ def tiled_with_shared_group_norm(
     core_h, core_w = (core, core) if isinstance(core, int) else core
     rows, columns = halo_spans(x.shape[-2], core_h, halo), halo_spans(x.shape[-1], core_w, halo)
     tiles = [(row, column) for row in rows for column in columns]
+    if all(span.start == 0 and span.end == x.shape[-2] for span in rows) and all(
+        span.start == 0 and span.end == x.shape[-1] for span in columns
+    ):
+        return stage(x)  # every tile would read the whole input: one untiled pass gives the same result
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
     state: dict = {}
 

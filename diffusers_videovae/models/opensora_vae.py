@@ -513,7 +513,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
           tiled stage plus one full pass, each over the tiles with their halos, i.e. many times the untiled
           compute (the temporal VAE has 41 GroupNorms). Statistics are constants for autograd: use it at
           inference. Cores do not overlap: the strides are set to the tile size (a different stride is ignored
-          with a warning). Tiles must be square (`tile_sample_min_height == tile_sample_min_width`).
+          with a warning).
 
         Time is never tiled: the temporal chunks of `micro_frame_size` frames are the model's own and stay exact,
         so `tile_sample_min_num_frames` / `tile_sample_stride_num_frames` must stay `None`.
@@ -542,11 +542,6 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             for axis, value in size.items():
                 if value <= 0 or value % factor:
                     raise ValueError(f"tile_sample_min_{axis} must be a positive multiple of {factor}, got {value}.")
-            if size["height"] != size["width"]:
-                raise ValueError(
-                    "Exact tiles are square (one core size for both axes): tile_sample_min_height="
-                    f"{size['height']} and tile_sample_min_width={size['width']} differ."
-                )
             for axis, stride in (("height", tile_sample_stride_height), ("width", tile_sample_stride_width)):
                 if stride not in (None, size[axis]):
                     logger.warning(
@@ -658,7 +653,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             return h
 
         if exact_tiles:
-            core, halo = self.tile_sample_min_height, self.tile_halo["encode"]
+            core, halo = (self.tile_sample_min_height, self.tile_sample_min_width), self.tile_halo["encode"]
             parts = [
                 tiled_with_shared_group_norm(high_resolution, frame, encoder.down_blocks, core, halo)
                 for frame in frames.split(1)
@@ -688,11 +683,16 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
                 out[row // num_frames, :, row % num_frames] = latents[offset]
         return out
 
+    def _latent_tile_core(self) -> tuple[int, int]:
+        """The core of an exact tile in latent pixels, (height, width)."""
+        factor = self.spatial_compression_ratio
+        return self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
+
     def _temporal_encode(self, x_z: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
         """One chunk of spatial latents (B, 4, n, h, w) -> temporal moments (B, 2E, ceil(n / 4), h, w)."""
         if not exact_tiles:
             return self.temporal_vae.encode(x_z)
-        core = self.tile_sample_min_height // self.spatial_compression_ratio
+        core = self._latent_tile_core()
         return tiled_with_shared_group_norm(
             self.temporal_vae.encode, x_z, self.temporal_vae.encoder, core, self.tile_halo["temporal_encode"]
         )
@@ -757,7 +757,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         """One chunk of raw latents (B, E, t, h, w) -> spatial latents (B, 4, num_frames, h, w), times 0.18215."""
         if not exact_tiles:
             return self.temporal_vae.decode(z, num_frames)
-        core = self.tile_sample_min_height // self.spatial_compression_ratio
+        core = self._latent_tile_core()
 
         def stage(chunk: torch.Tensor) -> torch.Tensor:
             return self.temporal_vae.decode(chunk, num_frames)
@@ -784,7 +784,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
 
         if exact_tiles:
-            core, halo = self.tile_sample_min_height // self.spatial_compression_ratio, self.tile_halo["decode"]
+            core, halo = self._latent_tile_core(), self.tile_halo["decode"]
             norms = [decoder.up_blocks, decoder.conv_norm_out]
             return torch.cat(
                 [tiled_with_shared_group_norm(high_resolution, frame, norms, core, halo) for frame in h.split(1)]
