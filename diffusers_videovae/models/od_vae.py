@@ -790,8 +790,9 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
           statistics): every tile holds the whole clip and memory grows with T. The default mode is the one whose
           memory stays flat.
 
+        When every tile would read the whole frame (halo and core cover it), the tiled layers run once, untiled.
         In exact mode the spatial strides are set to the tile size (a different value given is ignored with a
-        warning); `tile_sample_min_num_frames` and `tile_sample_stride_num_frames` are checked and kept for the
+        warning; unspecified arguments keep their current values, so pass strides again when switching back); `tile_sample_min_num_frames` and `tile_sample_stride_num_frames` are checked and kept for the
         default mode but not used. Exact tiling is meant for inference: the shared statistics are constants for
         autograd, and gradient checkpointing is not applied inside the tiles.
 

@@ -512,8 +512,10 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
           (64 times fewer pixels). Memory is that of one tile; compute is one partial pass per GroupNorm of a
           tiled stage plus one full pass, each over the tiles with their halos, i.e. many times the untiled
           compute (the temporal VAE has 41 GroupNorms). Statistics are constants for autograd: use it at
-          inference. Cores do not overlap: the strides are set to the tile size (a different stride is ignored
-          with a warning).
+          inference. A stage whose tiles would all read the whole frame (small frames, wide halos) runs once,
+          untiled. Cores do not overlap: the strides are set to the tile size (a different stride is ignored with a
+          warning) and stay so, as every unspecified argument keeps its current value: pass strides again when
+          switching back to blended tiles.
 
         Time is never tiled: the temporal chunks of `micro_frame_size` frames are the model's own and stay exact,
         so `tile_sample_min_num_frames` / `tile_sample_stride_num_frames` must stay `None`.
