@@ -6,10 +6,10 @@
 
 For each model (random seeded weights of its default = released config, saved once under `--workdir`), the clip is
 encoded untiled; its latent mode is decoded untiled. Then the same encode and decode run with the model's default
-tiling (`enable_tiling(h, w, stride_h=..., ...)` with the model's default overlap ratio) and with exact tiling
-(`enable_tiling(..., exact=True)`; IV-VAE's tiles are always exact, so it has one tiled row). Every measurement runs
-in a fresh process (`benchmarks/_harness.py`): seconds of the call and the peak RSS during it (weights and inputs
-included). "max abs diff" and "PSNR" compare each tiled output with the untiled one (PSNR on [-1, 1] video, or on
+tiling (`enable_tiling(h, w, stride_h=..., ...)` with the model's default overlap ratio, as `videovae --tiling on
+--tile-size` sets it) and with exact tiling (`enable_tiling(..., exact=True)`; IV-VAE's tiles are always exact, so
+it has one tiled row). Every measurement runs in a fresh process (`benchmarks/_harness.py`): seconds of the call
+and the peak RSS during it (weights and inputs included). "max abs diff" and "PSNR" compare each tiled output with the untiled one (PSNR on [-1, 1] video, or on
 the latent's own range for encodes): what the tiles change, not reconstruction quality.
 """
 
@@ -56,23 +56,15 @@ def make_weights(name: str, path: Path, quick: bool) -> None:
 
 
 def setup(name: str, weights: str, op: str, mode: str, tile: int, frames: int, size: int, latents: str, out: str):
+    from diffusers_videovae.cli import enable_tiling
     from diffusers_videovae.video import synthetic_clip
 
     model = _class(name).from_pretrained(weights).eval()
     with torch.no_grad():  # resident copies, so that peak RSS counts every weight
         for parameter in model.parameters():
             parameter.data = parameter.data.clone()
-    if mode != "untiled":
-        ratio = model.tile_sample_stride_height / model.tile_sample_min_height
-        stride = max(8, int(tile * ratio) // 8 * 8)
-        exact = {"exact": True} if mode == "exact" else {}
-        model.enable_tiling(
-            tile_sample_min_height=tile,
-            tile_sample_min_width=tile,
-            tile_sample_stride_height=stride,
-            tile_sample_stride_width=stride,
-            **exact,
-        )
+    # What `videovae --tiling on|exact --tile-size` does: default tiles keep the model's overlap ratio.
+    enable_tiling(model, {"default": "on", "exact": "exact"}.get(mode, "off"), tile)
     data = synthetic_clip(frames, size, size, seed=0) if op == "encode" else torch.load(latents)
     return {"model": model, "op": op, "data": data, "frames": frames, "out": out}
 

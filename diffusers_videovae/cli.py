@@ -408,7 +408,8 @@ def enable_tiling(model: torch.nn.Module, mode: str, tile_size: int | None = Non
         stride = max(multiple, int(tile_size * ratio) // multiple * multiple)
         for axis in ("height", "width"):
             sizes[f"tile_sample_min_{axis}"] = tile_size
-            sizes[f"tile_sample_stride_{axis}"] = stride
+            if mode == "on":  # exact tiles do not overlap: their stride is the tile size
+                sizes[f"tile_sample_stride_{axis}"] = stride
     model.enable_tiling(**sizes, **({"exact": True} if mode == "exact" else {}))
 
 
