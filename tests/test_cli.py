@@ -159,6 +159,31 @@ def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, 
     assert psnr["exact"] == psnr["off"]
 
 
+def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp_path):
+    """OD-VAE's GroupNorms span whole frames and clips: default tiles change its output, exact tiles do not.
+
+    64x96 frames, 32-px tiles: of the encoder's 2 x 3 tiles the outer columns stop inside the frame (40-px halo); the
+    decoder's 8-latent-px
+    halo covers the 8x12 latent frame, so it runs whole (exact decode tiles are tested in test_odvae.py).
+    """
+    clip = write_video(tmp_path / "clip.mp4", synthetic_clip(num_frames=5, height=64, width=96), 25, crf=10)
+    folder = reference_dir("odvae")
+    model = checkpoints.convert_to_folder(
+        "odvae", folder / "tiny_original.ckpt", tmp_path / "odvae", original_config=folder / "tiny_config.json",
+        verbose=False,
+    )  # fmt: skip
+    psnr = {}
+    for mode in ("off", "exact", "on"):
+        code, out, _ = run(
+            capsys, "reconstruct", clip, "-m", model, "-o", tmp_path / f"{mode}.mp4", "-q",
+            "--tiling", mode, "--tile-size", 32,
+        )  # fmt: skip
+        assert code == 0
+        psnr[mode] = next(line for line in out.splitlines() if "PSNR" in line)
+    assert psnr["exact"] == psnr["off"]
+    assert psnr["on"] != psnr["off"]
+
+
 def test_tile_size_must_follow_the_spatial_compression(capsys, tiny_model, small_clip, tmp_path):
     code, _, err = run(
         capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--tiling", "on",
