@@ -162,9 +162,9 @@ def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, 
 def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp_path):
     """OD-VAE's GroupNorms span whole frames and clips: default tiles change its output, exact tiles do not.
 
-    64x96 frames, 32-px tiles: of the encoder's 2 x 3 tiles the outer columns stop inside the frame (40-px halo); the
-    decoder's 8-latent-px
-    halo covers the 8x12 latent frame, so it runs whole (exact decode tiles are tested in test_odvae.py).
+    64x96 frames, 32-px tiles: of the encoder's 2 x 3 tiles the outer columns stop inside the frame (40-px halo);
+    the decoder's 8-latent-px halo covers the 8x12 latent frame, so it runs whole (exact decode tiles are tested in
+    test_odvae.py).
     """
     clip = write_video(tmp_path / "clip.mp4", synthetic_clip(num_frames=5, height=64, width=96), 25, crf=10)
     folder = reference_dir("odvae")
