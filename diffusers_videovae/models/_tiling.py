@@ -25,6 +25,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+from diffusers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "TileSpan",
@@ -32,6 +35,7 @@ __all__ = [
     "check_latents",
     "check_video",
     "halo_spans",
+    "halo_tile_strides",
     "nearest_valid_num_frames",
     "tile_starts",
     "tiled_with_shared_group_norm",
@@ -190,6 +194,18 @@ def halo_spans(size: int, core: int, halo: int) -> list[TileSpan]:
         TileSpan(max(0, start - halo), min(size, start + core + halo), start, min(start + core, size))
         for start in range(0, size, core)
     ]
+
+
+def halo_tile_strides(sizes: dict[str, int], strides: dict[str, int | None]) -> dict[str, int]:
+    """The strides of halo tiles, by axis ("height", "width"): always the tile size, as cores do not overlap (each
+    reads a halo instead). A different stride asked for in `strides` is ignored with a warning."""
+    for axis, stride in strides.items():
+        if stride is not None and int(stride) != sizes[axis]:
+            logger.warning(
+                f"Exact tiles do not overlap (each reads a halo instead): tile_sample_stride_{axis}={stride} is "
+                f"ignored, the stride equals tile_sample_min_{axis}={sizes[axis]}."
+            )
+    return dict(sizes)
 
 
 class _StatisticsTaken(Exception):

@@ -39,13 +39,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import TileSpan, check_latents, check_video, halo_spans
-
-logger = logging.get_logger(__name__)
+from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile_strides
 
 SPATIAL_COMPRESSION = 8
 # F.normalize clamps the L2 norm at this value (the original's normalisation).
@@ -742,12 +739,8 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             for name, value in ((f"tile_sample_min_{axis}", core), (f"tile_sample_stride_{axis}", stride or core)):
                 if value <= 0 or value % spatial:
                     raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
-            if stride not in (None, core):
-                logger.warning(
-                    f"IV-VAE tiles do not overlap (each reads an exact halo instead): tile_sample_stride_{axis}="
-                    f"{stride} is ignored, the stride equals tile_sample_min_{axis}={core}."
-                )
-            settings[f"tile_sample_min_{axis}"] = settings[f"tile_sample_stride_{axis}"] = core
+            settings[f"tile_sample_stride_{axis}"] = halo_tile_strides({axis: core}, {axis: stride})[axis]
+            settings[f"tile_sample_min_{axis}"] = core
         num_frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
         if num_frames <= 0 or num_frames % temporal:
             raise ValueError(

@@ -33,16 +33,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import blend, check_latents, check_video, tiled_with_shared_group_norm
+from ._tiling import blend, check_latents, check_video, halo_tile_strides, tiled_with_shared_group_norm
 
 __all__ = ["AutoencoderKLODVAE"]
-
-logger = logging.get_logger(__name__)
 
 BLOCK_TYPES = ("resnet2d", "resnet3d")
 CONV_IN_TYPES = ("conv2d", "causal_conv3d")
@@ -818,14 +815,11 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         }
         values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
         if exact:
-            for axis, stride in (("height", tile_sample_stride_height), ("width", tile_sample_stride_width)):
-                size = values[f"tile_sample_min_{axis}"]
-                if stride is not None and int(stride) != size:
-                    logger.warning(
-                        f"Exact tiles do not overlap (each reads a halo instead): tile_sample_stride_{axis}={stride} "
-                        f"is ignored, the stride equals tile_sample_min_{axis}={size}."
-                    )
-                values[f"tile_sample_stride_{axis}"] = size
+            strides = halo_tile_strides(
+                {axis: values[f"tile_sample_min_{axis}"] for axis in ("height", "width")},
+                {"height": tile_sample_stride_height, "width": tile_sample_stride_width},
+            )
+            values.update({f"tile_sample_stride_{axis}": stride for axis, stride in strides.items()})
         spatial = self.config.spatial_compression_ratio
         temporal = self.config.temporal_compression_ratio
         for axis in ("height", "width"):

@@ -32,14 +32,11 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._tiling import blend, check_latents, check_video, tile_starts, tiled_with_shared_group_norm
-
-logger = logging.get_logger(__name__)
+from ._tiling import blend, check_latents, check_video, halo_tile_strides, tile_starts, tiled_with_shared_group_norm
 
 SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
 SDXL_UP_BLOCKS = ("UpDecoderBlock2D",) * 4
@@ -544,14 +541,9 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             for axis, value in size.items():
                 if value <= 0 or value % factor:
                     raise ValueError(f"tile_sample_min_{axis} must be a positive multiple of {factor}, got {value}.")
-            for axis, stride in (("height", tile_sample_stride_height), ("width", tile_sample_stride_width)):
-                if stride not in (None, size[axis]):
-                    logger.warning(
-                        f"Exact tiles do not overlap (each reads a halo instead): tile_sample_stride_{axis}={stride} "
-                        f"is ignored, the stride equals tile_sample_min_{axis}={size[axis]}."
-                    )
-            self.tile_sample_min_height = self.tile_sample_stride_height = size["height"]
-            self.tile_sample_min_width = self.tile_sample_stride_width = size["width"]
+            strides = halo_tile_strides(size, {"height": tile_sample_stride_height, "width": tile_sample_stride_width})
+            self.tile_sample_min_height, self.tile_sample_stride_height = size["height"], strides["height"]
+            self.tile_sample_min_width, self.tile_sample_stride_width = size["width"], strides["width"]
             self.use_tiling = self.tile_exact = True
             return
         self.use_tiling = True
