@@ -327,11 +327,35 @@ class IVVAEPyramidHead(nn.Module):
         return self.proj(torch.cat(regrouped, dim=1)).unflatten(0, x.shape[:2])
 
 
-def _cached_call(module: nn.Module, checkpointing: bool, checkpoint_func, x: torch.Tensor, *caches):
-    """Run a cached block, through gradient checkpointing when enabled (blocks are pure: caches in, caches out)."""
-    if checkpointing and torch.is_grad_enabled():
-        return checkpoint_func(module, x, *caches)
-    return module(x, *caches)
+def _checkpointed(owner: nn.Module, block: nn.Module, *args):
+    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (cached
+    blocks are pure: caches in, caches out, so they can be recomputed)."""
+    if owner.gradient_checkpointing and torch.is_grad_enabled():
+        return owner._gradient_checkpointing_func(block, *args)
+    return block(*args)
+
+
+def _run_cached_blocks(
+    owner: nn.Module,
+    blocks,
+    x: torch.Tensor,
+    cache: list[torch.Tensor] | None,
+    new_cache: list[torch.Tensor],
+    first_chunk: bool = False,
+) -> torch.Tensor:
+    """Run `blocks` in order; each residual block reads its two caches from `cache` at the position its new caches
+    take in `new_cache` (which it extends), so `cache` lists the caches of the previous chunk in the same order."""
+    for block in blocks:
+        if isinstance(block, IVVAEResidualBlock):
+            start = len(new_cache)
+            previous = (None, None) if cache is None else cache[start : start + 2]
+            x, cache1, cache2 = _checkpointed(owner, block, x, *previous)
+            new_cache += [cache1, cache2]
+        elif isinstance(block, IVVAEUpsample):
+            x = block(x, first_chunk=first_chunk)
+        else:
+            x = _checkpointed(owner, block, x)
+    return x
 
 
 class IVVAEEncoder3d(nn.Module):
@@ -405,32 +429,14 @@ class IVVAEEncoder3d(nn.Module):
         """
         new_cache = [x[:, -1].clone()]
         x = self.conv_in(x, None if cache is None else cache[0])
-        for block in self.down_blocks[: self.num_high_res_blocks]:
-            if isinstance(block, IVVAEResidualBlock):
-                start = len(new_cache)
-                previous = (None, None) if cache is None else cache[start : start + 2]
-                x, cache1, cache2 = _cached_call(
-                    block,
-                    self.gradient_checkpointing,
-                    getattr(self, "_gradient_checkpointing_func", None),
-                    x,
-                    *previous,
-                )
-                new_cache += [cache1, cache2]
-            elif self.gradient_checkpointing and torch.is_grad_enabled():
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x)
+        x = _run_cached_blocks(self, self.down_blocks[: self.num_high_res_blocks], x, cache, new_cache)
         return x, new_cache
 
     def forward_low(self, x: torch.Tensor) -> torch.Tensor:
         """The 1/8-resolution part: attention, the last level, the middle and the pyramid head, per frame (global
         within each frame, no cache). `x: (B, T', C, h, w)` -> `(B, T', 2 * latent_channels, h, w)`."""
         for block in self.down_blocks[self.num_high_res_blocks :]:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x)
+            x = _checkpointed(self, block, x)
         for block in self.mid_blocks:
             x = block(x)
         return self.conv_out(_silu(self.norm_out(x)))
@@ -512,10 +518,7 @@ class IVVAEDecoder3d(nn.Module):
         for block in self.mid_blocks:
             x = block(x)
         for block in self.up_blocks[: self.num_low_res_blocks]:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x)
+            x = _checkpointed(self, block, x)
         return x
 
     def forward_high(
@@ -529,26 +532,9 @@ class IVVAEDecoder3d(nn.Module):
 
         `x: (B, t, C, h, w)`, `cache=None` for the first chunk -> `(images (B, T, 6, 8h, 8w), new cache)`.
         """
-        first_chunk = cache is None
         new_cache: list[torch.Tensor] = []
-        for block in self.up_blocks[self.num_low_res_blocks :]:
-            if isinstance(block, IVVAEResidualBlock):
-                start = len(new_cache)
-                previous = (None, None) if cache is None else cache[start : start + 2]
-                x, cache1, cache2 = _cached_call(
-                    block,
-                    self.gradient_checkpointing,
-                    getattr(self, "_gradient_checkpointing_func", None),
-                    x,
-                    *previous,
-                )
-                new_cache += [cache1, cache2]
-            elif isinstance(block, IVVAEUpsample):
-                x = block(x, first_chunk=first_chunk)
-            elif self.gradient_checkpointing and torch.is_grad_enabled():
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x)
+        blocks = self.up_blocks[self.num_low_res_blocks :]
+        x = _run_cached_blocks(self, blocks, x, cache, new_cache, first_chunk=cache is None)
         x = _silu(self.norm_out(x))
         new_cache.append(x[:, -1].clone())
         x = self.conv_out(x, None if cache is None else cache[len(new_cache) - 1])
