@@ -179,20 +179,15 @@ class OpenSoraTemporalEncoder(nn.Module):
         self.conv_out = OpenSoraCausalConv3d(widths[-1], out_channels, 1)
         self.gradient_checkpointing = False
 
-    def _resnet(self, resnet: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(resnet, x)
-        return resnet(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for block in self.down_blocks:
             for resnet in block.resnets:
-                x = self._resnet(resnet, x)
+                x = _checkpointed(self, resnet, x)
             if block.downsampler is not None:
                 x = block.downsampler(x)
         for resnet in self.mid_resnets:
-            x = self._resnet(resnet, x)
+            x = _checkpointed(self, resnet, x)
         return self.conv_out(_silu(self.norm_out(x)))
 
 
@@ -228,18 +223,13 @@ class OpenSoraTemporalDecoder(nn.Module):
         self.conv_out = OpenSoraCausalConv3d(widths[0], out_channels, 3)
         self.gradient_checkpointing = False
 
-    def _resnet(self, resnet: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(resnet, x)
-        return resnet(x)
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
         for resnet in self.mid_resnets:
-            x = self._resnet(resnet, x)
+            x = _checkpointed(self, resnet, x)
         for block in self.up_blocks:
             for resnet in block.resnets:
-                x = self._resnet(resnet, x)
+                x = _checkpointed(self, resnet, x)
             if block.upsampler is not None:
                 x = _depth_to_time(block.upsampler(x))
         return self.conv_out(_silu(self.norm_out(x)))
