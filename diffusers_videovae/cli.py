@@ -437,14 +437,22 @@ def apply_tiling(
 
 def read_input(args: argparse.Namespace, rule: InputRule) -> tuple[torch.Tensor, float, str]:
     """The clip named by `args.input` fitted to the model, or a synthetic clip when there is none."""
-    from .video import fit_to_rule, read_video, synthetic_clip
+    from .video import fit_to_rule, synthetic_clip
 
     if args.input is None:
         frames = rule.valid_num_frames(args.frames or 17)
         side = args.size or 128
         clip = fit_to_rule(synthetic_clip(num_frames=frames, height=side, width=side, seed=args.seed), rule)
         return clip, 25.0, "synthetic clip (no INPUT given)"
-    video, fps = read_video(
+    video, fps = read_clip(args, rule)
+    return video, fps, str(args.input)
+
+
+def read_clip(args: argparse.Namespace, rule: InputRule) -> tuple[torch.Tensor, float]:
+    """`args.input` read as the reading options (`--start`, `--frames`, `--stride`, `--fps`, `--size`) say."""
+    from .video import read_video
+
+    return read_video(
         args.input,
         start=args.start,
         num_frames=args.frames,
@@ -453,7 +461,6 @@ def read_input(args: argparse.Namespace, rule: InputRule) -> tuple[torch.Tensor,
         size=args.size,
         rule=rule,
     )
-    return video, fps, str(args.input)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = False, default_help: str = "") -> None:
@@ -554,20 +561,10 @@ def _print_lines(lines: list[tuple[str, str]]) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from .video import read_video
-
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = input_rule(model)
-    video, fps = read_video(
-        args.input,
-        start=args.start,
-        num_frames=args.frames,
-        stride=args.stride,
-        fps=args.fps,
-        size=args.size,
-        rule=rule,
-    )
+    video, fps = read_clip(args, rule)
     enable_tiling(model, args.tiling, args.tile_size)
     with torch.no_grad():
         posterior = model.encode(video.to(device=device, dtype=next(model.parameters()).dtype)).latent_dist
