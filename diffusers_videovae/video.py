@@ -20,7 +20,6 @@ Tensors here follow the models' layout: `(B, 3, T, H, W)` float in [-1, 1]. Ever
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+
+from .models._common import InputRule
 
 __all__ = [
     "InputRule",
@@ -72,45 +73,9 @@ class VideoInfo:
     codec: str
 
 
-@dataclass(frozen=True)
-class InputRule:
-    """The input sizes a model accepts, read from its config.
-
-    `T = 1 + k * temporal_compression` (unless `any_num_frames`), `H` and `W` multiples of `spatial_multiple`.
-    """
-
-    temporal_compression: int
-    spatial_multiple: int
-    any_num_frames: bool = False
-
-    def valid_num_frames(self, num_frames: int) -> int:
-        """The largest frame count `<= num_frames` this model accepts (0 when none)."""
-        if self.any_num_frames or num_frames < 1:
-            return max(num_frames, 0)
-        return 1 + (num_frames - 1) // self.temporal_compression * self.temporal_compression
-
-    def describe(self) -> str:
-        frames = "any T" if self.any_num_frames else f"T = 1 + {self.temporal_compression}k"
-        return f"{frames}, H and W multiples of {self.spatial_multiple}"
-
-
 def input_rule(model: torch.nn.Module) -> InputRule:
-    """The frame rule and spatial multiple of a diffusers-videovae model, from its config.
-
-    The ratios are the model's `temporal_compression_ratio` / `spatial_compression_ratio` (config values, else
-    model attributes). A model whose `decode` takes the original `num_frames` (Open-Sora) reconstructs any number of frames;
-    the others follow the causal rule `T = 1 + k * temporal_compression_ratio`.
-    """
-    temporal = int(_model_attribute(model, "temporal_compression_ratio") or 1)
-    spatial = int(_model_attribute(model, "spatial_compression_ratio") or 1)
-    any_num_frames = "num_frames" in inspect.signature(model.decode).parameters
-    return InputRule(temporal_compression=temporal, spatial_multiple=spatial, any_num_frames=any_num_frames)
-
-
-def _model_attribute(model: torch.nn.Module, name: str):
-    """A compression ratio: the config value, else the model attribute where the model derives it."""
-    value = getattr(model.config, name, None)
-    return value if value is not None else getattr(model, name, None)
+    """The frame rule and spatial multiple of a diffusers-videovae model (`model.input_rule`)."""
+    return model.input_rule
 
 
 def available_memory_bytes() -> int:

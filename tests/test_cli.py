@@ -124,7 +124,7 @@ def test_reconstruct_in_segments_gives_every_frame_back(capsys, tiny_model, smal
 def test_segments_of_a_causal_model_continue_from_the_previous_last_frame():
     segments = plan_segments(17, 9, InputRule(4, 8))
     assert [(s.start, s.stop, s.overlap) for s in segments] == [(0, 9, 0), (8, 17, 1)]
-    assert [(s.start, s.stop) for s in plan_segments(10, 4, InputRule(4, 8, any_num_frames=True))] == [
+    assert [(s.start, s.stop) for s in plan_segments(10, 4, InputRule(4, 8, frame_step=1))] == [
         (0, 4),
         (4, 8),
         (8, 10),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 from fractions import Fraction
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -89,21 +88,25 @@ def test_rule_crops_to_the_spatial_multiple_and_the_frame_rule(clip_file):
 
 
 def test_rule_with_any_num_frames_keeps_every_frame(clip_file):
-    video, _ = read_video(clip_file, rule=InputRule(temporal_compression=4, spatial_multiple=8, any_num_frames=True))
+    video, _ = read_video(clip_file, rule=InputRule(temporal_compression=4, spatial_multiple=8, frame_step=1))
     assert video.shape == (1, 3, 12, 40, 56)
 
 
-def test_input_rule_reads_the_model_config():
-    class CausalModel(torch.nn.Module):
-        config = SimpleNamespace(temporal_compression_ratio=4, spatial_compression_ratio=8)
+def test_input_rule_is_the_models_own():
+    from diffusers_videovae import AutoencoderKLIVVAE
 
-        def decode(self, z, return_dict=True): ...
+    causal = AutoencoderKLIVVAE(base_dim=8, latent_channels=4)
+    assert input_rule(causal) == InputRule(4, 8)
+    assert input_rule(causal).valid_num_frames(12) == 9 and input_rule(causal).nearest_num_frames(12) == (9, 13)
+    assert not input_rule(causal).decode_needs_num_frames
 
-    class AnyLengthModel(CausalModel):
-        def decode(self, z, num_frames=None, return_dict=True): ...
 
-    assert input_rule(CausalModel()) == InputRule(4, 8, any_num_frames=False)
-    assert input_rule(AnyLengthModel()) == InputRule(4, 8, any_num_frames=True)
+def test_input_rule_describes_each_kind_of_frame_rule():
+    assert InputRule(4, 8).describe() == "T = 1 + 4k, H and W multiples of 8"
+    assert InputRule(4, 32, first_num_frames=16, frame_step=16).describe() == "T = 16k, H and W multiples of 32"
+    assert InputRule(4, 8, first_num_frames=16, frame_step=16).valid_num_frames(40) == 32
+    assert InputRule(4, 8, frame_step=1).describe() == "any T, H and W multiples of 8"
+    assert InputRule(4, 8, frame_step=1).valid_num_frames(7) == 7
 
 
 def test_fit_to_rule_center_crops_and_trims_frames():

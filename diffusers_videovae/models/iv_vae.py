@@ -42,6 +42,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
+from ._common import VideoAutoencoderMixin
 from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile_strides
 
 SPATIAL_COMPRESSION = 8
@@ -578,7 +579,7 @@ def _paste_core(whole: torch.Tensor, part: torch.Tensor, row: TileSpan, column: 
     ]
 
 
-class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
     r"""IV-VAE ("Improved Video VAE for Latent Video Diffusion Model", Wu et al., CVPR 2025): a causal video VAE
     with 4x temporal and 8x spatial compression, keyframe-based temporal compression (a per-frame 2D half and a
     temporal 3D half in every layer) and a pyramid of dilated convolutions before the latent.

@@ -37,6 +37,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
+from ._common import VideoAutoencoderMixin
 from ._tiling import blend, check_latents, check_video, halo_tile_strides, tiled_with_shared_group_norm
 
 __all__ = ["AutoencoderKLODVAE"]
@@ -538,7 +539,7 @@ def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
     return starts
 
 
-class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
     r"""OD-VAE, the 4x8x8 causal video VAE of Open-Sora-Plan v1.2.0 (and, by config, the v1.1.0 CausalVideoVAE).
 
     Video `(B, 3, T, H, W)` in [-1, 1] with `T = 1 + 4k` (an image is `T = 1`) and H, W multiples of 8 ->

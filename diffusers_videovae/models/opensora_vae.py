@@ -36,6 +36,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import FromOriginalCheckpointMixin
+from ._common import InputRule, VideoAutoencoderMixin
 from ._tiling import blend, check_latents, check_video, halo_tile_strides, tile_starts, tiled_with_shared_group_norm
 
 SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
@@ -340,7 +341,7 @@ class OpenSoraPosterior(DiagonalGaussianDistribution):
         return self.mean + self.std * torch.cat(noise, dim=2)
 
 
-class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin):
+class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
     r"""The Open-Sora 1.2 video VAE (`VideoAutoencoderPipeline`): SDXL `AutoencoderKL` per frame + temporal VAE.
 
     `sample (B, 3, T, H, W)` in [-1, 1], any `T >= 1`, `H` and `W` multiples of 8 -> latents
@@ -602,6 +603,16 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         """Frame counts of the independent temporal chunks of a `num_frames` clip."""
         size = self.config.micro_frame_size or num_frames
         return [min(size, num_frames - start) for start in range(0, num_frames, size)]
+
+    @property
+    def input_rule(self) -> InputRule:
+        """Any frame count (chunks of `micro_frame_size`); `decode` needs `num_frames` unless T is recoverable."""
+        return InputRule(
+            self.temporal_compression_ratio,
+            self.spatial_compression_ratio,
+            frame_step=1,
+            decode_needs_num_frames=True,
+        )
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`T'` for a clip of `num_frames` frames (5 per full chunk of 17, `ceil(n / 4)` for a last chunk of n)."""
