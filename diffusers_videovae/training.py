@@ -523,7 +523,7 @@ def _train_loop(args, parts: _TrainingParts, dataset, val_clips, losses: _Losses
     """Optimisation steps from `step` to the last one; returns the step reached."""
     from tqdm.auto import tqdm
 
-    accelerator, vae = parts.accelerator, accelerator_unwrap(parts)
+    accelerator = parts.accelerator
     micro = args.gradient_accumulation_steps
     last_step = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
     sampler = StepBatchSampler(
@@ -543,45 +543,57 @@ def _train_loop(args, parts: _TrainingParts, dataset, val_clips, losses: _Losses
     batches = iter(loader)
     while step < last_step:
         for micro_step in range(micro):
-            x = next(batches).to(accelerator.device)
             first = sampler.first_sample(step * micro + micro_step)
-            generator = torch.Generator(accelerator.device).manual_seed(args.seed * 1_000_003 + first)
-            with accelerator.accumulate(parts.step_module), accelerator.autocast():
-                recon, mean, logvar = parts.step_module(x, generator=generator)
-                loss = losses(recon.float(), x, mean, logvar)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parts.parameters, args.max_grad_norm)
-                parts.optimizer.step()
-                parts.optimizer.zero_grad(set_to_none=True)
+            _micro_step(args, parts, losses, next(batches), args.seed * 1_000_003 + first)
         parts.lr_scheduler.step()
         if parts.ema is not None:
-            parts.ema.step(vae.parameters())
+            parts.ema.step(accelerator_unwrap(parts).parameters())
         step += 1
         losses.steps += 1
         progress.update(1)
         elapsed = time.monotonic() - start_time
         out_of_time = args.max_minutes is not None and elapsed > 60 * args.max_minutes
-        boundary = step == last_step or out_of_time
-        if step % args.log_every == 0 or boundary:
-            means = losses.means(accelerator)
-            progress.set_postfix(loss=f"{means['loss']:.4f}")
-            if parts.log is not None:
-                parts.log.write(
-                    step=step, kind="train", lr=parts.lr_scheduler.get_last_lr()[0], elapsed_s=elapsed, **means
-                )
-        if val_clips and (step % args.val_every == 0 or boundary):
-            with _ema_weights(parts.ema, vae):
-                value = validate(vae, val_clips, accelerator.device)
-            progress.write(f"step {step}: validation PSNR {value:.2f} dB")
-            parts.log.write(step=step, kind="val", val_psnr=value, elapsed_s=elapsed)
-        if step % args.checkpoint_every == 0 or boundary:
-            save_checkpoint(accelerator, output_dir, step, args.keep_checkpoints)
+        _after_step(
+            args, parts, losses, val_clips, progress, output_dir, step, elapsed, step == last_step or out_of_time
+        )
         if out_of_time:
             accelerator.print(f"Stopping at step {step}: --max-minutes {args.max_minutes} reached.")
             break
     progress.close()
     return step
+
+
+def _micro_step(args, parts: _TrainingParts, losses: _Losses, batch: torch.Tensor, seed: int) -> None:
+    """Forward, loss, backward and (at the end of an accumulation) the optimiser step of one batch."""
+    accelerator = parts.accelerator
+    x = batch.to(accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(seed)
+    with accelerator.accumulate(parts.step_module), accelerator.autocast():
+        recon, mean, logvar = parts.step_module(x, generator=generator)
+        loss = losses(recon.float(), x, mean, logvar)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(parts.parameters, args.max_grad_norm)
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+
+
+def _after_step(args, parts: _TrainingParts, losses, val_clips, progress, output_dir, step, elapsed, last) -> None:
+    """Log line, validation and checkpoint when they are due (always at the `last` step)."""
+    accelerator, vae = parts.accelerator, accelerator_unwrap(parts)
+    if step % args.log_every == 0 or last:
+        means = losses.means(accelerator)
+        progress.set_postfix(loss=f"{means['loss']:.4f}")
+        if parts.log is not None:
+            lr = parts.lr_scheduler.get_last_lr()[0]
+            parts.log.write(step=step, kind="train", lr=lr, elapsed_s=elapsed, **means)
+    if val_clips and (step % args.val_every == 0 or last):
+        with _ema_weights(parts.ema, vae):
+            value = validate(vae, val_clips, accelerator.device)
+        progress.write(f"step {step}: validation PSNR {value:.2f} dB")
+        parts.log.write(step=step, kind="val", val_psnr=value, elapsed_s=elapsed)
+    if step % args.checkpoint_every == 0 or last:
+        save_checkpoint(accelerator, output_dir, step, args.keep_checkpoints)
 
 
 def accelerator_unwrap(parts: _TrainingParts) -> torch.nn.Module:
