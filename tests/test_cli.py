@@ -179,8 +179,9 @@ def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, 
         assert f"tiling {mode}" in out  # 16-px tiles: 3 x 3 tiles on the 40x48 clip
     untiled, tiled = decoded_frames(tmp_path / "off.mp4"), decoded_frames(tmp_path / "exact.mp4")
     assert untiled.shape == tiled.shape == (9, 40, 48, 3)
-    # Float rounding (~1e-6) may flip a pixel's uint8 rounding and the encoder's choices by one level at most.
-    assert np.abs(untiled.astype(int) - tiled.astype(int)).max() <= 1
+    # Float rounding (~1e-6) may flip a pixel's uint8 rounding, which H.264 (yuv420p) can turn into two levels.
+    difference = np.abs(untiled.astype(int) - tiled.astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.01
 
 
 def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp_path):
@@ -204,8 +205,10 @@ def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp
         )  # fmt: skip
         assert code == 0
         frames[mode] = decoded_frames(tmp_path / f"{mode}.mp4").astype(int)
-    assert np.abs(frames["exact"] - frames["off"]).max() <= 1
-    assert np.abs(frames["on"] - frames["off"]).max() > 1
+    exact, tiled = np.abs(frames["exact"] - frames["off"]), np.abs(frames["on"] - frames["off"])
+    # Lossless H.264 still rounds through yuv420p: a one-level difference in RGB can come back as two.
+    assert exact.max() <= 2 and exact.mean() < 0.01  # measured: 2 and 0.0008
+    assert tiled.mean() > 1  # measured: 57
 
 
 def test_reconstruct_reports_the_psnr_that_scikit_image_measures(capsys, tiny_model, small_clip, tmp_path):
