@@ -179,7 +179,7 @@ def file_psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, tmp_path):
     for mode in ("off", "exact"):
         code, out, _ = run(
-            capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / f"{mode}.mp4", "-q",
+            capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / f"{mode}.mp4", "-q", "--crf", 0,
             "--tiling", mode, "--tile-size", 16,
         )  # fmt: skip
         assert code == 0
