@@ -1,6 +1,6 @@
 """Reconstruction quality of one or more models over a set of clips: PSNR / SSIM per clip and the mean.
 
-Uses the same reading and metric code as `videovae eval` (`diffusers_videovae.cli.evaluate_clips`), so the numbers
+Uses the library code `videovae eval` calls (`diffusers_videovae.evaluation.evaluate_clips`), so the numbers
 match the command line. Defaults follow common video VAE evaluations: the first 17 frames, short side 256, a
 center square crop, the posterior mode.
 
@@ -23,9 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import format_table  # noqa: E402
 
-from diffusers_videovae.cli import EvalSettings, evaluate_clips  # noqa: E402
+from diffusers_videovae.evaluation import EvalSettings, evaluate_clips  # noqa: E402
 from diffusers_videovae.loaders import DEMO_MODEL_DIR, load_model  # noqa: E402
-from diffusers_videovae.video import input_rule  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 "SSIM": f"**{sum(r['ssim'] for r in results) / len(results):.4f}**",
             }
         )
-    print(f"Settings: {settings.describe(input_rule(model))}; {args.dtype} on {device}\n")
+    print(f"Settings: {settings.describe(model.input_rule)}; {args.dtype} on {device}\n")
     print(format_table(rows, ["model", "clip", "frames x HxW", "PSNR (dB)", "SSIM"]))
 
 

@@ -56,7 +56,7 @@ def make_weights(name: str, path: Path, quick: bool) -> None:
 
 
 def setup(name: str, weights: str, op: str, mode: str, tile: int, frames: int, size: int, latents: str, out: str):
-    from diffusers_videovae.cli import enable_tiling
+    from diffusers_videovae.memory import enable_tiling
     from diffusers_videovae.video import synthetic_clip
 
     model = _class(name).from_pretrained(weights).eval()

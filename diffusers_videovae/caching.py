@@ -38,13 +38,14 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .loaders import TORCH_DTYPES
+from .paths import check_output_dir, publish, staging_path
 
 __all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
 
@@ -65,6 +66,8 @@ class ClipEntry:
     latent_shape: list[int]
     shard: str = ""
     tensor: str = ""
+    conditions: dict[str, str] = field(default_factory=dict)
+    """Decode condition name -> tensor name in the shard (empty for models whose decode needs only latents)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,9 +143,9 @@ def read_index(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging = staging_path(path)
     staging.write_text(json.dumps(data, indent=1))
-    os.replace(staging, path)
+    publish(staging, path)
 
 
 def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tensors: dict[str, torch.Tensor]) -> Path:
@@ -154,27 +157,9 @@ def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tenso
     for entry in entries:
         entry.shard = final.name
     metadata = {"videovae_cache": json.dumps({"model_id": model_id, "clips": [asdict(e) for e in entries]})}
-    staging = output_dir / f".{final.name}.tmp-{os.getpid()}"
+    staging = staging_path(final)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o666 & ~umask)
-    os.replace(staging, final)
-    return final
-
-
-def latent_normalization(config: Any) -> dict[str, Any]:
-    """The latent normalisation a model's config declares, in a form a diffusion trainer can apply."""
-    info: dict[str, Any] = {}
-    for name in ("scaling_factor", "shift_factor", "latents_mean", "latents_std"):
-        value = config.get(name) if hasattr(config, "get") else getattr(config, name, None)
-        if value is not None:
-            info[name] = value
-    if "latents_mean" in info and "latents_std" in info:
-        info["formula"] = "(z - latents_mean) / latents_std  (per channel)"
-    elif "scaling_factor" in info:
-        info["formula"] = "(z - shift_factor) * scaling_factor" if "shift_factor" in info else "z * scaling_factor"
-    return info
+    return publish(staging, final)
 
 
 # ---------------------------------------------------------------------------------------------------------- the work
@@ -189,40 +174,19 @@ def plan_clips(num_frames_available: int, num_frames: int | None, stride: int | 
     return [(s, s + num_frames) for s in range(0, num_frames_available - num_frames + 1, stride)]
 
 
-def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
-    """Run `videovae cache-latents`; returns a summary (clips written, skipped, failed)."""
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    from .datasets import list_sources
+def _load_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     from .loaders import load_model
-    from .video import input_rule, read_video
+    from .video import check_clip_size
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    xpu = getattr(torch, "xpu", None)
-    has_device = torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
-    state = PartialState(cpu=args.cpu or not has_device)
-    rank, world = state.process_index, state.num_processes
-    output_dir = Path(args.output_dir).resolve()
-    dtype = TORCH_DTYPES[args.dtype]
-
-    vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(state.device).eval()
+    vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(device).eval()
     if args.tiling:
         vae.enable_tiling()
-    rule = input_rule(vae)
-    if args.num_frames is not None and rule.valid_num_frames(args.num_frames) != args.num_frames:
-        valid = rule.valid_num_frames(args.num_frames)
-        raise ValueError(
-            f"--num-frames {args.num_frames} does not follow the model's frame rule ({rule.describe()}); "
-            f"nearest: {valid} or {valid + rule.temporal_compression}."
-        )
-    model_id = str(args.model)
-    sources = list_sources(args.data)
+    check_clip_size(vae.input_rule, num_frames=args.num_frames)
+    return vae
 
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    state.wait_for_everyone()
+
+def _cached_keys(output_dir: Path, model_id: str) -> set[str]:
+    """Keys of the clips already in the folder's shards; refuses a folder holding another model's latents."""
     done: set[str] = set()
     for path, meta in scan_shards(output_dir):
         if meta["model_id"] != model_id:
@@ -231,86 +195,155 @@ def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
                 f"--output-dir for {model_id!r}."
             )
         done.update(clip["key"] for clip in meta["clips"])
+    return done
 
-    mine = sources[rank::world]
-    failed: list[dict[str, str]] = []
-    entries: list[ClipEntry] = []
-    tensors: dict[str, torch.Tensor] = {}
-    written = skipped = 0
-    progress = tqdm(mine, desc=f"cache-latents [{rank}]", disable=not state.is_local_main_process, dynamic_ncols=True)
-    for source in progress:
-        if args.max_clips is not None and written + len(entries) >= args.max_clips:
+
+class _ShardWriter:
+    """Collects encoded clips and writes a shard every `shard_size` of them."""
+
+    def __init__(self, output_dir: Path, model_id: str, shard_size: int):
+        self.output_dir, self.model_id, self.shard_size = output_dir, model_id, shard_size
+        self.entries: list[ClipEntry] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.written = 0
+
+    @property
+    def count(self) -> int:
+        return self.written + len(self.entries)
+
+    def add(self, entry: ClipEntry, tensors: dict[str, torch.Tensor]) -> None:
+        self.entries.append(entry)
+        self.tensors.update(tensors)
+        if len(self.entries) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.entries:
+            write_shard(self.output_dir, self.model_id, self.entries, self.tensors)
+            self.written += len(self.entries)
+            self.entries, self.tensors = [], {}
+
+
+def _encode_clip(vae, clip: torch.Tensor, key: str, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """The tensors stored for one clip: posterior mean (+ logvar) and the model's decode conditions."""
+    device = next(vae.parameters()).device
+    dtype = TORCH_DTYPES[args.dtype]
+    name = _tensor_name(key)
+    with torch.no_grad():
+        clip = clip.to(device=device, dtype=next(vae.parameters()).dtype)
+        posterior = vae.encode(clip).latent_dist
+        conditions = vae.decode_conditions(clip)
+    tensors = {f"{name}.mean": posterior.mean[0].to("cpu", dtype)}
+    if args.store_logvar:
+        tensors[f"{name}.logvar"] = posterior.logvar[0].to("cpu", dtype)
+    for condition, value in conditions.items():
+        tensors[f"{name}.{condition}"] = value[0].to("cpu", dtype if value.is_floating_point() else value.dtype)
+    return tensors
+
+
+def _cache_source(vae, source, args, done: set[str], writer: _ShardWriter, failed: list, log) -> int:
+    """Encode the clips of one video that are not cached yet; returns how many were skipped."""
+    from .video import read_video
+
+    try:
+        video, _ = read_video(source.path, size=args.size, rule=vae.input_rule)
+    except Exception as error:
+        failed.append({"path": str(source), "error": f"{type(error).__name__}: {error}"})
+        log(f"FAILED {source}: {error}")
+        return 0
+    end = video.shape[2] if source.end is None else min(source.end, video.shape[2])
+    video = video[:, :, source.start : end]
+    _, _, _, height, width = video.shape
+    skipped = 0
+    for start, stop in plan_clips(video.shape[2], args.num_frames, args.frame_stride, vae.input_rule):
+        frame_start, frame_end = source.start + start, source.start + stop
+        key = clip_key(str(source.path), frame_start, frame_end, height, width)
+        if key in done:
+            skipped += 1
+            continue
+        if args.max_clips is not None and writer.count >= args.max_clips:
             break
         try:
-            video, _ = read_video(source.path, size=args.size, rule=rule)
+            tensors = _encode_clip(vae, video[:, :, start:stop], key, args)
         except Exception as error:
-            failed.append({"path": str(source), "error": f"{type(error).__name__}: {error}"})
-            progress.write(f"FAILED {source}: {error}")
+            failed.append({"path": str(source.path), "frames": f"{frame_start}:{frame_end}", "error": repr(error)})
+            log(f"FAILED {source.path} frames {frame_start}:{frame_end}: {error}")
+            if not isinstance(error, (ValueError, RuntimeError)):
+                traceback.print_exc()
             continue
-        end = video.shape[2] if source.end is None else min(source.end, video.shape[2])
-        video = video[:, :, source.start : end]
-        _, _, _, height, width = video.shape
-        for start, stop in plan_clips(video.shape[2], args.num_frames, args.frame_stride, rule):
-            frame_start, frame_end = source.start + start, source.start + stop
-            key = clip_key(str(source.path), frame_start, frame_end, height, width)
-            if key in done:
-                skipped += 1
-                continue
-            if args.max_clips is not None and written + len(entries) >= args.max_clips:
-                break
-            try:
-                with torch.no_grad():
-                    posterior = vae.encode(video[:, :, start:stop].to(state.device)).latent_dist
-            except Exception as error:
-                failed.append({"path": str(source.path), "frames": f"{frame_start}:{frame_end}", "error": repr(error)})
-                progress.write(f"FAILED {source.path} frames {frame_start}:{frame_end}: {error}")
-                if not isinstance(error, (ValueError, RuntimeError)):
-                    traceback.print_exc()
-                continue
-            name = _tensor_name(key)
-            tensors[f"{name}.mean"] = posterior.mean[0].to("cpu", dtype)
-            if args.store_logvar:
-                tensors[f"{name}.logvar"] = posterior.logvar[0].to("cpu", dtype)
-            entries.append(
-                ClipEntry(key, str(source.path), frame_start, frame_end, height, width, list(posterior.mean.shape[1:]))
-            )
-            entries[-1].tensor = f"{name}.mean"
-            done.add(key)
-            if len(entries) >= args.shard_size:
-                write_shard(output_dir, model_id, entries, tensors)
-                written += len(entries)
-                entries, tensors = [], {}
-    if entries:
-        write_shard(output_dir, model_id, entries, tensors)
-        written += len(entries)
-    progress.close()
+        name = _tensor_name(key)
+        suffixes = {tensor.split(".", 1)[1] for tensor in tensors} - {"mean", "logvar"}
+        entry = ClipEntry(
+            key, str(source.path), frame_start, frame_end, height, width, list(tensors[f"{name}.mean"].shape),
+            tensor=f"{name}.mean", conditions={suffix: f"{name}.{suffix}" for suffix in sorted(suffixes)},
+        )  # fmt: skip
+        writer.add(entry, tensors)
+        done.add(key)
+    return skipped
 
-    _write_json_atomic(output_dir / f".failed-{rank}.json", failed)
-    state.wait_for_everyone()
-    summary = {"written": written, "skipped": skipped, "failed": len(failed)}
+
+def _write_index(output_dir: Path, vae, args: argparse.Namespace, model_id: str) -> dict[str, Any]:
+    """Merge the processes' failure lists, rebuild `index.json` from the shards, print the summary."""
+    all_failed = []
+    for part in sorted(output_dir.glob(".failed-*.json")):
+        all_failed.extend(json.loads(part.read_text()))
+        part.unlink()
+    clips = [clip for _, meta in scan_shards(output_dir) for clip in meta["clips"]]
+    clips.sort(key=lambda c: (c["path"], c["frame_start"]))
+    index = {
+        "version": INDEX_VERSION,
+        "model_id": model_id,
+        "model_class": type(vae).__name__,
+        "latent": "raw posterior mean" + (" and logvar" if args.store_logvar else ""),
+        "latent_normalization": vae.latent_normalization,
+        "dtype": args.dtype,
+        "num_clips": len(clips),
+        "clips": clips,
+    }
+    _write_json_atomic(output_dir / "index.json", index)
+    _write_json_atomic(output_dir / "failed.json", all_failed)
+    print(f"Cached {len(clips)} clips in {output_dir} ({len(all_failed)} failed; see failed.json).")
+    for item in all_failed:
+        print(f"  failed: {item['path']}: {item['error']}")
+    return {"clips_in_index": len(clips), "failed": len(all_failed)}
+
+
+def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `videovae cache-latents`; returns a summary (clips written, skipped, failed)."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .datasets import list_sources
+    from .memory import accelerator_available
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    sources = list_sources(args.data)
+    state = PartialState(cpu=args.cpu or not accelerator_available())
+    vae = _load_encoder(args, state.device)
+    model_id = str(args.model)
     if state.is_main_process:
-        all_failed = []
-        for part in sorted(output_dir.glob(".failed-*.json")):
-            all_failed.extend(json.loads(part.read_text()))
-            part.unlink()
-        clips = [clip for _, meta in scan_shards(output_dir) for clip in meta["clips"]]
-        clips.sort(key=lambda c: (c["path"], c["frame_start"]))
-        index = {
-            "version": INDEX_VERSION,
-            "model_id": model_id,
-            "model_class": type(vae).__name__,
-            "latent": "raw posterior mean" + (" and logvar" if args.store_logvar else ""),
-            "latent_normalization": latent_normalization(vae.config),
-            "dtype": args.dtype,
-            "num_clips": len(clips),
-            "clips": clips,
-        }
-        _write_json_atomic(output_dir / "index.json", index)
-        _write_json_atomic(output_dir / "failed.json", all_failed)
-        summary = {"clips_in_index": len(clips), "failed": len(all_failed)}
-        print(f"Cached {len(clips)} clips in {output_dir} ({len(all_failed)} failed; see failed.json).")
-        for item in all_failed:
-            print(f"  failed: {item['path']}: {item['error']}")
+        output_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    done = _cached_keys(output_dir, model_id)
+
+    failed: list[dict[str, str]] = []
+    writer = _ShardWriter(output_dir, model_id, args.shard_size)
+    skipped = 0
+    with state.split_between_processes(sources) as mine:
+        progress = tqdm(mine, desc=f"cache-latents [{state.process_index}]", disable=not state.is_local_main_process)
+        for source in progress:
+            if args.max_clips is not None and writer.count >= args.max_clips:
+                break
+            skipped += _cache_source(vae, source, args, done, writer, failed, progress.write)
+        writer.flush()
+        progress.close()
+    _write_json_atomic(output_dir / f".failed-{state.process_index}.json", failed)
+    state.wait_for_everyone()
+    summary = {"written": writer.written, "skipped": skipped, "failed": len(failed)}
+    if state.is_main_process:
+        summary = _write_index(output_dir, vae, args, model_id)
     state.wait_for_everyone()
     return summary
 

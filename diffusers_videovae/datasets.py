@@ -17,10 +17,11 @@ A *source* is one video file, optionally restricted to a frame range. Sources ar
 (every video file inside, recursively), or a list file (`.txt`, one source per line: `path [start end]`, `#`
 comments; relative paths are relative to the list file). Frame ranges are half-open, `[start, end)`.
 
-`VideoClipDataset` decodes each source once, at a reduced resolution, into memory (uint8), then serves random
-windows of `num_frames` frames and `height` x `width` crops as float tensors `(3, T, H, W)` in [-1, 1]. Sample `i`
-is a pure function of `(seed, i)`, so a training run on any number of processes is reproducible and resumable
-without data-loader state.
+`VideoClipDataset` reads only the headers up front (frame count and size of each source); each sample decodes just
+its window of `num_frames` frames, at a reduced resolution, with `video.read_frames`, so no process holds the
+videos in memory and a `DataLoader`'s workers decode in parallel. Samples are random windows and
+`height` x `width` crops as float tensors `(3, T, H, W)` in [-1, 1]. Sample `i` is a pure function of
+`(seed, i)`, so a training run on any number of processes is reproducible and resumable.
 """
 
 from __future__ import annotations
@@ -33,14 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = [
-    "VIDEO_EXTENSIONS",
-    "VideoClipDataset",
-    "VideoSource",
-    "decode_frames",
-    "list_sources",
-    "to_model_range",
-]
+from .video import count_frames, downscaled_size, from_uint8, probe_video, read_frames
+
+__all__ = ["VIDEO_EXTENSIONS", "VideoClipDataset", "VideoSource", "list_sources"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 
@@ -114,54 +110,8 @@ def list_sources(inputs: str | os.PathLike | Iterable[str | os.PathLike | VideoS
     return sources
 
 
-def _scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    if short_side is None or min(width, height) <= short_side:
-        return width, height
-    scale = short_side / min(width, height)
-    # Even sizes keep swscale's chroma handling exact; the crop later picks the model's multiple anyway.
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
-
-
-def decode_frames(
-    path: str | os.PathLike,
-    start: int = 0,
-    end: int | None = None,
-    short_side: int | None = None,
-) -> torch.Tensor:
-    """Decode frames `[start, end)` of a video as uint8 `(T, H, W, 3)` RGB, resized so that min(H, W) <= short_side.
-
-    Resizing happens in the decoder (area filter), so a long high-resolution clip never sits in memory at full
-    size. Raises `ValueError` when the file holds no decodable video frames in that range.
-    """
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream.")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        size = None
-        for index, frame in enumerate(container.decode(stream)):
-            if index < start:
-                continue
-            if end is not None and index >= end:
-                break
-            if size is None:
-                size = _scaled_size(frame.width, frame.height, short_side)
-            frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA"))
-    if not frames:
-        raise ValueError(f"{path} has no decodable video frames in range [{start}, {end}).")
-    return torch.from_numpy(np.stack(frames))
-
-
-def to_model_range(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 `(T, H, W, 3)` -> float32 `(3, T, H, W)` in [-1, 1]."""
-    return frames.permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-
-
 class VideoClipDataset(torch.utils.data.Dataset):
-    """Random `(3, num_frames, height, width)` clips in [-1, 1] cut from a set of videos held in memory.
+    """Random `(3, num_frames, height, width)` clips in [-1, 1] cut from a set of videos, decoded per sample.
 
     Args:
         sources: files, folders, `.txt` list files or `VideoSource`s (see `list_sources`).
@@ -193,34 +143,47 @@ class VideoClipDataset(torch.utils.data.Dataset):
             raise ValueError(f"random_scale must be in (0, 1], got {random_scale}.")
         self.sources = list_sources(sources)
         self.num_frames, self.height, self.width = num_frames, height, width
+        self.short_side = short_side
         self.random_scale, self.flip, self.length, self.seed = random_scale, flip, length, seed
-        self.clips: list[torch.Tensor] = []
-        for source in self.sources:
-            clip = decode_frames(source.path, source.start, source.end, short_side)
-            t, h, w, _ = clip.shape
-            if t < num_frames or h < height or w < width:
-                raise ValueError(
-                    f"{source} decodes to {t} frames of {h}x{w} (short side {short_side}), smaller than the "
-                    f"requested clips of {num_frames} frames of {height}x{width}."
-                )
-            self.clips.append(clip)
+        # (frames, height, width) of each source as its windows are decoded.
+        self.shapes = [self._shape(source) for source in self.sources]
         # Longer videos are sampled proportionally more often.
-        weights = np.array([len(c) - num_frames + 1 for c in self.clips], dtype=np.float64)
+        weights = np.array([t - num_frames + 1 for t, _, _ in self.shapes], dtype=np.float64)
         self.clip_weights = weights / weights.sum()
+
+    def _shape(self, source: VideoSource) -> tuple[int, int, int]:
+        info = probe_video(source.path)
+        total = count_frames(source.path)
+        t = min(total, source.end if source.end is not None else total) - source.start
+        w, h = downscaled_size(info.width, info.height, self.short_side)
+        if t < self.num_frames or h < self.height or w < self.width:
+            raise ValueError(
+                f"{source} decodes to {max(t, 0)} frames of {h}x{w} (short side {self.short_side}), smaller than the "
+                f"requested clips of {self.num_frames} frames of {self.height}x{self.width}."
+            )
+        return t, h, w
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, int(index)])
-        clip = self.clips[int(rng.choice(len(self.clips), p=self.clip_weights))]
-        t, h, w, _ = clip.shape
+        which = int(rng.choice(len(self.sources), p=self.clip_weights))
+        source = self.sources[which]
+        t, h, w = self.shapes[which]
         t0 = int(rng.integers(0, t - self.num_frames + 1))
         scale = float(rng.uniform(self.random_scale, 1.0)) if self.random_scale < 1 else 1.0
         scale = max(scale, self.height / h, self.width / w)
         ch, cw = min(h, round(self.height / scale)), min(w, round(self.width / scale))
         y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        window = to_model_range(clip[t0 : t0 + self.num_frames, y0 : y0 + ch, x0 : x0 + cw])
+        first = source.start + t0
+        frames = read_frames(source.path, first, first + self.num_frames, self.short_side)
+        if frames.shape[0] != self.num_frames:
+            raise ValueError(
+                f"{source}: frames {first}-{first + self.num_frames - 1} could not all be decoded (got "
+                f"{frames.shape[0]}); the file is shorter than its header says."
+            )
+        window = from_uint8(frames[:, y0 : y0 + ch, x0 : x0 + cw])[0]
         if (ch, cw) != (self.height, self.width):
             window = torch.nn.functional.interpolate(
                 window, size=(self.height, self.width), mode="bilinear", antialias=True, align_corners=False

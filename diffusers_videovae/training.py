@@ -20,13 +20,14 @@ What one step does, for a batch `x` of `(B, 3, T, H, W)` clips in [-1, 1]:
 
     posterior = model.encode(x).latent_dist          # the RAW posterior
     z = posterior.sample()                            # or posterior.mode() with --no-sample-posterior
-    recon = model.decode(z).sample
+    recon = model.decode(model.latents_for_decode(z), **model.decode_conditions(x), **model.decode_kwargs(...)).sample
     loss = l1_weight * |recon - x| + mse_weight * (recon - x)^2      (means over pixels)
          + kl_weight * KL(posterior || N(0, I))                       (mean over latent elements)
          + perceptual_weight * LPIPS(recon, x)                        (per frame; only with local LPIPS weights)
 
 Sample `i` of the dataset depends only on `(seed, i)`, and step `s` on process `r` of `n` reads samples
-`(s * n + r) * B ... + B - 1`, so a resumed run sees exactly the batches the uninterrupted run would have seen.
+`(s * n + r) * B ... + B - 1` (a `DataLoader` over `StepBatchSampler`, whose workers decode the clips), so a run
+resumed with `accelerator.skip_first_batches` sees exactly the batches the uninterrupted run would have seen.
 
 Output folder layout:
     checkpoints/step-000500/   accelerate `save_state` (model, optimizer, EMA, LR scheduler) + trainer_state.json
@@ -43,6 +44,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
     run.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes decoding clips")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -173,30 +176,6 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         raise ValueError(f"{args.config} has no `_class_name`; write it as a diffusers config.json.")
     model_class = _class_for_name(config["_class_name"])
     return model_class.from_config(config)
-
-
-def compression_of(model: torch.nn.Module) -> tuple[int, int]:
-    """(temporal, spatial) compression read from the model's config (diffusers-videovae and diffusers names)."""
-    config = model.config
-    temporal = config.get("temporal_compression_ratio") or config.get("scale_factor_temporal")
-    spatial = config.get("spatial_compression_ratio") or config.get("scale_factor_spatial")
-    temporal = temporal or getattr(model, "temporal_compression_ratio", None) or 1
-    spatial = spatial or getattr(model, "spatial_compression_ratio", None) or 1
-    return int(temporal), int(spatial)
-
-
-def check_clip_size(model: torch.nn.Module, num_frames: int, height: int, width: int) -> None:
-    """Raise a ValueError naming the frame rule / spatial multiple when the training clips do not fit the model."""
-    temporal, spatial = compression_of(model)
-    if temporal > 1 and (num_frames - 1) % temporal:
-        below = 1 + (num_frames - 1) // temporal * temporal
-        raise ValueError(
-            f"--num-frames {num_frames} does not follow the model's frame rule T = 1 + {temporal}k "
-            f"(nearest: {below} or {below + temporal})."
-        )
-    for name, size in (("height", height), ("width", width)):
-        if size % spatial:
-            raise ValueError(f"--{name} {size} must be a multiple of the spatial compression {spatial}.")
 
 
 def select_trainable(model: torch.nn.Module, train_only: list[str] | None, freeze: list[str] | None) -> list[str]:
@@ -244,11 +223,13 @@ class ReconstructionStep(torch.nn.Module):
         self.sample_posterior = sample_posterior
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        encoder_trainable = any(p.requires_grad for n, p in self.vae.named_parameters() if n.startswith("encoder"))
+        vae = self.vae
+        encoder_trainable = any(p.requires_grad for n, p in vae.named_parameters() if n.startswith("encoder"))
         with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_trainable):
-            posterior = self.vae.encode(x).latent_dist
+            posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=generator) if self.sample_posterior else posterior.mode()
-        recon = self.vae.decode(z).sample
+        options = vae.decode_kwargs(num_frames=x.shape[2], generator=generator)
+        recon = vae.decode(vae.latents_for_decode(z), **vae.decode_conditions(x), **options).sample
         return recon, posterior.mean, posterior.logvar
 
 
@@ -356,79 +337,78 @@ def validate(vae: torch.nn.Module, clips: list[torch.Tensor], device: torch.devi
     values = []
     for clip in clips:
         x = clip.unsqueeze(0).to(device)
-        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        recon, _ = vae.autoencode(x)
         values.append(mean_psnr(frame_psnr(x[0].float(), recon[0].float().clamp(-1, 1))))
     vae.train(was_training)
     return sum(values) / len(values)
 
 
-def _has_accelerator_device() -> bool:
-    # Without one, processes started by `accelerate launch --multi_gpu` / torchrun must be told to use gloo on CPU.
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batch `k` (a micro step) on process `rank` of `world`: samples `(k * world + rank) * B ... + B - 1`."""
+
+    def __init__(self, num_batches: int, batch_size: int, rank: int, world: int):
+        self.num_batches, self.batch_size, self.rank, self.world = num_batches, batch_size, rank, world
+
+    def first_sample(self, batch: int) -> int:
+        return (batch * self.world + self.rank) * self.batch_size
+
+    def __iter__(self):
+        for batch in range(self.num_batches):
+            first = self.first_sample(batch)
+            yield list(range(first, first + self.batch_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run `videovae train`; returns the folder of the trained model."""
+def _build_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
-    from .datasets import VideoClipDataset
+    from .memory import accelerator_available
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    output_dir = Path(args.output_dir).resolve()
-    accelerator = Accelerator(
-        cpu=args.cpu or not _has_accelerator_device(),
+    # Without a device, processes started by `accelerate launch --multi_gpu` / torchrun must use gloo on CPU.
+    return Accelerator(
+        cpu=args.cpu or not accelerator_available(),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.find_unused_parameters)],
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(args.seed)
+
+
+def _prepare_model(args: argparse.Namespace) -> tuple[torch.nn.Module, list[str]]:
+    """The model to train, checked against the clip size, with its trainable parameters selected."""
+    from .video import check_clip_size
 
     vae = build_model(args)
-    check_clip_size(vae, args.num_frames, args.height, args.width)
+    check_clip_size(vae.input_rule, args.num_frames, args.height, args.width)
     trainable = select_trainable(vae, args.train_only, args.freeze)
     if args.gradient_checkpointing:
         if not getattr(vae, "_supports_gradient_checkpointing", False):
             raise ValueError(f"{type(vae).__name__} does not support gradient checkpointing.")
         vae.enable_gradient_checkpointing()
-    vae.train()
-    perceptual = PerceptualLoss(args.perceptual_net).to(accelerator.device) if args.perceptual_weight > 0 else None
+    return vae.train(), trainable
 
+
+def _datasets(args: argparse.Namespace, is_main: bool):
+    """The training dataset, and the fixed validation clips (main process only)."""
+    from .datasets import VideoClipDataset
+
+    sizes = {"num_frames": args.num_frames, "height": args.height, "width": args.width, "short_side": args.short_side}
     dataset = VideoClipDataset(
-        args.data,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        short_side=args.short_side,
-        random_scale=args.random_scale,
-        flip=not args.no_flip,
-        seed=args.seed,
+        args.data, **sizes, random_scale=args.random_scale, flip=not args.no_flip, seed=args.seed
     )
     val_clips = []
-    if args.val_data and accelerator.is_main_process:
-        val_set = VideoClipDataset(
-            args.val_data,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            short_side=args.short_side,
-            flip=False,
-            seed=args.seed + 1,
-        )
+    if args.val_data and is_main:
+        val_set = VideoClipDataset(args.val_data, **sizes, flip=False, seed=args.seed + 1)
         val_clips = [val_set[i] for i in range(args.val_samples)]
+    return dataset, val_clips
 
-    step_module = ReconstructionStep(vae, sample_posterior=not args.no_sample_posterior)
-    parameters = [p for p in vae.parameters() if p.requires_grad]
+
+def _optimisation(args: argparse.Namespace, parameters: list[torch.nn.Parameter]):
+    from diffusers.optimization import get_scheduler
+
     optimizer = torch.optim.AdamW(
-        parameters,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.weight_decay,
+        parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
     )
     # Stepped once per optimisation step by us (not by accelerate, which would step it once per process).
     lr_scheduler = get_scheduler(
@@ -437,33 +417,121 @@ def train(args: argparse.Namespace) -> Path:
         num_warmup_steps=args.lr_warmup_steps,
         num_training_steps=args.max_steps,
     )
-    step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    ema = None
-    if args.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
+    return optimizer, lr_scheduler
 
-        ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=type(vae), model_config=vae.config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
 
+def _make_ema(args: argparse.Namespace, vae: torch.nn.Module, accelerator):
+    if args.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(vae.parameters(), decay=args.ema_decay, model_cls=type(vae), model_config=vae.config)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def _resume(args: argparse.Namespace, accelerator, output_dir: Path) -> tuple[int, bool]:
+    """`(step, resumed)`: the state of the checkpoint --resume names loaded into the accelerator."""
     resume_from = resolve_resume(args.resume, output_dir)
-    step = 0
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
+    if resume_from is None:
+        return 0, False
+    accelerator.load_state(str(resume_from))
+    return json.loads((resume_from / "trainer_state.json").read_text())["step"], True
+
+
+class _Losses:
+    """The loss terms of one micro step, and their running sums between log lines."""
+
+    def __init__(self, args: argparse.Namespace, perceptual):
+        self.args, self.perceptual = args, perceptual
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def __call__(self, recon: torch.Tensor, x: torch.Tensor, mean, logvar) -> torch.Tensor:
+        args = self.args
+        terms = {
+            "recon_l1": (recon - x).abs().mean(),
+            "recon_mse": (recon - x).pow(2).mean(),
+            "kl": kl_divergence(mean.float(), logvar.float()),
+        }
+        loss = args.l1_weight * terms["recon_l1"] + args.mse_weight * terms["recon_mse"]
+        loss = loss + args.kl_weight * terms["kl"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(recon, x)
+            loss = loss + args.perceptual_weight * terms["perceptual"]
+        for name, value in {"loss": loss, **terms}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach()) / args.gradient_accumulation_steps
+        return loss
+
+    def means(self, accelerator) -> dict[str, float]:
+        """Means over processes and steps since the last call."""
+        names = sorted(self.sums)
+        totals = accelerator.reduce(torch.tensor([self.sums[k] for k in names], device=accelerator.device), "mean")
+        means = {k: float(v) / self.steps for k, v in zip(names, totals)}
+        self.sums, self.steps = {}, 0
+        return means
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run `videovae train`; returns the folder of the trained model."""
+    from accelerate.utils import set_seed
+
+    from .paths import check_output_dir
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    accelerator = _build_accelerator(args)
+    set_seed(args.seed)
+    vae, trainable = _prepare_model(args)
+    perceptual = PerceptualLoss(args.perceptual_net).to(accelerator.device) if args.perceptual_weight > 0 else None
+    dataset, val_clips = _datasets(args, accelerator.is_main_process)
+    parameters = [p for p in vae.parameters() if p.requires_grad]
+    optimizer, lr_scheduler = _optimisation(args, parameters)
+    step_module, optimizer = accelerator.prepare(ReconstructionStep(vae, not args.no_sample_posterior), optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    ema = _make_ema(args, vae, accelerator)
+    step, resumed = _resume(args, accelerator, output_dir)
     log = None
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        log = CsvLog(output_dir / "log.csv", resume_step=step if resume_from is not None else None)
+        log = CsvLog(output_dir / "log.csv", resume_step=step if resumed else None)
         (output_dir / "train_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
         accelerator.print(
             f"Training {type(vae).__name__}: {sum(p.numel() for p in parameters):,} trainable parameters "
-            f"({len(trainable)} tensors), {len(dataset.sources)} videos, {world} process(es), "
+            f"({len(trainable)} tensors), {len(dataset.sources)} videos, {accelerator.num_processes} process(es), "
             f"{'resuming at step ' + str(step) if step else 'from step 0'}."
         )
+    parts = _TrainingParts(accelerator, step_module, optimizer, lr_scheduler, ema, parameters, log)
+    step = _train_loop(args, parts, dataset, val_clips, _Losses(args, perceptual), step, output_dir)
+    return _save_model(accelerator, step_module, ema, output_dir, step)
 
-    start_time = time.monotonic()
+
+@dataclass
+class _TrainingParts:
+    accelerator: Any
+    step_module: torch.nn.Module
+    optimizer: Any
+    lr_scheduler: Any
+    ema: Any
+    parameters: list
+    log: CsvLog | None
+
+
+def _train_loop(args, parts: _TrainingParts, dataset, val_clips, losses: _Losses, step: int, output_dir) -> int:
+    """Optimisation steps from `step` to the last one; returns the step reached."""
+    from tqdm.auto import tqdm
+
+    accelerator = parts.accelerator
+    micro = args.gradient_accumulation_steps
+    last_step = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    sampler = StepBatchSampler(
+        last_step * micro, args.batch_size, accelerator.process_index, accelerator.num_processes
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers)
+    if step:
+        loader = accelerator.skip_first_batches(loader, step * micro)
     progress = tqdm(
         total=args.max_steps,
         initial=step,
@@ -471,70 +539,76 @@ def train(args: argparse.Namespace) -> Path:
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    sums: dict[str, float] = {}
-    summed_steps = 0
-    micro = args.gradient_accumulation_steps
-    last_step = args.max_steps if args.stop_at_step is None else min(args.max_steps, args.stop_at_step)
+    start_time = time.monotonic()
+    batches = iter(loader)
     while step < last_step:
         for micro_step in range(micro):
-            first = ((step * micro + micro_step) * world + rank) * args.batch_size
-            x = torch.stack([dataset[first + j] for j in range(args.batch_size)]).to(accelerator.device)
-            generator = torch.Generator(accelerator.device).manual_seed(args.seed * 1_000_003 + first)
-            with accelerator.accumulate(step_module), accelerator.autocast():
-                recon, mean, logvar = step_module(x, generator=generator)
-                recon = recon.float()
-                terms = {
-                    "recon_l1": (recon - x).abs().mean(),
-                    "recon_mse": (recon - x).pow(2).mean(),
-                    "kl": kl_divergence(mean.float(), logvar.float()),
-                }
-                loss = args.l1_weight * terms["recon_l1"] + args.mse_weight * terms["recon_mse"]
-                loss = loss + args.kl_weight * terms["kl"]
-                if perceptual is not None:
-                    terms["perceptual"] = perceptual(recon, x)
-                    loss = loss + args.perceptual_weight * terms["perceptual"]
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) / micro
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(vae.parameters())
+            first = sampler.first_sample(step * micro + micro_step)
+            _micro_step(args, parts, losses, next(batches), args.seed * 1_000_003 + first)
+        parts.lr_scheduler.step()
+        if parts.ema is not None:
+            parts.ema.step(accelerator_unwrap(parts).parameters())
         step += 1
-        summed_steps += 1
+        losses.steps += 1
         progress.update(1)
         elapsed = time.monotonic() - start_time
         out_of_time = args.max_minutes is not None and elapsed > 60 * args.max_minutes
-        if step % args.log_every == 0 or step == last_step or out_of_time:
-            names = sorted(sums)
-            totals = accelerator.reduce(torch.tensor([sums[k] for k in names], device=accelerator.device), "mean")
-            means = {k: float(v) / summed_steps for k, v in zip(names, totals)}
-            sums, summed_steps = {}, 0
-            progress.set_postfix(loss=f"{means['loss']:.4f}")
-            if log is not None:
-                log.write(step=step, kind="train", lr=lr_scheduler.get_last_lr()[0], elapsed_s=elapsed, **means)
-        if val_clips and (step % args.val_every == 0 or step == last_step or out_of_time):
-            with _ema_weights(ema, vae):
-                value = validate(vae, val_clips, accelerator.device)
-            progress.write(f"step {step}: validation PSNR {value:.2f} dB")
-            log.write(step=step, kind="val", val_psnr=value, elapsed_s=elapsed)
-        if step % args.checkpoint_every == 0 or step == last_step or out_of_time:
-            save_checkpoint(accelerator, output_dir, step, args.keep_checkpoints)
+        _after_step(
+            args, parts, losses, val_clips, progress, output_dir, step, elapsed, step == last_step or out_of_time
+        )
         if out_of_time:
             accelerator.print(f"Stopping at step {step}: --max-minutes {args.max_minutes} reached.")
             break
     progress.close()
+    return step
 
+
+def _micro_step(args, parts: _TrainingParts, losses: _Losses, batch: torch.Tensor, seed: int) -> None:
+    """Forward, loss, backward and (at the end of an accumulation) the optimiser step of one batch."""
+    accelerator = parts.accelerator
+    x = batch.to(accelerator.device)
+    generator = torch.Generator(accelerator.device).manual_seed(seed)
+    with accelerator.accumulate(parts.step_module), accelerator.autocast():
+        recon, mean, logvar = parts.step_module(x, generator=generator)
+        loss = losses(recon.float(), x, mean, logvar)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(parts.parameters, args.max_grad_norm)
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+
+
+def _after_step(args, parts: _TrainingParts, losses, val_clips, progress, output_dir, step, elapsed, last) -> None:
+    """Log line, validation and checkpoint when they are due (always at the `last` step)."""
+    accelerator, vae = parts.accelerator, accelerator_unwrap(parts)
+    if step % args.log_every == 0 or last:
+        means = losses.means(accelerator)
+        progress.set_postfix(loss=f"{means['loss']:.4f}")
+        if parts.log is not None:
+            lr = parts.lr_scheduler.get_last_lr()[0]
+            parts.log.write(step=step, kind="train", lr=lr, elapsed_s=elapsed, **means)
+    if val_clips and (step % args.val_every == 0 or last):
+        with _ema_weights(parts.ema, vae):
+            value = validate(vae, val_clips, accelerator.device)
+        progress.write(f"step {step}: validation PSNR {value:.2f} dB")
+        parts.log.write(step=step, kind="val", val_psnr=value, elapsed_s=elapsed)
+    if step % args.checkpoint_every == 0 or last:
+        save_checkpoint(accelerator, output_dir, step, args.keep_checkpoints)
+
+
+def accelerator_unwrap(parts: _TrainingParts) -> torch.nn.Module:
+    return parts.accelerator.unwrap_model(parts.step_module).vae
+
+
+def _save_model(accelerator, step_module, ema, output_dir: Path, step: int) -> Path:
     model_dir = output_dir / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from .checkpoints._common import save_pretrained_atomic
 
+        vae = accelerator.unwrap_model(step_module).vae
         with _ema_weights(ema, vae):
-            save_pretrained_atomic(accelerator.unwrap_model(step_module).vae, model_dir, overwrite=True)
+            save_pretrained_atomic(vae, model_dir, overwrite=True)
         accelerator.print(f"Saved the trained model to {model_dir} (step {step}).")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -30,18 +30,21 @@ import av
 import numpy as np
 import torch
 
+from .memory import available_memory_bytes
 from .models._common import InputRule
 
 __all__ = [
     "InputRule",
     "VideoInfo",
     "VideoReadError",
-    "available_memory_bytes",
+    "check_clip_size",
     "contact_sheet",
     "fit_to_rule",
     "from_uint8",
-    "input_rule",
     "probe_video",
+    "count_frames",
+    "downscaled_size",
+    "read_frames",
     "read_video",
     "side_by_side",
     "synthetic_clip",
@@ -73,24 +76,25 @@ class VideoInfo:
     codec: str
 
 
-def input_rule(model: torch.nn.Module) -> InputRule:
-    """The frame rule and spatial multiple of a diffusers-videovae model (`model.input_rule`)."""
-    return model.input_rule
-
-
-def available_memory_bytes() -> int:
-    """Memory the OS could give this process now (MemAvailable from /proc/meminfo, else free pages)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 1024**3
+def check_clip_size(
+    rule: InputRule,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    names: tuple[str, str, str] = ("--num-frames", "--height", "--width"),
+) -> None:
+    """Raise a ValueError naming the frame rule (and the nearest valid counts) or the spatial multiple."""
+    if num_frames is not None and rule.valid_num_frames(num_frames) != num_frames:
+        below, above = rule.nearest_num_frames(num_frames)
+        raise ValueError(
+            f"{names[0]} {num_frames} does not follow the model's frame rule ({rule.describe()}); "
+            f"nearest: {below} or {above}."
+        )
+    for name, size in ((names[1], height), (names[2], width)):
+        if size is not None and (size <= 0 or size % rule.spatial_multiple):
+            raise ValueError(
+                f"{name} {size} must be a positive multiple of the spatial compression {rule.spatial_multiple}."
+            )
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -159,6 +163,66 @@ def _resized_size(width: int, height: int, short_side: int | None) -> tuple[int,
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def downscaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """`(width, height)` with the short side brought down to `short_side` (never up), as `read_frames` decodes."""
+    if short_side is None or min(width, height) <= short_side:
+        return width, height
+    return _resized_size(width, height, short_side)
+
+
+def _check_read_options(start: float, num_frames: int | None, stride: int, fps: float | None, size: int | None):
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}.")
+    if fps is not None and (fps <= 0 or stride != 1):
+        raise ValueError("fps must be > 0 and cannot be combined with stride.")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    if size is not None and not 1 <= size <= MAX_SIDE:
+        raise ValueError(f"size (short side) must be between 1 and {MAX_SIDE}, got {size}.")
+    if start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}.")
+
+
+def _crop_size(path: Path, width: int, height: int, rule: InputRule | None) -> tuple[int, int]:
+    """`(crop_h, crop_w)`: the frame size cut down to the rule's spatial multiple."""
+    if rule is None:
+        return height, width
+    crop_h = height // rule.spatial_multiple * rule.spatial_multiple
+    crop_w = width // rule.spatial_multiple * rule.spatial_multiple
+    if crop_h == 0 or crop_w == 0:
+        raise VideoReadError(
+            f"{path}: frames of {width}x{height} are smaller than this model's spatial multiple "
+            f"({rule.spatial_multiple}); use a larger --size."
+        )
+    return crop_h, crop_w
+
+
+def _frame_budget(path: Path, expected: int, crop_h: int, crop_w: int, max_bytes: int | None) -> int:
+    """How many frames of this size fit in the allowed memory; raises when the expected ones do not."""
+    budget = max_bytes if max_bytes is not None else int(0.8 * available_memory_bytes())
+    frame_bytes = 3 * crop_h * crop_w * 4
+    if expected * frame_bytes > budget:
+        raise VideoReadError(
+            f"{path}: {expected} frames of {crop_w}x{crop_h} need {expected * frame_bytes / 1024**3:.1f} GiB as "
+            f"float32, more than the {budget / 1024**3:.1f} GiB allowed; read fewer frames (num_frames / --frames) "
+            "or smaller ones (size / --size)."
+        )
+    return max(1, budget // frame_bytes)
+
+
+def _check_complete(path: Path, declared: int, source_fps: float, last_time: float | None, start: float) -> None:
+    """Refuse a stream that ends well before the frame count its header declares (a truncated file)."""
+    if not declared or last_time is None:
+        return
+    decoded = round(last_time * source_fps) + 1  # source frames up to the last one decoded
+    if decoded < declared - max(1, declared // 100):
+        where = f" (reading from {start:g} s)" if start else ""
+        raise VideoReadError(
+            f"{path} is truncated: the header declares {declared} frames but the stream ends after frame {decoded}"
+            f"{where}."
+        )
+
+
 def read_video(
     path: str | os.PathLike,
     *,
@@ -180,64 +244,34 @@ def read_video(
         fps: resample to this frame rate by picking the nearest earlier frame (no interpolation).
         size: resize so that the short side is `size` pixels (area filter), keeping the aspect ratio.
         rule: when given, center-crop H and W down to multiples of `rule.spatial_multiple` and drop trailing frames
-            down to the nearest valid frame count (`input_rule(model)` gives it).
+            down to the nearest valid frame count (`model.input_rule` gives it).
         max_bytes: refuse clips whose float32 tensor would be larger (default: 80% of available memory).
 
     Returns:
         `(video, fps)`: `video` is `(1, 3, T, H, W)` float32 in [-1, 1]; `fps` is the frame rate of the returned
-        frames.
+        frames. A stream that ends before the frame count its header declares raises `VideoReadError`.
     """
     path = Path(path)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}.")
-    if fps is not None and (fps <= 0 or stride != 1):
-        raise ValueError("fps must be > 0 and cannot be combined with stride.")
-    if num_frames is not None and num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
-    if size is not None and not 1 <= size <= MAX_SIDE:
-        raise ValueError(f"size (short side) must be between 1 and {MAX_SIDE}, got {size}.")
-    if start < 0:
-        raise ValueError(f"start must be >= 0 seconds, got {start}.")
-
+    _check_read_options(start, num_frames, stride, fps, size)
     with _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         source_fps = _fps(stream)
         width, height = _resized_size(stream.codec_context.width, stream.codec_context.height, size)
-        crop_h, crop_w = height, width
-        if rule is not None:
-            crop_h = height // rule.spatial_multiple * rule.spatial_multiple
-            crop_w = width // rule.spatial_multiple * rule.spatial_multiple
-            if crop_h == 0 or crop_w == 0:
-                raise VideoReadError(
-                    f"{path}: frames of {width}x{height} are smaller than this model's spatial multiple "
-                    f"({rule.spatial_multiple}); use a larger --size."
-                )
-        out_fps = fps if fps is not None else source_fps / stride
+        crop_h, crop_w = _crop_size(path, width, height, rule)
         declared = int(stream.frames or 0)
         expected = num_frames or (math.ceil(declared / stride) if declared else 0)
         if fps is not None and declared:
             expected = num_frames or math.ceil(declared * fps / source_fps)
-        budget = max_bytes if max_bytes is not None else int(0.8 * available_memory_bytes())
-        needed = expected * 3 * crop_h * crop_w * 4
-        if needed > budget:
-            raise VideoReadError(
-                f"{path}: {expected} frames of {crop_w}x{crop_h} need {needed / 1024**3:.1f} GiB as float32, more "
-                f"than the {budget / 1024**3:.1f} GiB allowed; read fewer frames (num_frames / --frames) or "
-                "smaller ones (size / --size)."
-            )
-
         # Streams that do not declare their length are checked while decoding.
-        max_frames = max(1, budget // (3 * crop_h * crop_w * 4))
-        frames = _decode_frames(container, stream, path, start, num_frames, stride, fps, width, height, max_frames)
+        max_frames = _frame_budget(path, expected, crop_h, crop_w, max_bytes)
+        frames, last_time = _decode_frames(
+            container, stream, path, start, num_frames, stride, fps, width, height, max_frames
+        )
     if not frames:
         where = f" after {start} s" if start else ""
         raise VideoReadError(f"{path} has a video stream but no frames could be decoded{where}.")
-    if declared and num_frames is None and start == 0 and stride == 1 and fps is None and len(frames) < declared - 1:
-        raise VideoReadError(
-            f"{path} is truncated: the header declares {declared} frames but the stream ends after {len(frames)}."
-        )
-
+    _check_complete(path, declared, source_fps, last_time, start)
     video = torch.from_numpy(np.stack(frames))  # (T, H, W, 3) uint8
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     video = video[:, top : top + crop_h, left : left + crop_w]
@@ -246,12 +280,50 @@ def read_video(
         if keep == 0:
             raise VideoReadError(f"{path}: no frames left to fit the model's frame rule ({rule.describe()}).")
         video = video[:keep]
+    out_fps = fps if fps is not None else source_fps / stride
     return from_uint8(video), float(out_fps)
+
+
+def read_frames(
+    path: str | os.PathLike, start: int = 0, end: int | None = None, short_side: int | None = None
+) -> torch.Tensor:
+    """Frames `[start, end)` (frame indices) of a video as uint8 `(T, H, W, 3)` RGB.
+
+    With `short_side`, frames whose short side is longer are resized down to it (area filter, in the decoder, so a
+    long high-resolution clip never sits in memory at full size); smaller ones are kept as they are. Seeks to the
+    first frame, so a window late in a long video costs about as much as one at its start.
+    """
+    path = Path(path)
+    if start < 0 or (end is not None and end <= start):
+        raise ValueError(f"frame range must satisfy 0 <= start < end, got [{start}, {end}).")
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        width, height = downscaled_size(stream.codec_context.width, stream.codec_context.height, short_side)
+        source_fps = _fps(stream)
+        count = None if end is None else end - start
+        # Half a frame before frame `start`: frame times are rounded to the stream's time base.
+        seconds = max(0.0, (start - 0.5) / source_fps)
+        frames, _ = _decode_frames(container, stream, path, seconds, count, 1, None, width, height, 10**9)
+    if not frames:
+        raise VideoReadError(f"{path} has no decodable video frames in range [{start}, {end}).")
+    return torch.from_numpy(np.stack(frames))
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames of a file's first video stream: the header's count, or the packets counted without decoding."""
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
 
 
 def _decode_frames(
     container, stream, path, start, num_frames, stride, fps, width, height, max_frames
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], float | None]:
+    """The selected frames, and the time of the last frame the stream gave when it ended (None if we stopped)."""
     frames: list[np.ndarray] = []
     if start > 0 and stream.time_base is not None:
         try:
@@ -260,9 +332,11 @@ def _decode_frames(
             container.seek(0, stream=stream)
     index = 0
     next_time = start
+    last_time = None
     try:
         for frame in container.decode(stream):
             time = float(frame.time) if frame.time is not None else index / _fps(stream)
+            last_time = time
             if time < start - 1e-6:
                 continue
             if fps is not None:
@@ -276,7 +350,7 @@ def _decode_frames(
             frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
             frames.append(frame.to_ndarray())
             if num_frames is not None and len(frames) >= num_frames:
-                break
+                return frames, None
             if len(frames) > max_frames:
                 raise VideoReadError(
                     f"{path}: more than {max_frames} frames of {width}x{height} would not fit in the memory allowed; "
@@ -287,7 +361,7 @@ def _decode_frames(
             f"{path} is corrupt or truncated: decoding failed after {len(frames)} frame(s) "
             f"({error.strerror or error})."
         ) from None
-    return frames
+    return frames, last_time
 
 
 def fit_to_rule(video: torch.Tensor, rule: InputRule) -> torch.Tensor:

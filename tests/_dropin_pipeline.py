@@ -1,9 +1,8 @@
 """A tiny latent video diffusion pipeline for the drop-in test: it uses the VAE only through what pipelines read.
 
 The denoiser is a stock diffusers `UNet2DModel` applied to each latent frame; the VAE is whatever `model_index.json`
-names. The pipeline reads the latent size from `vae.config` (latent_channels) and the model's compression ratios,
-and undoes the latent normalisation documented by the VAE (`scaling_factor` / `shift_factor`, or
-`latents_mean` / `latents_std`) before `vae.decode`.
+names. The pipeline reads the latent size from `vae.config.latent_channels` and `vae.input_rule`, and turns its
+normalised latents into what `vae.decode` takes with `vae.denormalize_latents`.
 """
 
 from __future__ import annotations
@@ -19,17 +18,6 @@ from diffusers.utils import BaseOutput
 class TinyVideoPipelineOutput(BaseOutput):
     frames: torch.Tensor  # (B, 3, T, H, W) in [0, 1]
     latents: torch.Tensor  # normalised latents fed to the decoder, (B, C, t, h, w)
-
-
-def denormalise(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Normalised (diffusion-space) latents -> the raw latents `vae.decode` takes."""
-    config = vae.config
-    if getattr(config, "latents_mean", None) is not None:
-        shape = (1, -1, 1, 1, 1)
-        mean = torch.tensor(config.latents_mean, dtype=latents.dtype).view(shape)
-        std = torch.tensor(config.latents_std, dtype=latents.dtype).view(shape)
-        return latents * std + mean
-    return latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
 
 
 class TinyVideoPipeline(DiffusionPipeline):
@@ -49,8 +37,8 @@ class TinyVideoPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
     ) -> TinyVideoPipelineOutput:
         vae = self.vae
-        temporal = vae.config.temporal_compression_ratio or vae.temporal_compression_ratio
-        spatial = vae.config.spatial_compression_ratio or vae.spatial_compression_ratio
+        rule = vae.input_rule
+        temporal, spatial = rule.temporal_compression, rule.spatial_multiple
         shape = (1, vae.config.latent_channels, (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
         latents = torch.randn(shape, generator=generator, dtype=self.denoiser.dtype)
         self.scheduler.set_timesteps(num_inference_steps)
@@ -60,5 +48,5 @@ class TinyVideoPipeline(DiffusionPipeline):
             noise = self.denoiser(per_frame, t).sample
             noise = noise.reshape(batch, frames, channels, h, w).permute(0, 2, 1, 3, 4)
             latents = self.scheduler.step(noise, t, latents).prev_sample
-        video = vae.decode(denormalise(vae, latents).to(vae.dtype)).sample
+        video = vae.decode(vae.denormalize_latents(latents).to(vae.dtype)).sample
         return TinyVideoPipelineOutput(frames=(video / 2 + 0.5).clamp(0, 1), latents=latents)

@@ -168,3 +168,47 @@ def test_cache_latents_subcommand_dispatches_through_func():
     caching.register(parser.add_subparsers())
     args = parser.parse_args(["cache-latents", "--data", "v", "-m", "m", "-o", "out"])
     assert args.func is caching._run_from_args
+
+
+def test_shards_and_index_follow_the_umask(resumed):
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [*resumed["output"].glob("shard-*.safetensors"), resumed["output"] / "index.json"]
+    assert all(path.stat().st_mode & 0o777 == 0o666 & ~umask for path in files)
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_loading_the_model(dataset, tmp_path, monkeypatch):
+    from diffusers_videovae import loaders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the output folder is unusable")
+
+    monkeypatch.setattr(loaders, "load_model", refuse)
+    blocker = tmp_path / "latents"
+    blocker.write_text("mine")
+    with pytest.raises(OSError, match=f"Cannot use --output-dir {blocker}: it is a file, not a folder."):
+        caching.cache_latents(parse(cache_options(dataset, blocker)))
+    assert blocker.read_text() == "mine"
+
+
+def test_decode_conditions_are_cached_beside_the_latents(dataset, tmp_path, monkeypatch):
+    """A model whose decode needs tensors from the clip (Reducio's content frames) gets them stored per clip."""
+    from diffusers_videovae import loaders
+    from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
+
+    class ContentFramesVAE(AutoencoderKLIVVAE):
+        def decode_conditions(self, video):
+            return {"content": video[:, :, :1]}
+
+    model = ContentFramesVAE.from_pretrained(dataset / "model").eval()
+    monkeypatch.setattr(loaders, "load_model", lambda *args, **kwargs: model)
+    options = cache_options(dataset, tmp_path / "out")
+    options[options.index("--data") + 1] = str(dataset / "videos" / "clip1.mp4")
+    caching.cache_latents(parse(options))
+    index = caching.read_index(tmp_path / "out")
+    clip = next(c for c in index["clips"] if c["frame_start"] == 4)
+    assert clip["conditions"] == {"content": clip["tensor"].replace(".mean", ".content")}
+    video, _ = read_video(clip["path"])
+    with safe_open(str(tmp_path / "out" / clip["shard"]), framework="pt") as handle:
+        stored = handle.get_tensor(clip["conditions"]["content"])
+    assert torch.equal(stored, video[0, :, 4:5])

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,8 +19,9 @@ from conftest import media_clip, reference_dir
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from diffusers_videovae import checkpoints, cli, loaders
-from diffusers_videovae.cli import main, plan_segments
+from diffusers_videovae import AutoencoderKLIVVAE, checkpoints, cli, latent_files, loaders, memory
+from diffusers_videovae.cli import main
+from diffusers_videovae.evaluation import plan_segments
 from diffusers_videovae.video import InputRule, probe_video, synthetic_clip, write_video
 
 NTSC = 30000 / 1001
@@ -139,24 +143,51 @@ def test_segment_length_must_follow_the_frame_rule(capsys, tiny_model, small_cli
     assert "breaks the model's frame rule" in err
 
 
-def test_tiling_auto_turns_tiling_on_when_memory_is_short(capsys, tiny_model, small_clip, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "available_memory_bytes", lambda: 1024)
+def _available_memory(monkeypatch, num_bytes: int) -> None:
+    """What psutil reports as available memory (the CLI's only source on a CPU machine)."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=num_bytes, total=num_bytes))
+
+
+@pytest.mark.parametrize(("available", "expected"), [(1 << 20, "tiling on (auto"), (1 << 40, "tiling off (auto")])
+def test_tiling_auto_follows_the_available_memory(
+    capsys, tiny_model, small_clip, tmp_path, monkeypatch, available, expected
+):
+    _available_memory(monkeypatch, available)
     code, out, _ = run(capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "-q")
     assert code == 0
-    assert "tiling on (auto" in out
+    assert expected in out
+    assert f"{available / 1024**3:.2f} GiB available" in out
+
+
+def decoded_frames(path: Path) -> np.ndarray:
+    """Every frame of a written video as uint8 (T, H, W, 3), decoded with av directly (not our reader)."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def file_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two decoded videos, by scikit-image on the uint8 frames."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(a.astype(np.uint8), b.astype(np.uint8), data_range=255) if (a != b).any() else 1e9
 
 
 def test_exact_tiling_reconstructs_like_untiled(capsys, tiny_model, small_clip, tmp_path):
-    psnr = {}
     for mode in ("off", "exact"):
         code, out, _ = run(
-            capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / f"{mode}.mp4", "-q",
+            capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / f"{mode}.mp4", "-q", "--crf", 0,
             "--tiling", mode, "--tile-size", 16,
         )  # fmt: skip
         assert code == 0
         assert f"tiling {mode}" in out  # 16-px tiles: 3 x 3 tiles on the 40x48 clip
-        psnr[mode] = next(line for line in out.splitlines() if "PSNR" in line)
-    assert psnr["exact"] == psnr["off"]
+    untiled, tiled = decoded_frames(tmp_path / "off.mp4"), decoded_frames(tmp_path / "exact.mp4")
+    assert untiled.shape == tiled.shape == (9, 40, 48, 3)
+    # Float rounding (~1e-6) may flip a pixel's uint8 rounding, which H.264 (yuv420p) can spread over a few levels.
+    assert file_psnr(tiled, untiled) > 60
 
 
 def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp_path):
@@ -172,16 +203,36 @@ def test_exact_tiling_of_a_groupnorm_model_reconstructs_like_untiled(capsys, tmp
         "odvae", folder / "tiny_original.ckpt", tmp_path / "odvae", original_config=folder / "tiny_config.json",
         verbose=False,
     )  # fmt: skip
-    psnr = {}
+    frames = {}
     for mode in ("off", "exact", "on"):
         code, out, _ = run(
-            capsys, "reconstruct", clip, "-m", model, "-o", tmp_path / f"{mode}.mp4", "-q",
+            capsys, "reconstruct", clip, "-m", model, "-o", tmp_path / f"{mode}.mp4", "-q", "--crf", 0,
             "--tiling", mode, "--tile-size", 32,
         )  # fmt: skip
         assert code == 0
-        psnr[mode] = next(line for line in out.splitlines() if "PSNR" in line)
-    assert psnr["exact"] == psnr["off"]
-    assert psnr["on"] != psnr["off"]
+        frames[mode] = decoded_frames(tmp_path / f"{mode}.mp4")
+    # H.264 (yuv420p) can turn a one-level rounding difference into a few levels, so compare by PSNR.
+    assert file_psnr(frames["exact"], frames["off"]) > 60  # measured: 78 dB
+    assert file_psnr(frames["on"], frames["off"]) < 30  # measured: 11 dB
+
+
+def test_reconstruct_reports_the_psnr_that_scikit_image_measures(capsys, tiny_model, small_clip, tmp_path):
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from diffusers_videovae.video import read_video
+
+    code, out, _ = run(capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "-q")
+    assert code == 0
+    printed = float(re.search(r"PSNR ([\d.]+) dB", out).group(1))
+    model = loaders.load_model(tiny_model)
+    video, _ = read_video(small_clip)
+    with torch.no_grad():
+        reconstruction = model.decode(model.encode(video).latent_dist.mode()).sample
+    frames = lambda v: v[0].double().clamp(-1, 1).permute(1, 2, 3, 0).numpy()  # noqa: E731
+    expected = np.mean(
+        [peak_signal_noise_ratio(a, b, data_range=2.0) for a, b in zip(frames(video), frames(reconstruction))]
+    )
+    assert printed == pytest.approx(expected, abs=0.006)
 
 
 def test_tile_size_must_follow_the_spatial_compression(capsys, tiny_model, small_clip, tmp_path):
@@ -193,12 +244,28 @@ def test_tile_size_must_follow_the_spatial_compression(capsys, tiny_model, small
     assert "--tile-size must be a positive multiple of 8" in err
 
 
-def test_memory_estimate_grows_with_the_clip(tiny_model):
+def test_memory_estimate_bounds_what_a_reconstruction_really_allocates(tiny_model):
+    """The untiled estimate is at least the input and output clips plus the largest layer's own tensors."""
     model = loaders.load_model(tiny_model)
-    small = cli.estimate_memory(model, (9, 64, 64), torch.device("cpu"))
-    large = cli.estimate_memory(model, (9, 128, 128), torch.device("cpu"))
-    assert large.untiled == pytest.approx(4 * small.untiled, rel=0.01)
-    assert large.tiled <= large.untiled
+    shape = (9, 64, 64)
+    estimate = memory.estimate_memory(model, shape, torch.device("cpu"))
+    largest = 0
+
+    def record(module, inputs, output):
+        nonlocal largest
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model.autoencode(torch.zeros(1, 3, *shape))
+    for handle in handles:
+        handle.remove()
+    clip_bytes = 3 * 9 * 64 * 64 * 4
+    assert estimate.untiled >= 2 * clip_bytes + largest
+    larger = memory.estimate_memory(model, (17, 128, 128), torch.device("cpu"))
+    assert larger.untiled > estimate.untiled
+    assert larger.tiled <= larger.untiled
 
 
 def test_a_bad_input_file_is_one_line_without_traceback(capsys, tiny_model, tmp_path):
@@ -231,10 +298,14 @@ def test_encode_writes_latents_with_what_decoding_needs(capsys, tiny_model, smal
         metadata = handle.metadata()
         latents = handle.get_tensor("latents")
     assert tuple(latents.shape) == (1, 8, 3, 5, 6)
-    assert metadata["format"] == cli.LATENT_FORMAT
+    assert metadata["format"] == latent_files.LATENT_FORMAT
     assert metadata["class_name"] == "AutoencoderKLIVVAE"
     assert metadata["model"] == str(tiny_model)
-    assert json.loads(metadata["scaling"]) == {"scaling_factor": 0.9697, "shift_factor": -0.1553}
+    assert json.loads(metadata["scaling"]) == {
+        "scaling_factor": 0.9697,
+        "shift_factor": -0.1553,
+        "formula": "(z - shift_factor) * scaling_factor",
+    }
     assert (metadata["num_frames"], metadata["height"], metadata["width"]) == ("9", "40", "48")
     assert float(metadata["fps"]) == 25.0
     assert json.loads(metadata["shape"]) == [1, 8, 3, 5, 6]
@@ -294,6 +365,29 @@ def test_eval_prints_a_table_with_the_mean_and_the_settings(capsys, tiny_model, 
     assert all(row["frames"] == "5" and row["height_x_width"] == "32x32" for row in rows[:-1])
     psnr = [float(row["psnr"]) for row in rows[:-1]]
     assert float(rows[-1]["psnr"]) == pytest.approx(np.mean(psnr), abs=1e-3)
+    # The small clip's row against scikit-image on the model's own reconstruction of the same 5x32x32 crop.
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from diffusers_videovae.video import read_video
+
+    model = loaders.load_model(tiny_model)
+    video, _ = read_video(small_clip, num_frames=5, size=32, rule=model.input_rule)
+    left = (video.shape[-1] - 32) // 2
+    video = video[..., :32, left : left + 32]
+    with torch.no_grad():
+        reconstruction = model.decode(model.encode(video).latent_dist.mode()).sample
+    frames = lambda v: v[0].double().clamp(-1, 1).permute(1, 2, 3, 0).numpy()  # noqa: E731
+    pairs = list(zip(frames(video), frames(reconstruction)))
+    row = rows[1]
+    assert float(row["psnr"]) == pytest.approx(
+        np.mean([peak_signal_noise_ratio(a, b, data_range=2.0) for a, b in pairs]), abs=1e-3
+    )
+    ssim = [
+        structural_similarity(a, b, data_range=2.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False)
+        for a, b in pairs
+    ]  # fmt: skip
+    assert float(row["ssim"]) == pytest.approx(np.mean(ssim), abs=1e-5)
 
 
 def test_info_prints_latent_shape_and_memory_estimate(capsys, tiny_model):
@@ -365,3 +459,233 @@ def test_an_original_release_folder_is_read_directly(capsys):
     assert code == 0
     assert "AutoencoderKLOpenSora" in out
     assert "any T" in out
+
+
+# -- output paths are checked before any compute ------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fails the test if a command gets as far as loading a model (the start of its compute)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although an output path was unusable")
+
+    monkeypatch.setattr(loaders, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("reconstruct", "-o"),
+        ("reconstruct", "--compare"),
+        ("reconstruct", "--side-by-side"),
+        ("encode", "-o"),
+        ("eval", "--csv"),
+    ],
+)
+def test_an_output_under_a_file_fails_before_any_compute(
+    capsys, small_clip, tmp_path, no_model_loading, command, flag
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    bad = blocker / "out.bin"
+    argv = {
+        "reconstruct": ["reconstruct", small_clip, "-m", tmp_path, "-o", tmp_path / "r.mp4"],
+        "encode": ["encode", small_clip, "-m", tmp_path, "-o", tmp_path / "z.safetensors"],
+        "eval": ["eval", small_clip, "-m", tmp_path],
+    }[command]
+    if flag in argv:
+        argv[argv.index(flag) + 1] = bad
+    else:
+        argv += [flag, bad]
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert f"Cannot write {flag} {bad}: {blocker} is a file, not a folder." in err
+    assert blocker.read_text() == "mine"
+
+
+def test_decode_to_a_folder_fails_before_reading_the_model(capsys, tiny_model, small_clip, tmp_path, monkeypatch):
+    run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    (tmp_path / "taken").mkdir()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although -o is a folder")
+
+    monkeypatch.setattr(loaders, "load_model", refuse)
+    code, _, err = run(capsys, "decode", tmp_path / "z.safetensors", "-o", tmp_path / "taken")
+    assert code == 1
+    assert f"Cannot write -o {tmp_path / 'taken'}: it is a folder." in err
+
+
+def test_a_failed_compare_still_reports_the_video_and_the_metrics(
+    capsys, tiny_model, small_clip, tmp_path, monkeypatch
+):
+    from diffusers_videovae import video as video_module
+
+    def disk_full(original, reconstruction, path, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video_module, "contact_sheet", disk_full)
+    sheet = tmp_path / "compare.png"
+    code, out, err = run(
+        capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--compare", sheet, "-q"
+    )
+    assert code == 1
+    assert "PSNR" in out and "SSIM" in out
+    assert f"wrote        {tmp_path / 'r.mp4'}" in out
+    assert probe_video(tmp_path / "r.mp4").num_frames == 9
+    assert f"could not write {sheet}" in err and "No space left on device" in err
+
+
+def test_latents_files_follow_the_umask(capsys, tiny_model, small_clip, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        code, _, _ = run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    finally:
+        os.umask(previous)
+    assert code == 0
+    assert (tmp_path / "z.safetensors").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["z.safetensors"]  # no temporary file left behind
+
+
+def _rewrite_metadata(path: Path, target: Path, **changes: str) -> Path:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(target), metadata={**metadata, **changes})
+    return target
+
+
+@pytest.mark.parametrize("num_frames", ["13", "5", "8"])
+def test_decode_refuses_a_frame_count_that_contradicts_the_latent_shape(
+    capsys, tiny_model, small_clip, tmp_path, num_frames
+):
+    run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")  # 9 frames -> 3 latent
+    bad = _rewrite_metadata(tmp_path / "z.safetensors", tmp_path / "bad.safetensors", num_frames=num_frames)
+    code, _, err = run(capsys, "decode", bad, "-o", tmp_path / "d.mp4")
+    assert code == 1
+    assert f"num_frames={num_frames}" in err or f"clip of {num_frames}x40x48" in err
+    assert not (tmp_path / "d.mp4").exists()
+
+
+def test_bfloat16_model_takes_the_float32_clip(capsys, tiny_model, small_clip, tmp_path):
+    code, out, err = run(
+        capsys, "reconstruct", small_clip, "-m", tiny_model, "-o", tmp_path / "r.mp4", "--dtype", "bfloat16", "-q"
+    )
+    assert code == 0, err
+    assert "bfloat16" in out
+    code, _, err = run(capsys, "encode", small_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors",
+                       "--dtype", "bfloat16")  # fmt: skip
+    assert code == 0, err
+    assert load_file(str(tmp_path / "z.safetensors"))["latents"].dtype == torch.float32
+
+
+def test_a_model_name_that_is_nothing_fails_at_once_naming_the_built_in_models(capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a name that is neither a path nor a Hub id reached the loader (and the Hub)")
+
+    monkeypatch.setattr(loaders, "load_model", refuse)
+    code, _, err = run(capsys, "info", "demo")
+    assert code == 1
+    assert "demo is not a file or folder here, nor a Hub id (owner/name); built-in: ivvae-demo" in err
+
+
+def test_the_built_in_demo_model_has_a_name(capsys):
+    code, out, _ = run(capsys, "info", "ivvae-demo", "--size", "5x32x32")
+    assert code == 0
+    assert "assets/ivvae-demo" in out
+
+
+# -- generic over the model API: a model with decode conditions and a diffusion decoder ----------------------------
+
+
+class DiffusionDecoderVAE(AutoencoderKLIVVAE):
+    """A tiny IV-VAE whose decode, like CascadeV's and Reducio's, takes normalised latents, content frames from the
+    clip, a number of steps and a generator; it records what it was given."""
+
+    calls: list = []
+
+    def latents_for_decode(self, z):
+        return self.normalize_latents(z)
+
+    def decode_conditions(self, video):
+        return {"content": video[:, :, :1].clone()}
+
+    def decode_kwargs(self, num_frames=None, num_inference_steps=None, generator=None):
+        return {"num_inference_steps": num_inference_steps or 3, "generator": generator}
+
+    def decode(self, z, content=None, num_inference_steps=3, generator=None, return_dict=True):
+        DiffusionDecoderVAE.calls.append({"content": content, "steps": num_inference_steps, "latents": z})
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return super().decode(self.denormalize_latents(z) + 0.05 * noise, return_dict=return_dict)
+
+
+@pytest.fixture
+def diffusion_model(tiny_model, monkeypatch):
+    model = DiffusionDecoderVAE.from_pretrained(tiny_model).eval()
+    DiffusionDecoderVAE.calls = []
+    monkeypatch.setattr(cli, "load", lambda args, device=None: setattr(args, "model_resolved", "fake") or model)
+    return model
+
+
+def test_reconstruct_gives_a_generic_decoder_its_conditions_steps_and_seed(
+    capsys, diffusion_model, small_clip, tmp_path
+):
+    from diffusers_videovae.video import read_video
+
+    code, out, err = run(
+        capsys, "reconstruct", small_clip, "-o", tmp_path / "r.mp4", "--steps", 7, "--seed", 3, "--tiling", "off", "-q"
+    )
+    assert code == 0, err
+    (call,) = DiffusionDecoderVAE.calls
+    assert call["steps"] == 7
+    video, _ = read_video(small_clip, rule=diffusion_model.input_rule)
+    assert torch.equal(call["content"], video[:, :, :1])
+    with torch.no_grad():
+        z = diffusion_model.encode(video).latent_dist.mode()
+    torch.testing.assert_close(call["latents"], diffusion_model.normalize_latents(z), rtol=0, atol=1e-6)
+
+
+def test_a_seed_reproduces_a_diffusion_decoders_reconstruction(diffusion_model, small_clip):
+    from diffusers_videovae.evaluation import reconstruct_video
+    from diffusers_videovae.video import read_video
+
+    video, _ = read_video(small_clip)
+
+    def run_with(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return reconstruct_video(
+            diffusion_model, video, generator=generator, num_inference_steps=2, progress=False
+        ).video
+
+    first, again, other = run_with(1), run_with(1), run_with(2)
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 1e-3
+
+
+def test_encode_stores_decode_conditions_and_decode_passes_them_back(capsys, diffusion_model, small_clip, tmp_path):
+    from diffusers_videovae.video import read_video
+
+    code, _, err = run(capsys, "encode", small_clip, "-m", "fake", "-o", tmp_path / "z.safetensors")
+    assert code == 0, err
+    stored = load_file(str(tmp_path / "z.safetensors"))
+    video, _ = read_video(small_clip)
+    assert torch.equal(stored["condition.content"], video[:, :, :1])
+    DiffusionDecoderVAE.calls = []
+    code, _, err = run(capsys, "decode", tmp_path / "z.safetensors", "-o", tmp_path / "d.mp4", "--steps", 4)
+    assert code == 0, err
+    (call,) = DiffusionDecoderVAE.calls
+    assert call["steps"] == 4
+    assert torch.equal(call["content"], video[:, :, :1])
+    assert probe_video(tmp_path / "d.mp4").num_frames == 9
+
+
+def test_segments_of_whole_group_models_are_independent_multiples_of_the_group():
+    rule = InputRule(4, 8, first_num_frames=16, frame_step=16)  # Reducio: T = 16k
+    segments = plan_segments(64, 32, rule)
+    assert [(s.start, s.stop, s.overlap) for s in segments] == [(0, 32, 0), (32, 64, 0)]
+    assert [(s.start, s.stop) for s in plan_segments(48, 32, rule)] == [(0, 32), (32, 48)]
+    with pytest.raises(ValueError, match=r"--segment-frames 24 breaks the model's frame rule \(T = 16k"):
+        plan_segments(64, 24, rule)

@@ -201,7 +201,25 @@ def test_list_file_gives_paths_relative_to_it_and_frame_ranges(workspace, tmp_pa
         datasets.VideoSource(workspace / "clip1.mp4"),
     ]
     dataset = datasets.VideoClipDataset(listing, 5, 32, 32, short_side=40)
-    assert [len(c) for c in dataset.clips] == [7, 12]
+    assert [frames for frames, _, _ in dataset.shapes] == [7, 12]
+
+
+def test_a_sample_is_the_window_of_its_frame_range(workspace, tmp_path):
+    from diffusers_videovae.video import read_video
+
+    listing = tmp_path / "one.txt"
+    listing.write_text(f"{workspace / 'clip0.mp4'} 3 8\n")  # exactly one 5-frame window: frames 3-7
+    dataset = datasets.VideoClipDataset(listing, 5, 40, 48, short_side=40, flip=False)
+    whole, _ = read_video(workspace / "clip0.mp4")
+    assert torch.equal(dataset[0], whole[0, :, 3:8])
+
+
+def test_the_dataset_holds_no_decoded_video(workspace):
+    """What every DataLoader worker and process receives: the file list and sizes, not the frames."""
+    import pickle
+
+    dataset = datasets.VideoClipDataset([workspace / "clip0.mp4", workspace / "clip1.mp4"], 5, 32, 32, short_side=40)
+    assert len(pickle.dumps(dataset)) < 4096  # one 12x40x48 clip alone is 69,120 bytes of uint8
 
 
 def test_missing_video_path_is_named(tmp_path):

@@ -19,8 +19,9 @@ from diffusers_videovae.video import (
     VideoReadError,
     contact_sheet,
     fit_to_rule,
-    input_rule,
+    from_uint8,
     probe_video,
+    read_frames,
     read_video,
     side_by_side,
     synthetic_clip,
@@ -96,9 +97,9 @@ def test_input_rule_is_the_models_own():
     from diffusers_videovae import AutoencoderKLIVVAE
 
     causal = AutoencoderKLIVVAE(base_dim=8, latent_channels=4)
-    assert input_rule(causal) == InputRule(4, 8)
-    assert input_rule(causal).valid_num_frames(12) == 9 and input_rule(causal).nearest_num_frames(12) == (9, 13)
-    assert not input_rule(causal).decode_needs_num_frames
+    assert causal.input_rule == InputRule(4, 8)
+    assert causal.input_rule.valid_num_frames(12) == 9 and causal.input_rule.nearest_num_frames(12) == (9, 13)
+    assert not causal.input_rule.decode_needs_num_frames
 
 
 def test_input_rule_describes_each_kind_of_frame_rule():
@@ -211,6 +212,27 @@ def test_truncated_stream(tmp_path):
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(VideoReadError, match="truncated"):
         read_video(tmp_path / "cut.mp4")
+
+
+@pytest.mark.parametrize(("options", "numbers"), [({"num_frames": 30}, "declares 40 frames"), ({"start": 0.5}, "40")])
+def test_truncated_stream_is_refused_whatever_the_reading_options(tmp_path, options, numbers):
+    """A cut file that still holds more frames than asked for must not pass as a shorter clip."""
+    noise = np.random.default_rng(0).integers(0, 256, (40, 48, 64, 3), dtype=np.uint8)
+    whole = _encode(tmp_path / "whole.mp4", noise, options={"movflags": "faststart"}).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VideoReadError, match=rf"truncated: the header {numbers}|truncated.*{numbers}"):
+        read_video(tmp_path / "cut.mp4", **options)
+
+
+def test_read_frames_gives_the_frames_of_an_index_range(tmp_path):
+    clip = synthetic_clip(num_frames=12, height=40, width=56)
+    path = write_video(tmp_path / "clip.mp4", clip, fps=30000 / 1001, crf=10)
+    whole, _ = read_video(path)
+    window = read_frames(path, 5, 9)
+    assert window.dtype == torch.uint8 and window.shape == (4, 40, 56, 3)
+    assert torch.equal(from_uint8(window), whole[:, :, 5:9])
+    assert read_frames(path, 0, None, short_side=20).shape == (12, 20, 28, 3)  # downscaled in the decoder
+    assert read_frames(path, 10, None, short_side=80).shape == (2, 40, 56, 3)  # never upscaled
 
 
 def test_corrupt_stream(tmp_path):
