@@ -897,10 +897,11 @@ class AutoencoderKLReducio(
         frames = x.shape[2]
         if frames < rule.first_num_frames or frames % rule.step:
             below, above = rule.nearest_num_frames(frames)
+            nearest = f"{below} or {above}; e.g. use `x[:, :, :{below}]`" if frames > below else f"{below}"
             raise ValueError(
                 f"`{name}` has {frames} frames, but Reducio-VAE takes clips of T = {rule.step}k frames (each 16-frame "
                 f"segment is an independent clip; the original only accepts exactly 16 and fails on other counts). "
-                f"Nearest valid frame counts: {below} or {above}; e.g. use `x[:, :, :{below}]`."
+                f"Nearest valid frame counts: {nearest}."
             )
 
     def _check_frame(self, frame: torch.Tensor, name: str) -> None:
