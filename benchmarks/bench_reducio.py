@@ -3,12 +3,19 @@
     python benchmarks/bench_reducio.py                                     # ours only
     python benchmarks/bench_reducio.py --original-repo /tmp/Reducio-VAE    # also the original, same weights
     python benchmarks/bench_reducio.py --quick                             # tiny config, seconds (smoke test)
+    python benchmarks/bench_reducio.py --traced-memory [--original-repo ...]  # peak tensor memory, no compute
 
 Rows: the full-size released ft4 config with random weights (seeded, shared by both implementations), fp32, on a
 1x3x16x256x256 clip: encode (the 3D encoder plus the content encoder on the content frame, what a caller needs
 before decoding) and decode (normalised 1x16x4x8x8 latents + the content frame). Each measurement runs in a fresh
 process (`benchmarks/_harness.py`): median seconds of `--repeats` runs and the peak RSS of the call (weights and
 inputs count, model construction does not). The last column is the max abs difference of the two outputs.
+
+`--traced-memory` runs both implementations on fake tensors (`FakeTensorMode`, no arithmetic, seconds) under
+torch's `MemTracker` and prints the peak of live tensor bytes (weights + activations) for 16x256x256 and for a
+tiled 16x1024x1024 decode: an estimate of the tensors' share of the peak (no allocator overhead, interpreter or
+kernel workspaces), not a measurement; on the original at 16x256x256 it gives 10.0 GiB against the 10.3 GiB RSS
+measured in SPEC.md.
 
 `--original-repo` is a checkout of microsoft/Reducio-VAE (commit b460c07; not part of this project, never
 committed). Only `ldm/models/reducio_vae.py` and the modules it imports run; training-only imports
@@ -236,6 +243,74 @@ def _peak(result: dict) -> str:
     return f"{gib(result['peak_bytes'])} ({gib(result['peak_bytes'] - result['result'][1])})"
 
 
+def traced_peak(impl: str, task: str, side: int, original_repo: str | None, tiled: bool) -> float:
+    """Peak live tensor bytes (GiB) of one call of the full ft4 config on fake tensors (see the module docstring)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class Tracker(MemTracker):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            # no gradient hooks: the weights do not require gradients at inference
+            return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+        # Only the global peak is wanted: no per-module statistics (which refuse modules called once per tile).
+        def _pre_fw_hook(self, module, inputs):
+            pass
+
+        def _post_fw_hook(self, module, inputs, outputs):
+            pass
+
+    from diffusers_videovae.models.reducio_vae import AutoencoderKLReducio
+
+    with FakeTensorMode():
+        if impl == "ours":
+            model = AutoencoderKLReducio(**_config(False))
+            # The NaN checks read values, which fake tensors do not have.
+            for name in ("_check_latents", "_check_frame", "_check_video"):
+                setattr(model, name, lambda *args: None)
+            if tiled:
+                model.enable_tiling()
+        else:
+            params = _original_params(False)
+            model = original_class(original_repo)(
+                lossconfig={"target": "bench_reducio.NoLoss"}, ddconfig=params["ddconfig"],
+                ddconfig_2d=params["ddconfig_2d"], embed_dim=params["embed_dim"],
+            )  # fmt: skip
+        model.eval().requires_grad_(False)
+        video = torch.rand(1, 3, 16, side, side) * 2 - 1
+        frame = video[:, :, 7].contiguous()
+        latents = torch.randn(1, 16, 4, side // 32, side // 32)
+        tracker = Tracker()
+        tracker.track_external(model, video, frame, latents)
+        with tracker, torch.no_grad():
+            if impl == "ours" and task == "encode":
+                model.encode(video)
+                model.encode_content(frame)
+            elif impl == "ours":
+                model.decode(latents, content_frame=frame)
+            elif task == "encode":
+                model.encode_3d(video, use_tiling=tiled)
+                model.encode_2d(frame, use_tiling=tiled)
+            else:
+                model.decode(latents, model.encode_2d(frame, use_tiling=tiled), use_tiling=tiled)
+        peak = tracker.get_tracker_snapshot("peak")
+    return max(values["Total"] for values in peak.values()) / 2**30
+
+
+def traced_memory_table(original_repo: str | None) -> None:
+    rows = []
+    for task, side, tiled in (("encode", 256, False), ("decode", 256, False), ("decode", 1024, True)):
+        row = {
+            "task": f"{task} 1x3x16x{side}x{side}" + (" (tiled, 320/256)" if tiled else ""),
+            "ours": f"{traced_peak('ours', task, side, None, tiled):.2f} GiB",
+        }
+        if original_repo:
+            row["original"] = f"{traced_peak('original', task, side, original_repo, tiled):.2f} GiB"
+        rows.append(row)
+    print("\nReducio-VAE, full-size ft4 config: traced peak of live tensors (weights included), fake tensors\n")
+    print(format_table(rows, ["task", "ours"] + (["original"] if original_repo else [])))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original-repo", default=None, help="microsoft/Reducio-VAE checkout to compare against")
@@ -243,7 +318,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the issue asks)")
     parser.add_argument("--quick", action="store_true", help="tiny config and a 32x32 clip (smoke test)")
     parser.add_argument("--size", type=int, default=256, help="height and width of the clip (multiple of 32)")
+    parser.add_argument(
+        "--traced-memory", action="store_true", help="only the traced peak tensor memory (fake tensors, no compute)"
+    )
     args = parser.parse_args(argv)
+    if args.traced_memory:
+        if args.original_repo:
+            original_class(args.original_repo)
+        traced_memory_table(args.original_repo)
+        return
     side = 32 if args.quick else args.size
 
     with tempfile.TemporaryDirectory(prefix="bench_reducio_") as folder:
