@@ -394,6 +394,8 @@ def test_decode_needs_exactly_one_content_input_of_the_right_shape():
         model.decode(torch.randn(1, 4, 6, 2, 2), content_frame=frame)
     with pytest.raises(ValueError, match=r"\(B, 4, 4k, h, w\)"):
         model.decode(torch.randn(1, 8, 4, 2, 2), content_frame=frame)
+    with pytest.raises(ValueError, match="expected batch 1 and 16x16 positions"):
+        model.decode(z, content_features=model.encode_content(torch.zeros(1, 3, 32, 32)))
     with pytest.raises(ValueError, match="NaN"):
         model.decode(torch.full((1, 4, 4, 2, 2), float("nan")), content_frame=frame)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -507,3 +509,23 @@ def test_compile_has_no_graph_breaks_and_matches_eager():
             assert explanation.graph_break_count == 0, explanation.break_reasons
         compiled = torch.compile(model, fullgraph=True)(video).sample
     assert_close(compiled, eager, 1e-4, "compiled forward")
+
+
+def test_tiled_decode_also_takes_whole_frame_features():
+    model = _tiny()
+    video = _video(height=16, width=48)
+    with torch.no_grad():
+        latents = model.normalize_latents(model.encode(video).latent_dist.mean)
+        whole = model.encode_content(video[:, :, 7])
+        model.enable_tiling(24, 24, 16, 16)
+        tiled_content = model.encode_content(video[:, :, 7])
+        from_whole = model.decode(latents, content_features=whole).sample
+        from_tiles = model.decode(latents, content_features=tiled_content).sample
+        # Latent tile 1 (latent columns 2..5, pixels 16..40) reads the whole-frame features under its pixels;
+        # output columns 24..32 come from it alone (16..24 are blended with tile 0).
+        under = tuple(f[..., int(16 * f.shape[-1] / 48) : int(40 * f.shape[-1] / 48)] for f in whole)
+        tile = model.decoder(model.post_quant_conv(latents[..., 2:5]), under)
+    assert isinstance(tiled_content, ReducioTiledContent) and len(tiled_content.rows[0]) == 3
+    assert from_whole.shape == from_tiles.shape == video.shape
+    assert_close(from_whole[..., 24:32], tile[..., 8:16], 1e-5, "tile 1")
+    assert (from_whole - from_tiles).abs().max() > 1e-3  # the original's tiled features are other numbers
