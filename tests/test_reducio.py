@@ -411,21 +411,19 @@ def test_video_attention_wider_than_its_window_is_refused():
 # --- memory, slicing, training ------------------------------------------------------------------------------------
 
 
-def test_chunked_upsampling_equals_the_plain_one(monkeypatch):
-    layer = reducio_vae.ReducioUpsample(8, temporal=True)
+@pytest.mark.parametrize("temporal", [True, False])
+@pytest.mark.parametrize("step", [3, 4, 1000])
+def test_chunked_upsampling_equals_nearest_upsampling_and_a_padded_convolution(monkeypatch, temporal, step):
+    layer = reducio_vae.ReducioUpsample(8, temporal=temporal)
     x = torch.randn(1, 8, 5, 6, 6)
+    monkeypatch.setattr(reducio_vae, "_UPSAMPLE_FRAMES_PER_STEP", step)
     with torch.no_grad():
-        chunked = layer(x)
-        monkeypatch.setattr(reducio_vae, "_UPSAMPLE_FRAMES_PER_STEP", 1000)
-        plain = layer(x)
-        spatial = reducio_vae.ReducioUpsample(8, temporal=False)
-        monkeypatch.setattr(reducio_vae, "_UPSAMPLE_FRAMES_PER_STEP", 3)
-        spatial_chunked = spatial(x)
-    assert chunked.shape == (1, 8, 10, 12, 12)
-    assert_close(chunked, plain, 1e-5, "temporal")
-    assert_close(
-        spatial_chunked, spatial.conv(torch.nn.functional.interpolate(x, scale_factor=(1, 2, 2))), 1e-5, "spatial"
-    )
+        out = layer(x)
+        scale = (2, 2, 2) if temporal else (1, 2, 2)
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=scale)
+        expected = torch.nn.functional.conv3d(upsampled, layer.conv.weight, layer.conv.bias, padding=1)
+    assert out.shape == (1, 8, 10 if temporal else 5, 12, 12)
+    assert_close(out, expected, 1e-5, "upsample")
 
 
 def test_slicing_gives_the_same_result():
