@@ -154,27 +154,28 @@ class ReducioDownsample(nn.Module):
 
 
 class ReducioUpsample(nn.Module):
-    """Nearest 2x upsampling of (H, W) (or of (T, H, W) when `temporal`), then a 3x3x3 convolution, padding 1.
+    """Nearest 2x upsampling of (H, W) (or of (T, H, W) when `temporal`), then a 3x3x3 convolution, zero padding 1.
 
-    Without autograd the output is computed a few frames at a time (each step reads one upsampled frame of halo on
-    either side), so the upsampled input never exists for the whole clip; the result is the same.
+    The convolution pads time itself (`F.pad`), so that without autograd the output can be computed a few frames at
+    a time from the upsampled frames it reads (one frame of halo on either side, zeros past the clip): the upsampled
+    input never exists for the whole clip, no output frame is computed twice, and the result is the same.
     """
 
     def __init__(self, channels: int, temporal: bool):
         super().__init__()
         self.temporal = temporal
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv3d(channels, channels, 3, padding=(0, 1, 1))
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         scale = (2.0, 2.0, 2.0) if self.temporal else (1.0, 2.0, 2.0)
         return F.interpolate(x, scale_factor=scale, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = x.shape[2] * (2 if self.temporal else 1)
+        factor = 2 if self.temporal else 1
+        frames = x.shape[2] * factor
         step = _UPSAMPLE_FRAMES_PER_STEP
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or frames <= step:
-            return self.conv(self._upsample(x))
-        factor = 2 if self.temporal else 1
+            return self.conv(F.pad(self._upsample(x), (0, 0, 0, 0, 1, 1)))
         out = None
         for start in range(0, frames, step):
             stop = min(start + step, frames)
@@ -182,7 +183,7 @@ class ReducioUpsample(nn.Module):
             # upsampled frames [lo, hi) come from input frames [lo // factor, ceil(hi / factor))
             first, last = lo // factor, -(-hi // factor)
             up = self._upsample(x[:, :, first:last])[:, :, lo - first * factor : hi - first * factor]
-            part = self.conv(up)[:, :, start - lo : start - lo + stop - start]
+            part = self.conv(F.pad(up, (0, 0, 0, 0, lo - start + 1, stop + 1 - hi)))
             if out is None:
                 out = part.new_empty(*part.shape[:2], frames, *part.shape[3:])
             out[:, :, start:stop] = part
@@ -1044,6 +1045,13 @@ class AutoencoderKLReducio(
             expected = len(self.config.content_block_out_channels) + 1
             if len(features) != expected:
                 raise ValueError(f"`content_features` must hold {expected} feature maps, got {len(features)}.")
+            first = features[0]
+            if first.ndim != 4 or first.shape[0] != z.shape[0] or tuple(first.shape[-2:]) != size:
+                raise ValueError(
+                    f"`content_features` do not fit latents {tuple(z.shape)}: the first map is "
+                    f"{tuple(first.shape)}, expected batch {z.shape[0]} and {size[0]}x{size[1]} positions "
+                    "(features of the content frame of these latents, from `encode_content`)."
+                )
         elif len(features) != count:
             raise ValueError(f"`content_features` holds {len(features)} segments' features; the latents hold {count}.")
 
