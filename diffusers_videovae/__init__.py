@@ -13,6 +13,7 @@ _LAZY = {
     "AutoencoderKLIVVAE": "diffusers_videovae.models.iv_vae",
     "AutoencoderKLODVAE": "diffusers_videovae.models.od_vae",
     "AutoencoderKLOpenSora": "diffusers_videovae.models.opensora_vae",
+    "AutoencoderKLReducio": "diffusers_videovae.models.reducio_vae",
     "load_model": "diffusers_videovae.loaders",
     "CheckpointError": "diffusers_videovae.checkpoints",
     # Not public: diffusers' pipeline loader finds a component's load method by looking its base classes up in the
@@ -24,6 +25,7 @@ __all__ = [
     "AutoencoderKLIVVAE",
     "AutoencoderKLODVAE",
     "AutoencoderKLOpenSora",
+    "AutoencoderKLReducio",
     "CheckpointError",
     "__version__",
     "load_model",
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .models.iv_vae import AutoencoderKLIVVAE
     from .models.od_vae import AutoencoderKLODVAE
     from .models.opensora_vae import AutoencoderKLOpenSora
+    from .models.reducio_vae import AutoencoderKLReducio
 
 
 def __getattr__(name: str):

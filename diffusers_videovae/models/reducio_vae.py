@@ -1,0 +1,1234 @@
+# Copyright 2026 The diffusers-videovae contributors and Microsoft Corporation (Reducio-VAE).
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Reducio-VAE: a 4x32x32 (or 2x32x32) video VAE whose decoder cross-attends to a content frame.
+
+Original work: "Reducio! Generating 1024x1024 Video within 16 Seconds using Extremely Compressed Motion Latents"
+(Tian et al., 2024, arXiv:2411.13552) and https://github.com/microsoft/Reducio-VAE (MIT license). The released
+checkpoints (`microsoft/Reducio-VAE` on the Hub) are the original `.ckpt` files; this file re-implements the network
+so that they load with diffusers' API.
+
+What makes this model unlike the package's others:
+
+* a clip is 16 frames (the decoder's temporal position tables fix it); longer clips (`T = 16k`) are encoded and
+  decoded here as k independent 16-frame clips, as the original's latent-extraction script does;
+* a separate 2D "content encoder" turns the clip's middle frame `(T - 1) // 2` into a pyramid of features, and the
+  decoder cross-attends to them: `decode` needs that frame (or its features) besides the latents;
+* `decode` takes *normalised* latents: a parameter-free layer norm over `(C, t, h, w)` of each 16-frame segment,
+  which is also what Reducio-DiT is trained on (`normalize_latents`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
+from torch import nn
+
+from ..loaders import FromOriginalCheckpointMixin
+from ._common import InputRule, VideoAutoencoderMixin
+from ._tiling import blend, check_video
+
+__all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
+
+# Output frames of the upsampling convolutions computed per step (their zero-padded 3x3x3 kernel reads one frame of
+# halo on each side): the nearest-upsampled input is never materialised for the whole clip.
+_UPSAMPLE_FRAMES_PER_STEP = 4
+
+
+def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """Transformer sinusoids `(length, dim)`: angle `p / 10000^(2 * (j // 2) / dim)`, sin on even j, cos on odd j
+    (interleaved), computed in float64 as the original does."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    exponent = 2 * torch.div(torch.arange(dim), 2, rounding_mode="floor").to(torch.float64) / dim
+    angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponent)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float()
+
+
+def _split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """`(N, L, heads * d)` -> `(N, heads, L, d)`; channel `c = head * d + i` as in the original."""
+    batch, length, channels = tokens.shape
+    return tokens.view(batch, length, heads, channels // heads).transpose(1, 2)
+
+
+def _merge_heads(tokens: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, dim = tokens.shape
+    return tokens.transpose(1, 2).reshape(batch, length, heads * dim)
+
+
+def _windows(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """`(B, ..., H, W, C)` with H, W multiples of `window` -> `(B * rows * cols, ... * wh * ww, C)` in window order
+    (b, row, col) and tokens in (..., y, x) order."""
+    batch, *middle, height, width, channels = x.shape
+    rows, cols = height // window[0], width // window[1]
+    x = x.reshape(batch, *middle, rows, window[0], cols, window[1], channels)
+    n = len(middle)
+    # (B, *middle, rows, wh, cols, ww, C) -> (B, rows, cols, *middle, wh, ww, C)
+    order = [0, n + 1, n + 3, *range(1, n + 1), n + 2, n + 4, n + 5]
+    return x.permute(order).reshape(batch * rows * cols, -1, channels)
+
+
+def _unwindow(x: torch.Tensor, batch: int, middle: tuple[int, ...], size: tuple[int, int], window: tuple[int, int]):
+    """Inverse of `_windows`: `(B * rows * cols, ... * wh * ww, C)` -> `(B, ..., H, W, C)`."""
+    rows, cols = size[0] // window[0], size[1] // window[1]
+    channels = x.shape[-1]
+    x = x.reshape(batch, rows, cols, *middle, window[0], window[1], channels)
+    n = len(middle)
+    # (B, rows, cols, *middle, wh, ww, C) -> (B, *middle, rows, wh, cols, ww, C)
+    order = [0, *range(3, 3 + n), 1, 3 + n, 2, 4 + n, 5 + n]
+    return x.permute(order).reshape(batch, *middle, size[0], size[1], channels)
+
+
+class ReducioResnetBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU -> dropout -> conv, plus a 1x1 shortcut when the width changes.
+
+    3x3x3 convolutions for video (`dims=3`), 3x3 for the content frame (`dims=2`); zero padding; no time embedding.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dims: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.norm1 = _group_norm(in_channels, groups)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One statement per layer so that each intermediate is freed as soon as the next one exists (three
+        # full-size tensors at most besides the shortcut, which matters at 128 channels x 16 x 256 x 256).
+        h = F.silu(self.norm1(x), inplace=True)
+        h = self.conv1(h)
+        h = F.silu(self.norm2(h), inplace=True)
+        h = self.conv2(self.dropout(h))
+        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return h.add_(shortcut)
+
+
+class ReducioDownsample(nn.Module):
+    """2x downsampling: one zero at the END of each downsampled axis, then a stride-2 convolution without padding.
+
+    `dims=2`: 3x3 stride 2 (content frame). `dims=3`: kernel (1, 3, 3) stride (1, 2, 2) when `temporal` is False,
+    (3, 3, 3) stride 2 when True (16 frames -> 8). Sizes go n -> floor(n / 2).
+    """
+
+    def __init__(self, channels: int, dims: int, temporal: bool = False):
+        super().__init__()
+        if dims == 2:
+            self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+            self.padding = (0, 1, 0, 1)
+        elif temporal:
+            self.conv = nn.Conv3d(channels, channels, 3, stride=2)
+            self.padding = (0, 1, 0, 1, 0, 1)
+        else:
+            self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2))
+            self.padding = (0, 1, 0, 1, 0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.padding))
+
+
+class ReducioUpsample(nn.Module):
+    """Nearest 2x upsampling of (H, W) (or of (T, H, W) when `temporal`), then a 3x3x3 convolution, zero padding 1.
+
+    The convolution pads time itself (`F.pad`), so that without autograd the output can be computed a few frames at
+    a time from the upsampled frames it reads (one frame of halo on either side, zeros past the clip): the upsampled
+    input never exists for the whole clip, no output frame is computed twice, and the result is the same.
+    """
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.conv = nn.Conv3d(channels, channels, 3, padding=(0, 1, 1))
+
+    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
+        scale = (2.0, 2.0, 2.0) if self.temporal else (1.0, 2.0, 2.0)
+        return F.interpolate(x, scale_factor=scale, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 2 if self.temporal else 1
+        frames = x.shape[2] * factor
+        step = _UPSAMPLE_FRAMES_PER_STEP
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or frames <= step:
+            return self.conv(F.pad(self._upsample(x), (0, 0, 0, 0, 1, 1)))
+        out = None
+        for start in range(0, frames, step):
+            stop = min(start + step, frames)
+            lo, hi = max(start - 1, 0), min(stop + 1, frames)
+            # upsampled frames [lo, hi) come from input frames [lo // factor, ceil(hi / factor))
+            first, last = lo // factor, -(-hi // factor)
+            up = self._upsample(x[:, :, first:last])[:, :, lo - first * factor : hi - first * factor]
+            part = self.conv(F.pad(up, (0, 0, 0, 0, lo - start + 1, stop + 1 - hi)))
+            if out is None:
+                out = part.new_empty(*part.shape[:2], frames, *part.shape[3:])
+            out[:, :, start:stop] = part
+        return out
+
+
+class ReducioSelfAttention(nn.Module):
+    """Multi-head self-attention over all positions (the original's `MemoryEfficientAttnBlock`), residual.
+
+    GroupNorm, 1x1 q/k/v convolutions, `heads` heads of `C / heads` channels (softmax scale `(C / heads)^-0.5`),
+    tokens in (t, h, w) order, 1x1 output projection. For an image (`dims=2`) larger than `window_size^2` positions,
+    attention runs in `window_size x window_size` windows of the zero-padded (after the norm) map, unmasked as in the
+    original. The original's windowed path for video is broken (it raises an AttributeError), so video larger than
+    `window_size^2` latent positions is refused.
+    """
+
+    def __init__(self, channels: int, dims: int, heads: int = 8, window_size: int = 128, groups: int = 32):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"Self-attention width {channels} is not a multiple of its {heads} heads.")
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.dims = dims
+        self.heads = heads
+        self.window_size = window_size
+        self.norm = _group_norm(channels, groups)
+        self.q = conv(channels, channels, 1)
+        self.k = conv(channels, channels, 1)
+        self.v = conv(channels, channels, 1)
+        self.proj_out = conv(channels, channels, 1)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            _split_heads(q, self.heads), _split_heads(k, self.heads), _split_heads(v, self.heads)
+        )
+        return _merge_heads(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        ws = self.window_size
+        h = self.norm(x)
+        if self.dims == 3:
+            if height * width > ws * ws:
+                raise ValueError(
+                    f"Latent frames of {height}x{width} positions exceed the self-attention window "
+                    f"({ws}x{ws}); the original's windowed video attention is broken (it raises), so this size is "
+                    "not supported. Use enable_tiling() or smaller frames."
+                )
+            batch, channels, frames = x.shape[:3]
+            q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
+            out = self._attend(q, k, v).transpose(1, 2).reshape(batch, channels, frames, height, width)
+            return x + self.proj_out(out)
+        batch, channels = x.shape[:2]
+        if height * width > ws * ws:
+            padded = F.pad(h, (0, (-width) % ws, 0, (-height) % ws))
+            size = padded.shape[-2:]
+            q, k, v = (_windows(proj(padded).permute(0, 2, 3, 1), (ws, ws)) for proj in (self.q, self.k, self.v))
+            out = _unwindow(self._attend(q, k, v), batch, (), size, (ws, ws))
+            out = out[:, :height, :width].permute(0, 3, 1, 2)
+        else:
+            q, k, v = (proj(h).flatten(2).transpose(1, 2) for proj in (self.q, self.k, self.v))
+            out = self._attend(q, k, v).transpose(1, 2).reshape(batch, channels, height, width)
+        return x + self.proj_out(out)
+
+
+class ReducioCrossAttention(nn.Module):
+    """Attention from video tokens to content-frame tokens: `to_q` (no bias), `to_k` / `to_v` (no bias) from the
+    context width, heads of `head_dim` channels (scale `head_dim^-0.5`), `to_out` with bias.
+
+    Global: every query token attends to every context position. Windowed (original rule: the context has more
+    than `window_size^2` positions AND a query frame has at least `window_size^2`): the context is zero-padded
+    right/bottom to multiples of `window_size` and cut into square windows; the query frames get windows of
+    `ceil(window_size * h / h')` x `ceil(window_size * w / w')` (all frames in one window), zero-padded likewise;
+    window k of the video attends to window k of the context only, padded context positions unmasked.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        heads: int,
+        head_dim: int = 64,
+        window_size: int = 128,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.window_size = window_size
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, query_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            _split_heads(q, self.heads), _split_heads(k, self.heads), _split_heads(v, self.heads)
+        )
+        return _merge_heads(out)
+
+    def forward(self, hidden: torch.Tensor, grid: tuple[int, int, int], context: torch.Tensor) -> torch.Tensor:
+        """`hidden`: `(B, t*h*w, C)` normalised query tokens of a `grid = (t, h, w)` video; `context`:
+        `(B, C_ctx, h', w')`. Returns `(B, t*h*w, C)`."""
+        batch = hidden.shape[0]
+        frames, height, width = grid
+        ctx_h, ctx_w = context.shape[-2:]
+        ws = self.window_size
+        if ctx_h * ctx_w > ws * ws and height * width >= ws * ws:
+            win = (math.ceil(ws * height / ctx_h), math.ceil(ws * width / ctx_w))
+            context = F.pad(context, (0, (-ctx_w) % ws, 0, (-ctx_h) % ws))
+            query = hidden.view(batch, frames, height, width, -1)
+            query = F.pad(query, (0, 0, 0, (-width) % win[1], 0, (-height) % win[0]))
+            size = query.shape[2:4]
+            if (size[0] // win[0], size[1] // win[1]) != (context.shape[-2] // ws, context.shape[-1] // ws):
+                raise ValueError(
+                    f"Windowed cross-attention needs as many query windows as context windows: a {height}x{width} "
+                    f"feature map in {win[0]}x{win[1]} windows vs a {ctx_h}x{ctx_w} context in {ws}x{ws} windows."
+                )
+            q = self.to_q(_windows(query, win))
+            context = _windows(context.permute(0, 2, 3, 1), (ws, ws))
+            out = _unwindow(self._attend(q, self.to_k(context), self.to_v(context)), batch, (frames,), size, win)
+            out = out[:, :, :height, :width].reshape(batch, frames * height * width, -1)
+        else:
+            context = context.flatten(2).transpose(1, 2)
+            out = self._attend(self.to_q(hidden), self.to_k(context), self.to_v(context))
+        return self.dropout(self.to_out(out))
+
+
+class ReducioFusionBlock(nn.Module):
+    """Cross-attention of a video feature map to content features, with a temporal sinusoid added for good.
+
+    `x + pe[t]` (the same vector for every position of frame t) is LayerNormed to form the queries; the context is
+    used raw; the output is `x + pe + attention` (the positional table stays in the feature stream, as in the
+    original). `pos_embed` `(1, num_frames, 1, C)` is a stored, frozen table: it fixes the number of frames.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        context_channels: int,
+        num_frames: int,
+        head_dim: int = 64,
+        window_size: int = 128,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        heads = max(1, channels // head_dim)
+        self.pos_embed = nn.Parameter(_sinusoid_table(num_frames, channels)[None, :, None], requires_grad=False)
+        self.norm = nn.LayerNorm(channels, eps=1e-5)
+        self.attn = ReducioCrossAttention(channels, context_channels, heads, head_dim, window_size, dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch, channels, frames, height, width = x.shape
+        if frames != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"This fusion block works on {self.pos_embed.shape[1]} frames (its stored temporal table), got "
+                f"{frames}: decode one 16-frame segment's latents at a time."
+            )
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+        tokens = (tokens + self.pos_embed.to(tokens.dtype)).reshape(batch, frames * height * width, channels)
+        tokens = tokens + self.attn(self.norm(tokens), (frames, height, width), context)
+        return tokens.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def _run(owner: nn.Module, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """`module(*args)`, through diffusers' gradient checkpointing when `owner` has it on and autograd records."""
+    if torch.is_grad_enabled() and owner.gradient_checkpointing:
+        return owner._gradient_checkpointing_func(module, *args)
+    return module(*args)
+
+
+class ReducioDownBlock(nn.Module):
+    def __init__(self, in_channels, out_channels, layers, dims, downsample, temporal, dropout, groups):
+        super().__init__()
+        self.block = nn.ModuleList(
+            ReducioResnetBlock(in_channels if i == 0 else out_channels, out_channels, dims, dropout, groups)
+            for i in range(layers)
+        )
+        self.downsample = ReducioDownsample(out_channels, dims, temporal) if downsample else None
+
+
+class ReducioEncoderMidBlock(nn.Module):
+    def __init__(self, channels, dims, heads, window_size, dropout, groups, second_block=True):
+        super().__init__()
+        self.block_1 = ReducioResnetBlock(channels, channels, dims, dropout, groups)
+        self.attn_1 = ReducioSelfAttention(channels, dims, heads, window_size, groups)
+        # The content encoder's second mid block exists in the checkpoint but never reaches an output: not built.
+        self.block_2 = ReducioResnetBlock(channels, channels, dims, dropout, groups) if second_block else None
+
+
+class ReducioEncoder(nn.Module):
+    """The video encoder (`dims=3`): `(B, 3, T, H, W)` -> `(B, 2 * z_channels, T / 2^f_t, H / 2^(L-1), ...)`.
+
+    Every level but the last halves H and W; the last `num_temporal_downsamples` of those also halve T.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        z_channels: int,
+        conv_in_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        num_temporal_downsamples: int,
+        heads: int,
+        window_size: int,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        self.conv_in = nn.Conv3d(in_channels, conv_in_channels, 3, padding=1)
+        channels = [conv_in_channels, *block_out_channels]
+        self.down = nn.ModuleList(
+            ReducioDownBlock(
+                channels[i],
+                channels[i + 1],
+                layers_per_block,
+                3,
+                downsample=i < levels - 1,
+                temporal=i >= levels - 1 - num_temporal_downsamples,
+                dropout=dropout,
+                groups=groups,
+            )
+            for i in range(levels)
+        )
+        width = block_out_channels[-1]
+        self.mid = ReducioEncoderMidBlock(width, 3, heads, window_size, dropout, groups)
+        self.norm_out = _group_norm(width, groups)
+        self.conv_out = nn.Conv3d(width, 2 * z_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = _run(self, block, h)
+            if level.downsample is not None:
+                h = level.downsample(h)
+        h = _run(self, self.mid.block_1, h)
+        h = _run(self, self.mid.attn_1, h)
+        h = _run(self, self.mid.block_2, h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ReducioContentEncoder(nn.Module):
+    """The 2D content-frame encoder: `(B, 3, H, W)` -> features, one per level (the output of its resnets, before
+    its downsampler) plus the mid feature after self-attention: `len(block_out_channels) + 1` maps, the first at
+    full resolution, each level halving H and W (the last level and the mid feature share a size)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        conv_in_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        heads: int,
+        window_size: int,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        self.conv_in = nn.Conv2d(in_channels, conv_in_channels, 3, padding=1)
+        channels = [conv_in_channels, *block_out_channels]
+        self.down = nn.ModuleList(
+            ReducioDownBlock(channels[i], channels[i + 1], layers_per_block, 2, i < levels - 1, False, dropout, groups)
+            for i in range(levels)
+        )
+        self.mid = ReducioEncoderMidBlock(
+            block_out_channels[-1], 2, heads, window_size, dropout, groups, second_block=False
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = []
+        h = self.conv_in(frame)
+        for level in self.down:
+            for block in level.block:
+                h = _run(self, block, h)
+            features.append(h)
+            if level.downsample is not None:
+                h = level.downsample(h)
+        h = _run(self, self.mid.block_1, h)
+        features.append(_run(self, self.mid.attn_1, h))
+        return tuple(features)
+
+
+class ReducioDecoderMidBlock(nn.Module):
+    def __init__(
+        self, in_channels, channels, context_channels, num_frames, heads, head_dim, window_size, dropout, groups
+    ):
+        super().__init__()
+        self.block_1 = ReducioResnetBlock(in_channels, channels, 3, dropout, groups)
+        self.fusion = (
+            ReducioFusionBlock(channels, context_channels, num_frames, head_dim, window_size, dropout)
+            if context_channels
+            else None
+        )
+        self.attn_1 = ReducioSelfAttention(channels, 3, heads, window_size, groups)
+        self.block_2 = ReducioResnetBlock(channels, channels, 3, dropout, groups)
+
+
+class ReducioUpBlock(nn.Module):
+    """One decoder level: resnets, an optional fusion block, resnets, an optional upsampler."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        layers: int,
+        context_channels: int,
+        num_frames: int,
+        upsample: bool,
+        temporal: bool,
+        head_dim: int,
+        window_size: int,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        self.block_1 = nn.ModuleList(
+            ReducioResnetBlock(in_channels if i == 0 else channels, channels, 3, dropout, groups)
+            for i in range(layers)
+        )
+        self.fusion = (
+            ReducioFusionBlock(channels, context_channels, num_frames, head_dim, window_size, dropout)
+            if context_channels
+            else None
+        )
+        self.block_2 = nn.ModuleList(ReducioResnetBlock(channels, channels, 3, dropout, groups) for _ in range(layers))
+        self.upsample = ReducioUpsample(channels, temporal) if upsample else None
+
+
+class ReducioDecoder(nn.Module):
+    """The fusion decoder: latents `(B, z_channels, t, h, w)` + content features -> `(B, 3, T, H, W)`.
+
+    `up[i]` works at 1 / 2^i of the output size (`up[0]` last); level i cross-attends to content feature
+    `fusion_feature_index[i]` (-1: none) and, when `mid_fusion`, the mid block to the last (mid) content feature.
+    Every level but 0 doubles H and W; the deepest `num_temporal_downsamples` levels also double T.
+    """
+
+    def __init__(
+        self,
+        out_channels: int,
+        z_channels: int,
+        conv_in_channels: int,
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        num_temporal_downsamples: int,
+        num_frames: int,
+        content_channels: tuple[int, ...],
+        fusion_feature_index: tuple[int, ...],
+        mid_fusion: bool,
+        heads: int,
+        head_dim: int,
+        window_size: int,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        self.fusion_feature_index = tuple(fusion_feature_index)
+        self.conv_in = nn.Conv3d(z_channels, conv_in_channels, 3, padding=1)
+        latent_frames = num_frames // 2**num_temporal_downsamples
+        self.mid = ReducioDecoderMidBlock(
+            conv_in_channels,
+            block_out_channels[-1],
+            content_channels[-1] if mid_fusion else 0,
+            latent_frames,
+            heads,
+            head_dim,
+            window_size,
+            dropout,
+            groups,
+        )
+        up = []
+        frames, width = latent_frames, block_out_channels[-1]
+        for i in reversed(range(levels)):
+            temporal = i >= levels - num_temporal_downsamples
+            index = fusion_feature_index[i]
+            context = content_channels[index] if index >= 0 else 0
+            up.append(
+                ReducioUpBlock(
+                    width,
+                    block_out_channels[i],
+                    layers_per_block,
+                    context,
+                    frames,
+                    i > 0,
+                    temporal,
+                    head_dim,
+                    window_size,
+                    dropout,
+                    groups,
+                )
+            )
+            width = block_out_channels[i]
+            if i > 0 and temporal:
+                frames *= 2
+        self.up = nn.ModuleList(reversed(up))
+        self.norm_out = _group_norm(block_out_channels[0], groups)
+        self.conv_out = nn.Conv3d(block_out_channels[0], out_channels, 3, padding=1)
+        self.gradient_checkpointing = False
+
+    def forward(self, z: torch.Tensor, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = _run(self, self.mid.block_1, h)
+        if self.mid.fusion is not None:
+            h = _run(self, self.mid.fusion, h, features[-1])
+        h = _run(self, self.mid.attn_1, h)
+        h = _run(self, self.mid.block_2, h)
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
+            for block in level.block_1:
+                h = _run(self, block, h)
+            if level.fusion is not None:
+                h = _run(self, level.fusion, h, features[self.fusion_feature_index[i]])
+            for block in level.block_2:
+                h = _run(self, block, h)
+            if level.upsample is not None:
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+
+
+@dataclass
+class ReducioTiledContent:
+    """Content features computed tile by tile, as the original's tiled mode keeps them: `rows[i][j]` is the feature
+    tuple of pixel tile (i, j), blended with its upper and left neighbours and NOT cropped. `decode` pairs latent
+    tile (i, j) with it, as the original does."""
+
+    rows: list[list[tuple[torch.Tensor, ...]]]
+
+    def select(self, index: slice) -> ReducioTiledContent:
+        """The same tiles for a slice of the batch."""
+        return ReducioTiledContent([[tuple(f[index] for f in tile) for tile in row] for row in self.rows])
+
+
+class AutoencoderKLReducio(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
+    r"""Reducio-VAE (microsoft/Reducio-VAE): 16-frame clips to `4 x 32 x 32`-compressed latents (ft4) or
+    `2 x 32 x 32` (ft2), decoded with the help of the clip's content frame.
+
+    * `encode(x)`: `x` `(B, 3, T, H, W)` in [-1, 1], T = 16k, H and W multiples of 32 -> the RAW posterior over
+      `(B, latent_channels, k * 16 / r_t, H / 32, W / 32)` (log-variance clamped to [-30, 20]); each 16-frame segment
+      is encoded as an independent clip.
+    * `encode_content(frame)`: the content frame `(B, 3, H, W)` -> its features (a tuple, 5 maps for the releases).
+      The content frame of a clip is its frame `(T - 1) // 2` (index 7 of 16), of each segment for T = 16k.
+    * `normalize_latents(z)`: **the latent normalisation** (`latent_normalization` in the docs of every model):
+      `layer_norm(z)` over `(C, t, h, w)` of each 16-frame segment's latents, per sample, no affine, eps
+      `latent_norm_eps` (1e-5). This is what Reducio-DiT is trained on, and what `decode` takes. It is not
+      invertible: `denormalize_latents` is the identity, `latents_for_decode(z) = normalize_latents(z)`.
+    * `decode(latents, content_frame=..., content_features=...)`: NORMALISED latents + the content frame(s) (or
+      their features from `encode_content`; exactly one of the two) -> `(B, 3, 16k, H, W)`, unclamped.
+
+    The defaults are the released ft4 model (`reducio-ft4-fs32-attn23.ckpt`); ft2 is `num_temporal_downsamples=1`.
+
+    Args:
+        in_channels / out_channels (`int`, defaults to 3): video channels.
+        latent_channels (`int`, defaults to 16): posterior channels (the original `embed_dim`).
+        z_channels (`int`, defaults to 16): encoder output / decoder input channels around the quant convs.
+        conv_in_channels (`int`, defaults to 128): width of the video encoder's `conv_in` (original `ch`).
+        block_out_channels (`tuple[int]`, defaults to `(128, 256, 256, 512, 512, 512)`): video encoder widths per
+            level (`ch * ch_mult`); L levels compress H and W by `2^(L-1)`.
+        decoder_block_out_channels (`tuple[int]`, optional): decoder widths per level (`ch_in * ch_mult`); defaults
+            to `block_out_channels`. The decoder's `conv_in` is `block_out_channels[-1]` wide.
+        layers_per_block (`int`, defaults to 2): resnets per encoder level; decoder levels have twice as many, split
+            around their fusion block.
+        num_temporal_downsamples (`int`, defaults to 2): the original `f_t` (ft4: 2, ft2: 1): the deepest levels
+            that also halve / double time. Temporal compression `2^f_t`.
+        num_frames (`int`, defaults to 16): the clip length (`temp_res`), fixed by the decoder's temporal tables.
+        content_conv_in_channels (`int`, defaults to 128): width of the content encoder's `conv_in`.
+        content_block_out_channels (`tuple[int]`, defaults to `(128, 256, 512, 512)`): content encoder widths.
+        content_layers_per_block (`int`, defaults to 2): resnets per content encoder level.
+        fusion_feature_index (`tuple[int]`, defaults to `(-1, -1, 2, 3, -1, -1)`): per decoder level (0 = highest
+            resolution), the content feature it cross-attends to, or -1 (original `ch_fuse`).
+        mid_fusion (`bool`, defaults to True): whether the decoder's mid block cross-attends to the mid content
+            feature.
+        attention_num_heads (`int`, defaults to 8): heads of the mid self-attention blocks.
+        fusion_head_dim (`int`, defaults to 64): head width of the fusion cross-attention (`max(1, C // 64)` heads).
+        window_size (`int`, defaults to 128): window of the decoder's cross-attention (and the video self-attention
+            limit), in positions per side.
+        content_window_size (`int`, defaults to 256): window of the content encoder's self-attention.
+        norm_num_groups (`int`, defaults to 32): GroupNorm groups (eps 1e-6).
+        dropout (`float`, defaults to 0.0).
+        latent_norm_eps (`float`, defaults to 1e-5): eps of the latent layer norm.
+        temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived; given values must agree.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["ReducioResnetBlock", "ReducioSelfAttention", "ReducioFusionBlock"]
+    _skip_layerwise_casting_patterns = ["norm", "pos_embed"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        latent_channels: int = 16,
+        z_channels: int = 16,
+        conv_in_channels: int = 128,
+        block_out_channels: tuple[int, ...] = (128, 256, 256, 512, 512, 512),
+        decoder_block_out_channels: tuple[int, ...] | None = None,
+        layers_per_block: int = 2,
+        num_temporal_downsamples: int = 2,
+        num_frames: int = 16,
+        content_conv_in_channels: int = 128,
+        content_block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        content_layers_per_block: int = 2,
+        fusion_feature_index: tuple[int, ...] = (-1, -1, 2, 3, -1, -1),
+        mid_fusion: bool = True,
+        attention_num_heads: int = 8,
+        fusion_head_dim: int = 64,
+        window_size: int = 128,
+        content_window_size: int = 256,
+        norm_num_groups: int = 32,
+        dropout: float = 0.0,
+        latent_norm_eps: float = 1e-5,
+        temporal_compression_ratio: int | None = None,
+        spatial_compression_ratio: int | None = None,
+    ):
+        super().__init__()
+        levels = len(block_out_channels)
+        decoder_block_out_channels = tuple(decoder_block_out_channels or block_out_channels)
+        if len(decoder_block_out_channels) != levels or len(fusion_feature_index) != levels:
+            raise ValueError(
+                f"decoder_block_out_channels ({len(decoder_block_out_channels)}) and fusion_feature_index "
+                f"({len(fusion_feature_index)}) need one entry per level of block_out_channels ({levels})."
+            )
+        if not 0 <= num_temporal_downsamples <= levels - 1:
+            raise ValueError(f"num_temporal_downsamples={num_temporal_downsamples} must be in [0, {levels - 1}].")
+        temporal = 2**num_temporal_downsamples
+        if num_frames % temporal:
+            raise ValueError(f"num_frames={num_frames} must be a multiple of the temporal compression {temporal}.")
+        features = len(content_block_out_channels) + 1
+        bad = [index for index in fusion_feature_index if not -1 <= index < features]
+        if bad:
+            raise ValueError(f"fusion_feature_index entries {bad} are not content features (0..{features - 1}) or -1.")
+        spatial = 2 ** (levels - 1)
+        for name, given, derived in (
+            ("temporal_compression_ratio", temporal_compression_ratio, temporal),
+            ("spatial_compression_ratio", spatial_compression_ratio, spatial),
+        ):
+            if given is not None and given != derived:
+                raise ValueError(f"{name}={given} disagrees with the layout, which gives {derived}.")
+        self.register_to_config(
+            temporal_compression_ratio=temporal,
+            spatial_compression_ratio=spatial,
+            decoder_block_out_channels=decoder_block_out_channels,
+        )
+
+        self.encoder = ReducioEncoder(
+            in_channels,
+            z_channels,
+            conv_in_channels,
+            tuple(block_out_channels),
+            layers_per_block,
+            num_temporal_downsamples,
+            attention_num_heads,
+            window_size,
+            dropout,
+            norm_num_groups,
+        )
+        self.content_encoder = ReducioContentEncoder(
+            in_channels,
+            content_conv_in_channels,
+            tuple(content_block_out_channels),
+            content_layers_per_block,
+            attention_num_heads,
+            content_window_size,
+            dropout,
+            norm_num_groups,
+        )
+        self.decoder = ReducioDecoder(
+            out_channels,
+            z_channels,
+            block_out_channels[-1],
+            decoder_block_out_channels,
+            layers_per_block,
+            num_temporal_downsamples,
+            num_frames,
+            (*content_block_out_channels, content_block_out_channels[-1]),
+            tuple(fusion_feature_index),
+            mid_fusion,
+            attention_num_heads,
+            fusion_head_dim,
+            window_size,
+            dropout,
+            norm_num_groups,
+        )
+        self.quant_conv = nn.Conv3d(2 * z_channels, 2 * latent_channels, 1)
+        self.post_quant_conv = nn.Conv3d(latent_channels, z_channels, 1)
+
+        self.use_slicing = False
+        self.use_tiling = False
+        # The released settings: tile_sample_min_size 256, tile_overlap_factor 0.25 -> 320-px tiles every 256 px.
+        self.tile_sample_min_height = 320
+        self.tile_sample_min_width = 320
+        self.tile_sample_stride_height = 256
+        self.tile_sample_stride_width = 256
+
+    # --- the package-wide contract -------------------------------------------------------------------------------
+
+    @property
+    def input_rule(self) -> InputRule:
+        """T = 16k (k independent 16-frame clips), H and W multiples of 32."""
+        frames = int(self.config.num_frames)
+        return InputRule(
+            int(self.config.temporal_compression_ratio),
+            int(self.config.spatial_compression_ratio),
+            first_num_frames=frames,
+            frame_step=frames,
+        )
+
+    @property
+    def latent_frames_per_segment(self) -> int:
+        return int(self.config.num_frames) // int(self.config.temporal_compression_ratio)
+
+    @property
+    def latent_normalization(self) -> dict:
+        return {
+            "latent_norm_eps": float(self.config.latent_norm_eps),
+            "formula": "layer_norm(z) over (C, t, h, w) of each 16-frame segment's latents, per sample, no affine; "
+            "decode takes these normalised latents (not invertible)",
+        }
+
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents `(B, C, k * t, h, w)` (t latent frames per 16-frame segment) -> layer-normalised latents: each
+        sample's `(C, t, h, w)` block of each segment to zero mean and unit variance (no affine, eps 1e-5)."""
+        segment = self.latent_frames_per_segment
+        self._check_latents(z, "z")
+        batch, channels, frames, height, width = z.shape
+        count = frames // segment
+        if count == 1:
+            return F.layer_norm(z, z.shape[1:], eps=self.config.latent_norm_eps)
+        blocks = z.view(batch, channels, count, segment, height, width).transpose(1, 2)
+        blocks = F.layer_norm(blocks, blocks.shape[2:], eps=self.config.latent_norm_eps)
+        return blocks.transpose(1, 2).reshape(z.shape)
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Identity: `decode` takes the normalised latents themselves (the layer norm has no inverse)."""
+        return latents
+
+    def latents_for_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw posterior latents -> what `decode` takes: `normalize_latents(z)`."""
+        return self.normalize_latents(z)
+
+    def content_frame_indices(self, num_frames: int) -> list[int]:
+        """Indices of the content frames of a `num_frames`-frame clip: frame `(16 - 1) // 2 = 7` of each segment."""
+        segment = int(self.config.num_frames)
+        return [start + (segment - 1) // 2 for start in range(0, num_frames - segment + 1, segment)]
+
+    def decode_conditions(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`{"content_frame": (B, 3, k, H, W)}`: the content frame of each of the k 16-frame segments of `video`."""
+        self._check_video(video, "video")
+        return {"content_frame": video[:, :, self.content_frame_indices(video.shape[2])]}
+
+    # --- tiling ----------------------------------------------------------------------------------------------------
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        r"""Encode, compute content features and decode in overlapping spatial tiles, as the original's tiled mode.
+
+        The original's `tile_sample_min_size = S`, `tile_overlap_factor = ov` map to
+        `enable_tiling(int(S * (1 + ov)), int(S * (1 + ov)), S, S)` (defaults: the released 256 / 0.25 -> 320-px
+        tiles every 256 px). A frame larger than one tile in H or W is cut into tiles starting every stride pixels
+        (edge tiles are smaller). Encoding: each tile's moments are blended with the upper then left neighbour over
+        `(min - stride) / 32` latent pixels and cropped to `stride / 32`. Content features: each tile's features are
+        blended with its neighbours level by level over `int(n / (1 + ov) * ov)` of the neighbour's n positions and
+        kept uncropped, per tile (`ReducioTiledContent`). Decoding: latent tile (i, j) (`min / 32` wide, every
+        `stride / 32`) is decoded with content tile (i, j), blended over `min - stride` pixels and cropped to
+        `stride`. The results are the original's tiled results (tested), not the untiled ones: each tile sees only
+        its own part of the frame in GroupNorm, attention and the content features. The original only checks H to
+        decide whether to tile; here both H and W follow the same rule. Memory is bounded by the tile size, which
+        is how the released 1024-px configs run.
+
+        Args:
+            tile_sample_min_height / tile_sample_min_width (`int`, defaults to 320): tile size in pixels, a
+                multiple of 32.
+            tile_sample_stride_height / tile_sample_stride_width (`int`, defaults to 256): tile stride in pixels, a
+                multiple of 32, at most the tile size.
+        """
+        values = {
+            "tile_sample_min_height": tile_sample_min_height,
+            "tile_sample_min_width": tile_sample_min_width,
+            "tile_sample_stride_height": tile_sample_stride_height,
+            "tile_sample_stride_width": tile_sample_stride_width,
+        }
+        values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
+        spatial = self.config.spatial_compression_ratio
+        for axis in ("height", "width"):
+            size, stride = values[f"tile_sample_min_{axis}"], values[f"tile_sample_stride_{axis}"]
+            if size % spatial or stride % spatial or not 0 < stride <= size:
+                raise ValueError(
+                    f"tile_sample_min_{axis}={size} and tile_sample_stride_{axis}={stride} must be positive multiples "
+                    f"of {spatial} with stride <= size."
+                )
+        for name, value in values.items():
+            setattr(self, name, value)
+        self.use_tiling = True
+
+    def _tiles_needed(self, height: int, width: int) -> bool:
+        """Whether a frame of `height x width` pixels takes the tiled path."""
+        return self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width)
+
+    # --- checks ----------------------------------------------------------------------------------------------------
+
+    def _check_video(self, x: torch.Tensor, name: str) -> None:
+        rule = self.input_rule
+        if not torch.compiler.is_compiling():
+            check_video(x, in_channels=self.config.in_channels, spatial_multiple=rule.spatial_multiple, name=name)
+        frames = x.shape[2]
+        if frames < rule.first_num_frames or frames % rule.step:
+            below, above = rule.nearest_num_frames(frames)
+            nearest = f"{below} or {above}; e.g. use `x[:, :, :{below}]`" if frames > below else f"{below}"
+            raise ValueError(
+                f"`{name}` has {frames} frames, but Reducio-VAE takes clips of T = {rule.step}k frames (each 16-frame "
+                f"segment is an independent clip; the original only accepts exactly 16 and fails on other counts). "
+                f"Nearest valid frame counts: {nearest}."
+            )
+
+    def _check_frame(self, frame: torch.Tensor, name: str) -> None:
+        spatial = self.config.spatial_compression_ratio
+        if not isinstance(frame, torch.Tensor) or frame.ndim != 4 or frame.shape[1] != self.config.in_channels:
+            shape = tuple(frame.shape) if isinstance(frame, torch.Tensor) else type(frame).__name__
+            raise ValueError(
+                f"`{name}` must be a content frame of shape (B, {self.config.in_channels}, H, W) in [-1, 1] (the "
+                f"clip's frame (T - 1) // 2 = 7), got {shape}."
+            )
+        if not frame.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating point tensor in [-1, 1], got dtype {frame.dtype}.")
+        if frame.shape[-2] % spatial or frame.shape[-1] % spatial:
+            raise ValueError(
+                f"`{name}` is {frame.shape[-2]}x{frame.shape[-1]}; H and W must be multiples of {spatial}."
+            )
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(frame).all()):
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+
+    def _check_latents(self, z: torch.Tensor, name: str) -> None:
+        channels = self.config.latent_channels
+        segment = self.latent_frames_per_segment
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != channels:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"`{name}` must have shape (B, {channels}, {segment}k, h, w), got {shape}.")
+        if not z.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating point tensor, got dtype {z.dtype}.")
+        if z.shape[2] == 0 or z.shape[2] % segment or min(z.shape) == 0:
+            raise ValueError(
+                f"`{name}` has {z.shape[2]} latent frames; each 16-frame segment has {segment}, so it must be a "
+                f"positive multiple of {segment} (shape {tuple(z.shape)})."
+            )
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+
+    # --- encoding --------------------------------------------------------------------------------------------------
+
+    def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Moments of one 16-frame segment."""
+        if self._tiles_needed(x.shape[-2], x.shape[-1]):
+            return self.tiled_encode(x)
+        return self._encode_moments(x)
+
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        r"""Encode a video into its RAW posterior.
+
+        Args:
+            x: `(B, 3, T, H, W)` in [-1, 1], T = 16k (k independent 16-frame segments), H and W multiples of 32.
+
+        Returns:
+            `AutoencoderKLOutput(latent_dist)`: a `DiagonalGaussianDistribution` over
+            `(B, latent_channels, k * 16 / r_t, H / 32, W / 32)` (r_t = 4 for ft4, 2 for ft2), log-variance clamped
+            to [-30, 20]. Pass `normalize_latents(z)` of a sample or mode to `decode` and to Reducio-DiT.
+        """
+        self._check_video(x, "x")
+        segment = int(self.config.num_frames)
+        items = x.split(1) if self.use_slicing and x.shape[0] > 1 else (x,)
+        moments = torch.cat(
+            [torch.cat([self._encode(part) for part in item.split(segment, dim=2)], dim=2) for item in items]
+        )
+        posterior = DiagonalGaussianDistribution(moments)
+        if not return_dict:
+            return (posterior,)
+        return AutoencoderKLOutput(latent_dist=posterior)
+
+    @apply_forward_hook
+    def encode_content(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...] | ReducioTiledContent:
+        r"""The content encoder's features of a content frame (the clip's frame `(T - 1) // 2`).
+
+        Args:
+            frame: `(B, 3, H, W)` in [-1, 1], H and W multiples of 32.
+
+        Returns:
+            A tuple of `len(content_block_out_channels) + 1` feature maps, in the original's order: level i's
+            output `(B, content_block_out_channels[i], H / 2^i, W / 2^i)`, then the mid feature (released: 5 maps,
+            128 x H, 256 x H/2, 512 x H/4, 512 x H/8, 512 x H/8). With tiling enabled and a frame larger than one
+            tile: a `ReducioTiledContent` holding the feature tuple of every tile (see `enable_tiling`).
+        """
+        self._check_frame(frame, "frame")
+        if self._tiles_needed(frame.shape[-2], frame.shape[-1]):
+            return self.tiled_encode_content(frame)
+        if self.use_slicing and frame.shape[0] > 1:
+            parts = [self.content_encoder(item) for item in frame.split(1)]
+            return tuple(torch.cat(maps) for maps in zip(*parts))
+        return self.content_encoder(frame)
+
+    # --- decoding --------------------------------------------------------------------------------------------------
+
+    def _segment_features(self, frame: torch.Tensor | None, features, segment: int, count: int):
+        """Content features of one segment from the `content_frame` / `content_features` arguments."""
+        if frame is not None:
+            single = frame if frame.ndim == 4 else frame[:, :, segment]
+            return self.encode_content(single)
+        if count == 1 and (isinstance(features, ReducioTiledContent) or isinstance(features[0], torch.Tensor)):
+            return features
+        return features[segment]
+
+    def _check_conditions(self, z: torch.Tensor, frame, features, count: int) -> None:
+        if (frame is None) == (features is None):
+            raise ValueError(
+                "decode needs exactly one of `content_frame` (the clip's frame (T - 1) // 2, shape (B, 3, H, W), or "
+                "(B, 3, k, H, W) for k 16-frame segments) and `content_features` (from `encode_content`); "
+                + ("both were given." if frame is not None else "neither was given.")
+            )
+        spatial = self.config.spatial_compression_ratio
+        size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
+        if frame is not None:
+            if not isinstance(frame, torch.Tensor) or frame.ndim not in (4, 5):
+                raise ValueError(
+                    "`content_frame` must be (B, 3, H, W) for one 16-frame segment or (B, 3, k, H, W) for k segments."
+                )
+            frames = 1 if frame.ndim == 4 else frame.shape[2]
+            if frames != count or frame.shape[0] != z.shape[0] or tuple(frame.shape[-2:]) != size:
+                raise ValueError(
+                    f"`content_frame` of shape {tuple(frame.shape)} does not fit latents {tuple(z.shape)}: expected "
+                    f"batch {z.shape[0]}, {count} content frame(s) ((B, 3, H, W) for one segment, (B, 3, k, H, W) "
+                    f"for k) of {size[0]}x{size[1]} pixels."
+                )
+            return
+        if isinstance(features, (ReducioTiledContent, torch.Tensor)) or not isinstance(features, (tuple, list)):
+            if count != 1 or isinstance(features, torch.Tensor):
+                raise ValueError(
+                    "`content_features` must be the tuple returned by `encode_content` (or, for k 16-frame segments, "
+                    f"a list of k of them); got {type(features).__name__} for {count} segment(s)."
+                )
+            return
+        if len(features) and isinstance(features[0], torch.Tensor):
+            if count != 1:
+                raise ValueError(f"The latents hold {count} segments: pass a list of {count} feature tuples.")
+            expected = len(self.config.content_block_out_channels) + 1
+            if len(features) != expected:
+                raise ValueError(f"`content_features` must hold {expected} feature maps, got {len(features)}.")
+            first = features[0]
+            if first.ndim != 4 or first.shape[0] != z.shape[0] or tuple(first.shape[-2:]) != size:
+                raise ValueError(
+                    f"`content_features` do not fit latents {tuple(z.shape)}: the first map is "
+                    f"{tuple(first.shape)}, expected batch {z.shape[0]} and {size[0]}x{size[1]} positions "
+                    "(features of the content frame of these latents, from `encode_content`)."
+                )
+        elif len(features) != count:
+            raise ValueError(f"`content_features` holds {len(features)} segments' features; the latents hold {count}.")
+
+    def _decode(self, z: torch.Tensor, features) -> torch.Tensor:
+        """One segment: normalised latents `(B, C, t, h, w)` + its content features -> `(B, 3, 16, H, W)`."""
+        spatial = self.config.spatial_compression_ratio
+        if self._tiles_needed(z.shape[-2] * spatial, z.shape[-1] * spatial):
+            return self.tiled_decode(z, features)
+        if isinstance(features, ReducioTiledContent):
+            if len(features.rows) != 1 or len(features.rows[0]) != 1:
+                raise ValueError("Tiled content features were given, but these latents are decoded in one piece.")
+            features = features.rows[0][0]
+        return self.decoder(self.post_quant_conv(z), tuple(features))
+
+    @apply_forward_hook
+    def decode(
+        self,
+        z: torch.Tensor,
+        content_frame: torch.Tensor | None = None,
+        content_features=None,
+        return_dict: bool = True,
+    ) -> DecoderOutput | tuple:
+        r"""Decode NORMALISED latents (`normalize_latents` of a posterior sample or mode) with the content frame.
+
+        Args:
+            z: `(B, latent_channels, k * t, h, w)`, t = 16 / r_t latent frames per 16-frame segment.
+            content_frame: the content frame, `(B, 3, 32 h, 32 w)` in [-1, 1] for one segment (the clip's frame
+                `(T - 1) // 2`), or `(B, 3, k, 32 h, 32 w)` with the content frame of each of k segments (as
+                `decode_conditions` returns).
+            content_features: instead of `content_frame`, what `encode_content` returned for it (a list of k of
+                them for k segments). Exactly one of `content_frame` and `content_features` is required.
+
+        Returns:
+            `DecoderOutput(sample)` with `sample` `(B, 3, 16k, 32 h, 32 w)`, unclamped.
+        """
+        self._check_latents(z, "z")
+        segment = self.latent_frames_per_segment
+        count = z.shape[2] // segment
+        self._check_conditions(z, content_frame, content_features, count)
+        if content_frame is not None:
+            self._check_frame(content_frame if content_frame.ndim == 4 else content_frame[:, :, 0], "content_frame")
+        outputs = []
+        for index in range(count):
+            features = self._segment_features(content_frame, content_features, index, count)
+            part = z[:, :, index * segment : (index + 1) * segment]
+            if self.use_slicing and z.shape[0] > 1:
+                decoded = torch.cat(
+                    [self._decode(part[b : b + 1], _select(features, slice(b, b + 1))) for b in range(z.shape[0])]
+                )
+            else:
+                decoded = self._decode(part, features)
+            outputs.append(decoded)
+        decoded = torch.cat(outputs, dim=2) if count > 1 else outputs[0]
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+    # --- tiles -----------------------------------------------------------------------------------------------------
+
+    def _overlap_factor(self, axis: str) -> float:
+        """The original's `tile_overlap_factor` for these tile settings: `(min - stride) / stride`."""
+        size, stride = getattr(self, f"tile_sample_min_{axis}"), getattr(self, f"tile_sample_stride_{axis}")
+        return (size - stride) / stride
+
+    @staticmethod
+    def _blend_grid(rows: list[list], blend_rows, blend_cols) -> None:
+        """Blend every tile with its (already blended) upper neighbour, then its left one, in place in `rows`."""
+        for i, row in enumerate(rows):
+            for j, tile in enumerate(row):
+                if i > 0:
+                    tile = blend_rows(rows[i - 1][j], tile)
+                if j > 0:
+                    tile = blend_cols(row[j - 1], tile)
+                row[j] = tile
+
+    def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Moments `(B, 2 * latent_channels, t, H / 32, W / 32)` of one segment, tile by tile (see `enable_tiling`)."""
+        spatial = self.config.spatial_compression_ratio
+        size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
+        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        rows = [
+            [
+                self._encode_moments(x[:, :, :, top : top + size_h, left : left + size_w])
+                for left in range(0, x.shape[-1], stride_w)
+            ]
+            for top in range(0, x.shape[-2], stride_h)
+        ]
+        extent_h, extent_w = (size_h - stride_h) // spatial, (size_w - stride_w) // spatial
+        self._blend_grid(rows, lambda a, b: blend(a, b, extent_h, dim=3), lambda a, b: blend(a, b, extent_w, dim=4))
+        keep_h, keep_w = stride_h // spatial, stride_w // spatial
+        return torch.cat([torch.cat([t[..., :keep_h, :keep_w] for t in row], dim=4) for row in rows], dim=3)
+
+    def tiled_encode_content(self, frame: torch.Tensor) -> ReducioTiledContent:
+        """Content features of `frame` `(B, 3, H, W)` per pixel tile, blended and uncropped (see `enable_tiling`)."""
+        size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
+        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        rows = [
+            [
+                self.content_encoder(frame[:, :, top : top + size_h, left : left + size_w])
+                for left in range(0, frame.shape[-1], stride_w)
+            ]
+            for top in range(0, frame.shape[-2], stride_h)
+        ]
+        ov_h, ov_w = self._overlap_factor("height"), self._overlap_factor("width")
+
+        def blend_maps(a, b, dim, ov):
+            return tuple(blend(fa, fb, int(fa.shape[dim] / (1 + ov) * ov), dim=dim) for fa, fb in zip(a, b))
+
+        self._blend_grid(rows, lambda a, b: blend_maps(a, b, 2, ov_h), lambda a, b: blend_maps(a, b, 3, ov_w))
+        return ReducioTiledContent(rows)
+
+    def _tile_features(self, features, top: int, left: int, index: tuple[int, int], frame_size: tuple[int, int]):
+        """The content features that latent tile `index` (pixel offset `top, left`) is decoded with."""
+        if isinstance(features, ReducioTiledContent):
+            i, j = index
+            if i >= len(features.rows) or j >= len(features.rows[i]):
+                raise ValueError("The tiled content features do not have the tile grid of these latents.")
+            return features.rows[i][j]
+        # Whole-frame features: each tile gets the part under its pixels (not the original's tiled numbers).
+        out = []
+        for feature in features:
+            scale_h, scale_w = feature.shape[-2] / frame_size[0], feature.shape[-1] / frame_size[1]
+            out.append(
+                feature[
+                    ...,
+                    int(top * scale_h) : int((top + self.tile_sample_min_height) * scale_h),
+                    int(left * scale_w) : int((left + self.tile_sample_min_width) * scale_w),
+                ]
+            )
+        return tuple(out)
+
+    def tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
+        """One segment's normalised latents decoded tile by tile with the matching content tiles (see
+        `enable_tiling`). `features`: a `ReducioTiledContent`, or whole-frame features (each tile then reads the
+        part under its pixels), or a content frame `(B, 3, H, W)`."""
+        spatial = self.config.spatial_compression_ratio
+        frame_size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
+        if isinstance(features, torch.Tensor):
+            features = self.tiled_encode_content(features)
+        size_h, size_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
+        stride_h, stride_w = self.tile_sample_stride_height // spatial, self.tile_sample_stride_width // spatial
+        rows = []
+        for i, top in enumerate(range(0, z.shape[-2], stride_h)):
+            row = []
+            for j, left in enumerate(range(0, z.shape[-1], stride_w)):
+                tile = self.post_quant_conv(z[:, :, :, top : top + size_h, left : left + size_w])
+                tile_features = self._tile_features(features, top * spatial, left * spatial, (i, j), frame_size)
+                row.append(self.decoder(tile, tile_features))
+            rows.append(row)
+        extent_h = self.tile_sample_min_height - self.tile_sample_stride_height
+        extent_w = self.tile_sample_min_width - self.tile_sample_stride_width
+        self._blend_grid(rows, lambda a, b: blend(a, b, extent_h, dim=3), lambda a, b: blend(a, b, extent_w, dim=4))
+        keep_h, keep_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        return torch.cat([torch.cat([t[..., :keep_h, :keep_w] for t in row], dim=4) for row in rows], dim=3)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput | tuple:
+        r"""Encode `sample` `(B, 3, 16k, H, W)`, normalise the posterior's mode (or a sample drawn with `generator`
+        when `sample_posterior`; the original samples with the global RNG), decode with each segment's content
+        frame `(T - 1) // 2`."""
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        decoded = self.decode(self.normalize_latents(z), **self.decode_conditions(sample)).sample
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)
+
+
+def _select(features, index: slice):
+    """`features` (a feature tuple, tiled features, or a content frame) for a slice of the batch."""
+    if isinstance(features, ReducioTiledContent):
+        return features.select(index)
+    if isinstance(features, torch.Tensor):
+        return features[index]
+    return tuple(feature[index] for feature in features)

@@ -1,0 +1,529 @@
+"""Reducio-VAE (`AutoencoderKLReducio`, microsoft/Reducio-VAE): parity, conversion, the package contract, errors.
+
+The tiny fixture in ../shared/reference/reducio was produced by the original code (commit b460c07); the model under
+test is built by running the conversion script in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
+from safetensors.torch import load_file
+
+from diffusers_videovae import load_model
+from diffusers_videovae.checkpoints import CheckpointError, conversion_main, convert_to_folder, detect_model_type
+from diffusers_videovae.checkpoints import reducio as reducio_checkpoints
+from diffusers_videovae.checkpoints._common import OriginalCheckpoint, build_model
+from diffusers_videovae.checkpoints._protocol import check_checkpoint_module
+from diffusers_videovae.models import reducio_vae
+from diffusers_videovae.models.reducio_vae import AutoencoderKLReducio, ReducioTiledContent
+
+SCRIPT = REPO_ROOT / "conversion" / "convert_reducio.py"
+VIDEO_CASES = ["video_small", "video_std", "video_awkward"]
+CONTENT_INDEX = 7
+
+
+@pytest.fixture(scope="module")
+def cases() -> ReferenceCases:
+    return ReferenceCases("reducio")
+
+
+@pytest.fixture(scope="module")
+def tiny_files() -> tuple:
+    ref = reference_dir("reducio")
+    return ref / "tiny_original.ckpt", ref / "tiny_config.yaml"
+
+
+def _convert(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory, tiny_files):
+    checkpoint, config = tiny_files
+    output = tmp_path_factory.mktemp("reducio") / "tiny-diffusers"
+    result = _convert(["--checkpoint", str(checkpoint), "--original-config", str(config), "--output", str(output)])
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture(scope="module")
+def model(converted_dir) -> AutoencoderKLReducio:
+    return AutoencoderKLReducio.from_pretrained(converted_dir).eval()
+
+
+def _tol(cases: ReferenceCases, name: str) -> float:
+    for case in cases.meta["cases"]:
+        if name in case["expected"]:
+            return case["expected"][name]["tolerance_max_abs"]
+    raise KeyError(name)
+
+
+def _check(cases, actual, name):
+    assert_close(actual, cases[name], _tol(cases, name), name)
+
+
+def _tiny(**overrides) -> AutoencoderKLReducio:
+    """A small random model in the tiny fixture's layout (2 levels of fusion, windows that trigger at 32 px)."""
+    config = dict(
+        latent_channels=4,
+        z_channels=8,
+        conv_in_channels=32,
+        block_out_channels=(64, 32, 32, 32),
+        layers_per_block=1,
+        content_conv_in_channels=32,
+        content_block_out_channels=(32, 64, 32),
+        fusion_feature_index=(-1, 1, 2, -1),
+        window_size=8,
+        content_window_size=4,
+    )
+    config.update(overrides)
+    torch.manual_seed(0)
+    return AutoencoderKLReducio(**config).eval()
+
+
+def _video(batch=1, frames=16, height=32, width=32, seed=1) -> torch.Tensor:
+    return torch.rand(batch, 3, frames, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _tiling_arguments(config_path) -> dict:
+    """The tiny yaml's `tile_sample_min_size` S and `tile_overlap_factor` ov -> our `enable_tiling` arguments."""
+    params = reducio_checkpoints.read_yaml(config_path)
+    size, overlap = params["tile_sample_min_size"], params["tile_overlap_factor"]
+    tile = int(size * (1 + overlap))
+    return dict(
+        tile_sample_min_height=tile,
+        tile_sample_min_width=tile,
+        tile_sample_stride_height=size,
+        tile_sample_stride_width=size,
+    )
+
+
+# --- parity with the original's numbers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VIDEO_CASES)
+def test_encode_matches_original(model, cases, name):
+    with torch.no_grad():
+        posterior = model.encode(cases[f"{name}.input"]).latent_dist
+    _check(cases, posterior.mean, f"{name}.post_mean")
+    _check(cases, posterior.logvar, f"{name}.post_logvar")
+    _check(cases, model.normalize_latents(posterior.mean), f"{name}.z_ln")
+
+
+@pytest.mark.parametrize("name", ["image_2d", *VIDEO_CASES])
+def test_content_features_match_original(model, cases, name):
+    frame = cases["image_2d.input"] if name == "image_2d" else cases[f"{name}.input"][:, :, CONTENT_INDEX]
+    with torch.no_grad():
+        features = model.encode_content(frame)
+    assert isinstance(features, tuple) and len(features) == 4
+    for index, feature in enumerate(features):
+        _check(cases, feature, f"{name}.feat_{index}")
+
+
+@pytest.mark.parametrize("name", VIDEO_CASES)
+def test_decode_from_frame_and_from_features_matches_original(model, cases, name):
+    frame = cases[f"{name}.input"][:, :, CONTENT_INDEX]
+    with torch.no_grad():
+        from_frame = model.decode(cases[f"{name}.z_ln"], content_frame=frame).sample
+        from_features = model.decode(cases[f"{name}.z_ln"], content_features=model.encode_content(frame)).sample
+    _check(cases, from_frame, f"{name}.decode")
+    _check(cases, from_features, f"{name}.decode")
+
+
+def test_sampled_posterior_and_its_decode_match_original(model, cases):
+    video = cases["video_std.input"]
+    with torch.no_grad():
+        posterior = model.encode(video).latent_dist
+        latents = model.normalize_latents(posterior.mean + posterior.std * cases["video_std.eps"])
+        decoded = model.decode(latents, **model.decode_conditions(video)).sample
+    _check(cases, latents, "video_std.z_ln_sampled")
+    _check(cases, decoded, "video_std.decode_sampled")
+
+
+def test_tiled_encode_content_and_decode_match_original_tiled(model, cases, tiny_files):
+    video = cases["video_tiled.input"]
+    model.enable_tiling(**_tiling_arguments(tiny_files[1]))
+    try:
+        with torch.no_grad():
+            posterior = model.encode(video).latent_dist
+            features = model.encode_content(video[:, :, CONTENT_INDEX])
+            from_frame = model.decode(cases["video_tiled.z_ln"], content_frame=video[:, :, CONTENT_INDEX]).sample
+            from_features = model.decode(cases["video_tiled.z_ln"], content_features=features).sample
+    finally:
+        model.disable_tiling()
+    _check(cases, posterior.mean, "video_tiled.post_mean")
+    _check(cases, posterior.logvar, "video_tiled.post_logvar")
+    _check(cases, model.normalize_latents(posterior.mean), "video_tiled.z_ln")
+    assert isinstance(features, ReducioTiledContent)
+    assert [len(row) for row in features.rows] == [2, 2]
+    for row in range(2):
+        for col in range(2):
+            for index in range(4):
+                _check(cases, features.rows[row][col][index], f"video_tiled.feat_r{row}_c{col}_{index}")
+    _check(cases, from_frame, "video_tiled.decode")
+    _check(cases, from_features, "video_tiled.decode")
+
+
+def test_single_file_and_load_model_give_the_converted_model(model, tiny_files, cases):
+    checkpoint, config = tiny_files
+    direct = AutoencoderKLReducio.from_single_file(checkpoint, original_config=config)
+    loaded = load_model(checkpoint, original_config=config)
+    assert type(loaded) is AutoencoderKLReducio
+    converted = model.state_dict()
+    for other in (direct, loaded):
+        state = other.state_dict()
+        assert state.keys() == converted.keys()
+        for key, value in state.items():
+            assert torch.equal(value, converted[key]), key
+    with torch.no_grad():
+        _check(cases, direct.encode(cases["video_small.input"]).latent_dist.mean, "video_small.post_mean")
+
+
+def test_converted_folder_has_config_card_and_reports_dropped_keys(converted_dir):
+    config = json.loads((converted_dir / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKLReducio"
+    assert (config["temporal_compression_ratio"], config["spatial_compression_ratio"]) == (4, 8)
+    assert config["latent_norm_eps"] == 1e-5
+    card = (converted_dir / "README.md").read_text()
+    assert "Reducio-VAE" in card and "encoder_2d.norm_out.weight" in card
+
+
+# --- released layouts: key coverage ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["ft4", "ft2"])
+def test_released_keys_convert_with_nothing_missing_or_left_over(variant):
+    shapes = json.loads((reference_dir("reducio") / f"keys_{variant}.json").read_text())
+    assert len(shapes) == 512
+    original = OriginalCheckpoint(state_dict={key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+    assert reducio_checkpoints.infer_variant(original.state_dict) == variant
+    converted = reducio_checkpoints.convert(original)
+    assert converted.variant == variant
+    assert set(converted.dropped) == {
+        key for key in shapes if key.startswith(("encoder_2d.mid.block_2.", "encoder_2d.norm_out."))
+    }
+    with torch.device("meta"):
+        built = AutoencoderKLReducio(**converted.config)
+    expected = {key: list(value.shape) for key, value in built.state_dict().items()}
+    assert expected == {key: list(value.shape) for key, value in converted.state_dict.items()}
+    used = sum(torch.Size(shape).numel() for key, shape in shapes.items() if key not in converted.dropped)
+    assert sum(torch.Size(shape).numel() for shape in expected.values()) == used
+    assert built.config.temporal_compression_ratio == {"ft4": 4, "ft2": 2}[variant]
+
+
+def test_default_config_is_the_ft4_release():
+    released = reducio_checkpoints.translate_config(reducio_checkpoints.VARIANTS["ft4"])
+    with torch.device("meta"):
+        config = AutoencoderKLReducio().config
+    assert released == {
+        key: list(value) if isinstance(value, tuple) else value for key, value in config.items() if key in released
+    }
+
+
+def test_variant_flag_without_yaml_is_checked_against_the_weights(tiny_files, tmp_path):
+    checkpoint, _ = tiny_files
+    output = tmp_path / "out"
+    with pytest.raises(CheckpointError, match="does not fit the model(.|\n)*shape mismatch"):
+        conversion_main("reducio", ["--checkpoint", str(checkpoint), "--variant", "ft4", "--output", str(output)])
+    assert not output.exists()
+    # The released ft2 layout read as ft4: the two tensors that differ are named.
+    shapes = json.loads((reference_dir("reducio") / "keys_ft2.json").read_text())
+    original = OriginalCheckpoint(state_dict={key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+    with pytest.raises(CheckpointError, match="encoder.down.3.downsample.conv.weight"):
+        build_model(AutoencoderKLReducio, reducio_checkpoints.convert(original, variant="ft4"))
+
+
+def test_checkpoint_module_follows_the_protocol_and_is_detected(tiny_files):
+    assert check_checkpoint_module(reducio_checkpoints) == []
+    state = torch.load(tiny_files[0], weights_only=True)
+    assert detect_model_type(state) == "reducio"
+    assert not reducio_checkpoints.looks_like({"encoder.conv_in.weight": torch.zeros(1)})
+
+
+def test_loss_keys_and_module_prefix_are_handled(tiny_files, tmp_path, model, capsys):
+    checkpoint, config = tiny_files
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    extra = {"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.zeros(2, 3, 4, 4, 4)}
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": {f"module.{key}": value for key, value in {**state, **extra}.items()}}, path)
+    output = tmp_path / "out"
+    conversion_main("reducio", ["--checkpoint", str(path), "--original-config", str(config), "--output", str(output)])
+    assert "dropped 12 original key(s)" in capsys.readouterr().out
+    card = (output / "README.md").read_text()
+    assert "`loss.logvar`: training loss" in card
+    stored = load_file(str(output / "diffusion_pytorch_model.safetensors"))
+    reference = model.state_dict()
+    assert stored.keys() == reference.keys()
+    assert all(torch.equal(stored[key], reference[key]) for key in stored)
+
+
+def test_unknown_or_missing_key_is_refused_and_nothing_is_written(tiny_files, tmp_path):
+    checkpoint, config = tiny_files
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    path = tmp_path / "extra.ckpt"
+    torch.save({"state_dict": {**state, "discriminator.main.0.weight": torch.zeros(4)}}, path)
+    with pytest.raises(CheckpointError, match="not known to this converter:\n  discriminator.main.0.weight"):
+        convert_to_folder("reducio", path, tmp_path / "out", original_config=config, verbose=False)
+    # A key of the right grammar that the model lacks (a bias the original's projections do not have).
+    torch.save({"state_dict": {**state, "decoder.up.1.fuse.0.attn.to_k.bias": torch.zeros(64)}}, path)
+    with pytest.raises(CheckpointError, match="unexpected key.*\n  decoder.up.1.fusion.attn.to_k.bias"):
+        convert_to_folder("reducio", path, tmp_path / "out", original_config=config, verbose=False)
+    missing = dict(state)
+    del missing["decoder.up.2.fuse.0.attn.to_v.weight"]
+    torch.save({"state_dict": missing}, path)
+    with pytest.raises(CheckpointError, match="decoder.up.2.fusion.attn.to_v.weight"):
+        convert_to_folder("reducio", path, tmp_path / "out", original_config=config, verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_original_settings_are_refused(tiny_files):
+    params = reducio_checkpoints.read_yaml(tiny_files[1])
+    with pytest.raises(CheckpointError, match="fuse_type"):
+        reducio_checkpoints.translate_config({**params, "ddconfig": {**params["ddconfig"], "fuse_type": "linear"}})
+    with pytest.raises(CheckpointError, match="mode"):
+        reducio_checkpoints.translate_config({**params, "mode": "causal"})
+
+
+# --- the package contract -----------------------------------------------------------------------------------
+
+
+def test_input_rule_uses_the_real_temporal_ratio():
+    assert _tiny().input_rule == reducio_vae.InputRule(4, 8, first_num_frames=16, frame_step=16)
+    ft2 = _tiny(num_temporal_downsamples=1)
+    assert (ft2.input_rule.temporal_compression, ft2.input_rule.step) == (2, 16)
+    assert ft2.input_rule.valid_num_frames(40) == 32 and ft2.input_rule.describe().startswith("T = 16k")
+
+
+def test_latent_normalisation_is_a_layer_norm_per_segment():
+    model = _tiny()
+    z = torch.randn(2, 4, 8, 3, 5) * 3 + 1
+    normalised = model.normalize_latents(z)
+    for segment in (slice(0, 4), slice(4, 8)):
+        expected = torch.nn.functional.layer_norm(z[:, :, segment], z[:, :, segment].shape[1:], eps=1e-5)
+        assert_close(normalised[:, :, segment], expected, 1e-6, "segment")
+    assert torch.equal(model.denormalize_latents(normalised), normalised)
+    assert torch.equal(model.latents_for_decode(z), normalised)
+    assert (
+        model.latent_normalization["latent_norm_eps"] == 1e-5 and "layer_norm" in model.latent_normalization["formula"]
+    )
+
+
+def test_long_clips_are_independent_segments_with_their_own_content_frames():
+    model = _tiny()
+    video = _video(frames=32, height=16, width=16)
+    with torch.no_grad():
+        posterior = model.encode(video).latent_dist
+        halves = [model.encode(video[:, :, i : i + 16]).latent_dist.mean for i in (0, 16)]
+        conditions = model.decode_conditions(video)
+        latents = model.latents_for_decode(posterior.mean)
+        decoded = model.decode(latents, **conditions).sample
+        parts = [
+            model.decode(model.normalize_latents(halves[i]), content_frame=video[:, :, 16 * i + 7]).sample
+            for i in (0, 1)
+        ]
+        features = [model.encode_content(video[:, :, 16 * i + 7]) for i in (0, 1)]
+        from_features = model.decode(latents, content_features=features).sample
+    assert conditions["content_frame"].shape == (1, 3, 2, 16, 16)
+    assert torch.equal(conditions["content_frame"][:, :, 1], video[:, :, 23])
+    assert posterior.mean.shape == (1, 4, 8, 2, 2)
+    assert_close(posterior.mean, torch.cat(halves, dim=2), 1e-6, "segments")
+    assert decoded.shape == video.shape
+    assert_close(decoded, torch.cat(parts, dim=2), 1e-5, "decoded segments")
+    assert_close(from_features, decoded, 1e-5, "from features")
+
+
+def test_autoencode_and_forward_use_the_content_frame_and_normalised_latents():
+    model = _tiny()
+    video = _video(batch=2, height=16, width=24)
+    with torch.no_grad():
+        reconstruction, posterior = model.autoencode(video)
+        forward = model(video).sample
+        manual = model.decode(model.normalize_latents(posterior.mode()), content_frame=video[:, :, 7]).sample
+    assert reconstruction.shape == video.shape
+    assert torch.equal(forward, reconstruction)
+    assert_close(reconstruction, manual, 1e-6, "autoencode")
+
+
+def test_sampling_uses_the_generator():
+    model = _tiny()
+    video = _video(height=16, width=16)
+    with torch.no_grad():
+        a = model(video, sample_posterior=True, generator=torch.Generator().manual_seed(3)).sample
+        b = model(video, sample_posterior=True, generator=torch.Generator().manual_seed(3)).sample
+        c = model(video, sample_posterior=True, generator=torch.Generator().manual_seed(4)).sample
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- bad inputs -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((1, 3, 17, 16, 16), "T = 16k.*16 or 32"),
+        ((1, 3, 8, 16, 16), r"Nearest valid frame counts: 16\."),
+        ((1, 3, 16, 12, 16), "multiples of 8"),
+        ((1, 4, 16, 16, 16), "3 channels"),
+        ((3, 16, 16, 16), "5 dims"),
+    ],
+)
+def test_bad_video_is_refused_with_a_clear_message(shape, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny().encode(torch.zeros(shape))
+
+
+def test_decode_needs_exactly_one_content_input_of_the_right_shape():
+    model = _tiny()
+    z = torch.randn(1, 4, 4, 2, 2)
+    frame = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="exactly one of `content_frame`.*neither"):
+        model.decode(z)
+    with pytest.raises(ValueError, match="both were given"):
+        model.decode(z, content_frame=frame, content_features=model.encode_content(frame))
+    with pytest.raises(ValueError, match="16x16 pixels"):
+        model.decode(z, content_frame=torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="2 content frame"):
+        model.decode(torch.randn(1, 4, 8, 2, 2), content_frame=frame)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        model.decode(torch.randn(1, 4, 6, 2, 2), content_frame=frame)
+    with pytest.raises(ValueError, match=r"\(B, 4, 4k, h, w\)"):
+        model.decode(torch.randn(1, 8, 4, 2, 2), content_frame=frame)
+    with pytest.raises(ValueError, match="expected batch 1 and 16x16 positions"):
+        model.decode(z, content_features=model.encode_content(torch.zeros(1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="NaN"):
+        model.decode(torch.full((1, 4, 4, 2, 2), float("nan")), content_frame=frame)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.encode_content(torch.zeros(1, 3, 1, 16, 16))
+
+
+def test_video_attention_wider_than_its_window_is_refused():
+    model = _tiny(window_size=1)
+    with pytest.raises(ValueError, match="window"):
+        model.encode(_video(height=16, width=16))
+
+
+# --- memory, slicing, training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+@pytest.mark.parametrize("step", [3, 4, 1000])
+def test_chunked_upsampling_equals_nearest_upsampling_and_a_padded_convolution(monkeypatch, temporal, step):
+    layer = reducio_vae.ReducioUpsample(8, temporal=temporal)
+    x = torch.randn(1, 8, 5, 6, 6)
+    monkeypatch.setattr(reducio_vae, "_UPSAMPLE_FRAMES_PER_STEP", step)
+    with torch.no_grad():
+        out = layer(x)
+        scale = (2, 2, 2) if temporal else (1, 2, 2)
+        upsampled = torch.nn.functional.interpolate(x, scale_factor=scale)
+        expected = torch.nn.functional.conv3d(upsampled, layer.conv.weight, layer.conv.bias, padding=1)
+    assert out.shape == (1, 8, 10 if temporal else 5, 12, 12)
+    assert_close(out, expected, 1e-5, "upsample")
+
+
+def test_slicing_gives_the_same_result():
+    model = _tiny()
+    video = _video(batch=2, height=16, width=16)
+    with torch.no_grad():
+        whole = model(video).sample
+        model.enable_slicing()
+        sliced = model(video).sample
+    assert_close(sliced, whole, 1e-5, "sliced")
+
+
+def test_gradient_checkpointing_runs_and_gives_the_same_gradients():
+    model = _tiny().train()
+    video = _video(height=16, width=16)
+    model(video).sample.square().mean().backward()
+    plain = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.enable_gradient_checkpointing()
+    calls = []
+    for module in (model.encoder, model.content_encoder, model.decoder):
+        original = module._gradient_checkpointing_func
+        module._gradient_checkpointing_func = lambda *args, _f=original, **kw: calls.append(1) or _f(*args, **kw)
+    model(video).sample.square().mean().backward()
+    # encoder 4 + 3 mid, content encoder 6 + 2 mid, decoder 4 mid (fusion included) + 4 levels x 2 + 2 fusions
+    assert len(calls) == 29
+    assert plain.keys() == {name for name, p in model.named_parameters() if p.grad is not None}
+    for name, grad in plain.items():
+        assert_close(dict(model.named_parameters())[name].grad, grad, 1e-5, name)
+
+
+# --- diffusers features -----------------------------------------------------------------------------------------
+
+
+def _encode_decode(model, video):
+    with torch.no_grad():
+        mean = model.encode(video).latent_dist.mean
+        return mean, model.decode(model.normalize_latents(mean), content_frame=video[:, :, 7]).sample
+
+
+def test_layerwise_casting_to_float8_runs_close_to_plain():
+    model = _tiny()
+    video = _video(height=16, width=16)
+    mean, decoded = _encode_decode(model, video)
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    assert model.encoder.conv_in.weight.dtype == torch.float8_e4m3fn
+    assert model.decoder.mid.fusion.pos_embed.dtype == torch.float32
+    cast_mean, cast_decoded = _encode_decode(model, video)
+    assert torch.isfinite(cast_decoded).all()
+    assert (cast_mean - mean).abs().max() < 0.25 * mean.abs().max()
+    assert (cast_decoded - decoded).abs().mean() < 0.25 * decoded.abs().mean()
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+def test_group_offload_gives_the_plain_result(offload_type):
+    model = _tiny()
+    video = _video(height=16, width=16)
+    mean, decoded = _encode_decode(model, video)
+    options = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
+    model.enable_group_offload(torch.device("cpu"), offload_type=offload_type, **options)
+    offloaded_mean, offloaded = _encode_decode(model, video)
+    assert torch.equal(offloaded_mean, mean)
+    assert torch.equal(offloaded, decoded)
+
+
+def test_compile_has_no_graph_breaks_and_matches_eager():
+    torch._dynamo.reset()
+    # Fewer levels than the fixture's layout (a smaller graph to compile), still with mid and level fusions.
+    model = _tiny(block_out_channels=(32, 32, 32), fusion_feature_index=(1, 2, -1), content_layers_per_block=1)
+    video = _video(height=16, width=16)
+    with torch.no_grad():
+        eager = model(video).sample
+        features = model.encode_content(video[:, :, 7])
+        latents = model.post_quant_conv(model.normalize_latents(model.encode(video).latent_dist.mean))
+        for module, args in (
+            (model.encoder, (video,)),
+            (model.content_encoder, (video[:, :, 7],)),
+            (model.decoder, (latents, features)),
+        ):
+            explanation = torch._dynamo.explain(module)(*args)
+            assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(model, fullgraph=True)(video).sample
+    assert_close(compiled, eager, 1e-4, "compiled forward")
+
+
+def test_tiled_decode_also_takes_whole_frame_features():
+    model = _tiny()
+    video = _video(height=16, width=48)
+    with torch.no_grad():
+        latents = model.normalize_latents(model.encode(video).latent_dist.mean)
+        whole = model.encode_content(video[:, :, 7])
+        model.enable_tiling(24, 24, 16, 16)
+        tiled_content = model.encode_content(video[:, :, 7])
+        from_whole = model.decode(latents, content_features=whole).sample
+        from_tiles = model.decode(latents, content_features=tiled_content).sample
+        # Latent tile 1 (latent columns 2..5, pixels 16..40) reads the whole-frame features under its pixels;
+        # output columns 24..32 come from it alone (16..24 are blended with tile 0).
+        under = tuple(f[..., int(16 * f.shape[-1] / 48) : int(40 * f.shape[-1] / 48)] for f in whole)
+        tile = model.decoder(model.post_quant_conv(latents[..., 2:5]), under)
+    assert isinstance(tiled_content, ReducioTiledContent) and len(tiled_content.rows[0]) == 3
+    assert from_whole.shape == from_tiles.shape == video.shape
+    assert_close(from_whole[..., 24:32], tile[..., 8:16], 1e-5, "tile 1")
+    assert (from_whole - from_tiles).abs().max() > 1e-3  # the original's tiled features are other numbers
