@@ -233,7 +233,10 @@ def test_save_pretrained_atomic_refuses_to_overwrite_by_default(tmp_path):
         save_pretrained_atomic(_Fine(), tmp_path / "out")
     assert (tmp_path / "out" / "README.md").read_text() == "old card"
     save_pretrained_atomic(_Fine(), tmp_path / "out", overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no staging or backup folder is left"
 
 

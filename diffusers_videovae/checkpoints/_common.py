@@ -465,6 +465,15 @@ def _make_sibling_dir(output_dir: Path, kind: str) -> Path:
             continue
 
 
+def _apply_umask(staging: Path) -> None:
+    """Give the files we staged the modes of any file the user creates (some writers make them owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in staging.rglob("*"):
+        if item.is_file() and not item.is_symlink():
+            item.chmod(0o666 & ~umask)
+
+
 def _remove_previous_model(folder: Path) -> None:
     """Delete the files of a previous model of ours (checked by `check_output_dir`) and then the folder itself."""
     for item in folder.iterdir():
@@ -503,6 +512,7 @@ def save_pretrained_atomic(
                 (staging / "README.md").write_text(model_card, encoding="utf-8")
             for name, text in (extra_files or {}).items():
                 (staging / name).write_text(text, encoding="utf-8")
+            _apply_umask(staging)
             if output_dir.exists():
                 check_output_dir(output_dir, overwrite=overwrite, protect=protect)  # nothing new appeared meanwhile
                 backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
