@@ -49,4 +49,4 @@ EOF
 
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider -q \
     tests/test_ivvae.py tests/test_odvae.py tests/test_opensora.py tests/test_loaders.py \
-    -k "parity or convert or single_file or load" "$@"
+    -k "original or single_file or convert or load or release" "$@"
