@@ -42,6 +42,7 @@ from ._common import (
     account_keys,
     load_state_dict_file,
     read_json,
+    unwrap_state_dict,
 )
 
 MODEL_TYPE = "opensora"
@@ -169,7 +170,7 @@ def read_original(
         if original_config is None and (path / "config.json").is_file():
             original_config = path / "config.json"
         path = weights
-    state_dict = load_state_dict_file(path)
+    state_dict, _ = unwrap_state_dict(load_state_dict_file(path), wrappers=())  # the release file is flat
     config = read_json(original_config) if original_config is not None else None
     config_dir = Path(original_config).resolve().parent if original_config is not None else None
     spatial = _resolve_spatial_config(config or RELEASE_CONFIG, config_dir, spatial_config)
