@@ -45,6 +45,15 @@ def test_the_protocol_check_names_what_a_module_gets_wrong():
     assert problems == [
         "translate_config(VARIANTS['v1.1.0']) gives {'scaling_factor': 0.18215}, not LATENT_NORMALIZATION['v1.1.0']"
     ]
+
+    def refuses(original_config):
+        raise KeyError("dim")
+
+    problems = check_checkpoint_module(_module_like("ivvae", translate_config=refuses))
+    assert problems == [
+        f"translate_config(VARIANTS[{variant!r}]) raised KeyError: 'dim'"
+        for variant in checkpoints.get_checkpoint_module("ivvae").VARIANTS
+    ]
     problems = check_checkpoint_module(_module_like("opensora", DEFAULT_VARIANT="v1.3", DROPPED={"shift": ""}))
     assert problems == [
         "DEFAULT_VARIANT 'v1.3' is not in VARIANTS",
