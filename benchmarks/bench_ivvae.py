@@ -117,7 +117,7 @@ def write_weights(folder: Path, quick: bool, repo: str | None) -> str:
     config = _original_config(quick)
     torch.manual_seed(0)
     if not repo:  # without the original code: our own randomly initialised model
-        AutoencoderKLIVVAE(**ivvae.convert_config(config)).save_pretrained(folder / "ours")
+        AutoencoderKLIVVAE(**ivvae.translate_config(config)).save_pretrained(folder / "ours")
         return str(folder / "ours")
     state_dict = _original_module(repo).VAutoencoder3d(**config).state_dict()
     path = folder / "ivvae_random.pth"

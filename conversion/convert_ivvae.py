@@ -7,7 +7,9 @@ The variant is inferred from tensor shapes unless `--variant` names it; `--dtype
 are optional. Every original key is accounted for; the folder is written atomically.
 """
 
-from diffusers_videovae.checkpoints import conversion_main
+import sys
+
+from diffusers_videovae.checkpoints import run_conversion_script
 
 if __name__ == "__main__":
-    conversion_main("ivvae")
+    sys.exit(run_conversion_script("ivvae"))

@@ -26,7 +26,9 @@ Every original key is either converted or dropped on purpose (`loss.*`, reported
 stops the conversion before anything is written. `--push-to-hub REPO_ID` also uploads the folder.
 """
 
-from diffusers_videovae.checkpoints import conversion_main
+import sys
+
+from diffusers_videovae.checkpoints import run_conversion_script
 
 if __name__ == "__main__":
-    conversion_main("odvae")
+    sys.exit(run_conversion_script("odvae"))

@@ -20,7 +20,9 @@
 that AutoencoderKL's config.json with --spatial-config.
 """
 
-from diffusers_videovae.checkpoints import conversion_main
+import sys
+
+from diffusers_videovae.checkpoints import run_conversion_script
 
 if __name__ == "__main__":
-    conversion_main("opensora")
+    sys.exit(run_conversion_script("opensora"))

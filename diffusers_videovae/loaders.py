@@ -17,18 +17,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEMO_MODEL_DIR", "TORCH_DTYPES", "FromOriginalCheckpointMixin", "load_model"]
+from .checkpoints._common import TORCH_DTYPES, load_state_dict_file
 
-# The dtype names every `--dtype` option of the package accepts.
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+__all__ = ["BUILTIN_MODELS", "DEMO_MODEL_DIR", "TORCH_DTYPES", "FromOriginalCheckpointMixin", "load_model"]
 
 # The small demo model shipped inside the package (trained by the project; see model_cards/ivvae-demo.md).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ivvae-demo"
+# Names `load_model` (and every `-m` option) resolves to a folder inside the package.
+BUILTIN_MODELS: dict[str, Path] = {"ivvae-demo": DEMO_MODEL_DIR}
+# What the Hub accepts as a repo id: `owner/name`, letters, digits, `-`, `_`, `.`, no `--` or `..`.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
 
 class FromOriginalCheckpointMixin:
@@ -83,11 +87,14 @@ def load_model(
 
     The class is read from the folder's `config.json` (`_class_name`). For an original release (a file, or a folder
     such as OD-VAE's `config.json` + `checkpoint.ckpt` or Open-Sora's `config.json` + `model.safetensors`) the model
-    type is `model_type` or detected from its keys.
+    type is `model_type` or detected from its keys. `model` may also name a built-in model (`BUILTIN_MODELS`); a name
+    that is none of these nor a Hub repo id (`owner/name`) fails at once, without asking the Hub.
     """
     from . import checkpoints
 
-    path = Path(model)
+    path = _resolve_name(model)
+    if path.exists():
+        model = path
     if path.is_dir() and not _is_diffusers_folder(path / (subfolder or "")):
         # An original release saved as a folder (OD-VAE: config.json + checkpoint.ckpt; Open-Sora: a
         # transformers-style config.json + model.safetensors): its reader takes the folder itself.
@@ -98,8 +105,6 @@ def load_model(
                     f"{path} is neither a diffusers-videovae folder (config.json naming one of our classes) nor a folder holding an "
                     "original checkpoint."
                 )
-            from .checkpoints._common import load_state_dict_file
-
             model_type = checkpoints.detect_model_type(load_state_dict_file(weights[0]))
     if path.is_file() or (path.is_dir() and not _is_diffusers_folder(path / (subfolder or ""))):
         return checkpoints.load_original_model(
@@ -129,6 +134,27 @@ def load_model(
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     return model_class.from_pretrained(str(model), **kwargs).eval()
+
+
+def _resolve_name(model: str | os.PathLike) -> Path:
+    """`model` as a path: a built-in name becomes its folder; a name nothing can resolve raises a clear error."""
+    name = os.fspath(model)
+    path = Path(name)
+    if path.exists():
+        return path
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    if is_plausible_hub_id(name):
+        return path
+    raise FileNotFoundError(
+        f"{name!r} is not an existing folder or file, nor a Hub repo id (owner/name). Built-in models: "
+        f"{', '.join(sorted(BUILTIN_MODELS))}."
+    )
+
+
+def is_plausible_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hub repo id (`owner/name`); says nothing about whether it exists."""
+    return bool(_HUB_ID.fullmatch(name)) and "--" not in name and ".." not in name and not name.endswith(".")
 
 
 def _is_diffusers_folder(path: Path) -> bool:

@@ -14,6 +14,7 @@ from diffusers_videovae.checkpoints._common import (
     RenameRule,
     account_keys,
     build_model,
+    check_output_dir,
     compare_with_model,
     load_state_dict_file,
     save_pretrained_atomic,
@@ -127,13 +128,18 @@ class _Payload:
         return (print, ("this must never run",))
 
 
-def test_load_state_dict_file_never_executes_pickled_code(tmp_path, capsys):
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_load_state_dict_file_never_executes_pickled_code(tmp_path, capsys, protocol):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
-        pickle.dump({"w": _Payload()}, handle)
-    with pytest.raises(CheckpointError, match="Cannot read"):
+        pickle.dump({"w": _Payload()}, handle, protocol=protocol)
+    with pytest.raises(CheckpointError, match="never executes pickled code") as info:
         load_state_dict_file(path)
     assert "this must never run" not in capsys.readouterr().out
+    # torch's own message advises re-running with weights_only=False, i.e. executing the pickle: never quoted.
+    assert "weights_only" not in str(info.value) and "False" not in str(info.value)
+    if protocol == 2:
+        assert "(it asks for print)" in str(info.value)
 
 
 def test_load_state_dict_file_rejects_truncated_files(tmp_path):
@@ -213,18 +219,62 @@ def test_save_pretrained_atomic_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_pretrained_atomic_refuses_to_overwrite_by_default(tmp_path):
-    class Fine:
-        def save_pretrained(self, path, **kwargs):
-            (path / "config.json").write_text("{}")
+class _Fine:
+    """Saves like a diffusers model of ours: config.json naming our class + weights."""
 
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
+    def save_pretrained(self, path, **kwargs):
+        (path / "config.json").write_text('{"_class_name": "AutoencoderKLIVVAE"}')
+        (path / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+
+
+def test_save_pretrained_atomic_refuses_to_overwrite_by_default(tmp_path):
+    save_pretrained_atomic(_Fine(), tmp_path / "out", model_card="old card")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        save_pretrained_atomic(Fine(), tmp_path / "out")
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    save_pretrained_atomic(Fine(), tmp_path / "out", overwrite=True, model_card="card")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json"]
+        save_pretrained_atomic(_Fine(), tmp_path / "out")
+    assert (tmp_path / "out" / "README.md").read_text() == "old card"
+    save_pretrained_atomic(_Fine(), tmp_path / "out", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no staging or backup folder is left"
+
+
+def test_save_pretrained_atomic_overwrite_never_deletes_files_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    save_pretrained_atomic(_Fine(), out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"Refusing to replace .*out: .*notes\.txt"):
+        save_pretrained_atomic(_Fine(), out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_save_pretrained_atomic_overwrite_refuses_a_folder_that_is_not_our_model(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(FileExistsError, match="'UNet2DModel', not a diffusers-videovae model"):
+        save_pretrained_atomic(_Fine(), out, overwrite=True)
+    assert (out / "config.json").read_text() == '{"_class_name": "UNet2DModel"}'
+
+
+def test_save_pretrained_atomic_never_replaces_a_protected_source(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "original.safetensors").write_bytes(b"the original")
+    with pytest.raises(FileExistsError, match="holds the checkpoint being converted"):
+        save_pretrained_atomic(_Fine(), out, overwrite=True, protect=[out / "original.safetensors"])
+    with pytest.raises(FileExistsError, match="holds the checkpoint being converted"):
+        save_pretrained_atomic(_Fine(), out, overwrite=True, protect=[out])  # a release folder as the output
+    assert (out / "original.safetensors").read_bytes() == b"the original"
+
+
+def test_output_that_is_a_file_or_under_a_file_is_refused_by_name(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match=r"file is a file, not a folder|exists and is a file"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(NotADirectoryError, match=r"file is a file, not a folder"):
+        check_output_dir(tmp_path / "file" / "model")
 
 
 def test_tile_cores_partition_the_frame_and_halos_stop_at_its_border():

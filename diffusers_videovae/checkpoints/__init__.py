@@ -13,16 +13,9 @@
 # limitations under the License.
 """Reading ORIGINAL releases: one module per model, plus the conversion driver they all share.
 
-A checkpoint module `checkpoints/<model_type>.py` provides:
-
-* `MODEL_TYPE`, `CLASS_NAME`, `VARIANTS` (variant name -> original config), `DEFAULT_VARIANT`, `SCALING`
-  (variant name -> latent normalisation, for the model card), `ORIGINAL_REPO` and `WEIGHTS_LOCATION` (text);
-* `read_original(path, original_config=None, **options) -> OriginalCheckpoint`;
-* `convert(original, variant=None, **options) -> ConvertedCheckpoint`;
-* `looks_like(state_dict) -> bool`: True when a state dict is this model's release layout (used to detect the
-  model type of a bare file);
-* optionally `add_arguments(parser)` for model-specific converter flags (their `dest` names are passed to
-  `read_original` / `convert` as keyword options).
+Every `checkpoints/<model_type>.py` follows the protocol in `_protocol.py` (`CheckpointModule`); `MODEL_TYPES`
+registers them. `conversion_main` is the command line of `conversion/convert_<model_type>.py` and of
+`videovae convert`; `load_original_model` is what `from_single_file` and `load_model` call.
 """
 
 from __future__ import annotations
@@ -30,19 +23,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from ..loaders import TORCH_DTYPES
 from ._common import (
+    TORCH_DTYPES,
     CheckpointError,
     ConvertedCheckpoint,
     OriginalCheckpoint,
     build_model,
+    check_output_dir,
     file_sha256,
+    load_state_dict_file,
     save_pretrained_atomic,
 )
 
@@ -51,12 +47,15 @@ __all__ = [
     "CheckpointError",
     "ConvertedCheckpoint",
     "OriginalCheckpoint",
+    "TORCH_DTYPES",
     "conversion_main",
     "convert_original",
+    "convert_to_folder",
     "detect_model_type",
     "get_checkpoint_module",
     "load_original_model",
     "render_model_card",
+    "run_conversion_script",
 ]
 
 # model type -> (module under diffusers_videovae.models, class name)
@@ -88,6 +87,18 @@ def model_type_of_class(model_class: type) -> str:
 
 def detect_model_type(state_dict: dict[str, torch.Tensor]) -> str:
     """The model type whose release layout `state_dict` has; a clear error when none or several match."""
+    matches = _claimed_by(state_dict)
+    if len(matches) != 1:
+        what = "no supported model" if not matches else f"several models ({matches})"
+        raise CheckpointError(
+            f"Cannot tell which model this checkpoint belongs to: its keys match {what}. "
+            f"Name the model type explicitly (one of {sorted(MODEL_TYPES)})."
+        )
+    return matches[0]
+
+
+def _claimed_by(state_dict: dict[str, Any]) -> list[str]:
+    """Every registered model type whose `looks_like` accepts `state_dict`."""
     matches = []
     for model_type in MODEL_TYPES:
         try:
@@ -96,13 +107,40 @@ def detect_model_type(state_dict: dict[str, torch.Tensor]) -> str:
             continue
         if module.looks_like(state_dict):
             matches.append(model_type)
-    if len(matches) != 1:
-        what = "no supported model" if not matches else f"several models ({matches})"
-        raise CheckpointError(
-            f"Cannot tell which model this checkpoint belongs to: its keys match {what}. "
-            f"Name the model type explicitly (one of {sorted(MODEL_TYPES)})."
-        )
-    return matches[0]
+    return matches
+
+
+def _weights_files(checkpoint: Path) -> list[Path]:
+    if checkpoint.is_file():
+        return [checkpoint]
+    if checkpoint.is_dir():
+        return sorted(p for p in checkpoint.iterdir() if p.suffix in {".safetensors", ".pth", ".pt", ".bin", ".ckpt"})
+    return []
+
+
+def _other_model_error(model_type: str, checkpoint: Path, *state_dicts: dict[str, Any]) -> CheckpointError | None:
+    """'This looks like an X checkpoint; use convert_x.py' when another supported model claims the checkpoint."""
+    candidates = [state for state in state_dicts if state]
+    for weights in _weights_files(checkpoint)[:1]:
+        try:
+            candidates.append(load_state_dict_file(weights))
+        except CheckpointError:
+            pass
+    for state in candidates:
+        others = [other for other in _claimed_by(state) if other != model_type]
+        if others:
+            module = get_checkpoint_module(others[0])
+            return CheckpointError(
+                f"{checkpoint} is not {_article(model_type)} checkpoint: this looks like {_article(others[0])} "
+                f"checkpoint; use conversion/convert_{others[0]}.py (videovae convert {others[0]}) or "
+                f"{module.CLASS_NAME}.from_single_file."
+            )
+    return None
+
+
+def _article(model_type: str) -> str:
+    name = get_checkpoint_module(model_type).MODEL_NAME
+    return f"{'an' if name[0].upper() in 'AEIOU' else 'a'} {name}"
 
 
 def convert_original(
@@ -119,9 +157,18 @@ def convert_original(
         raise CheckpointError(
             f"Unknown {model_type} variant {variant!r}; released variants: {sorted(module.VARIANTS)}."
         )
-    original = module.read_original(checkpoint, original_config=original_config, **options)
+    checkpoint = Path(checkpoint)
+    try:
+        original = module.read_original(checkpoint, original_config=original_config, **options)
+    except CheckpointError as error:
+        raise _other_model_error(model_type, checkpoint) or error from None
+    if not module.looks_like(original.state_dict):
+        raise _other_model_error(model_type, checkpoint, original.state_dict) or CheckpointError(
+            f"{checkpoint} is not {_article(model_type)} checkpoint: none of the supported models "
+            f"({', '.join(sorted(MODEL_TYPES))}) has its keys (first keys found: {sorted(original.state_dict)[:5]})."
+        )
     converted = module.convert(original, variant=variant, **options)
-    converted.info.setdefault("source_file", Path(checkpoint).name)
+    converted.info.setdefault("source_file", checkpoint.name)
     return converted
 
 
@@ -140,8 +187,6 @@ def load_original_model(
         if model_class is not None:
             model_type = model_type_of_class(model_class)
         else:
-            from ._common import load_state_dict_file
-
             model_type = detect_model_type(load_state_dict_file(checkpoint))
     converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
     model_class = model_class or get_model_class(model_type)
@@ -175,18 +220,22 @@ def render_model_card(converted: ConvertedCheckpoint, dtype: str = "float32", sh
 
 
 def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
-    """Command line: original release file(s) -> diffusers folder (config.json + safetensors + model card)."""
+    """Command line: original release file(s) -> diffusers folder (config.json + safetensors + model card).
+
+    Errors are raised (`videovae convert` and `run_conversion_script` print them as one line).
+    """
     module = get_checkpoint_module(model_type)
     parser = argparse.ArgumentParser(
         prog=f"convert_{model_type}",
-        description=f"Convert an original {model_type} checkpoint ({module.ORIGINAL_REPO}) into a diffusers folder.",
+        description=f"Convert an original {module.MODEL_NAME} checkpoint ({module.ORIGINAL_REPO}) into a "
+        "diffusers folder.",
     )
     parser.add_argument("--checkpoint", required=True, help="original release file (or folder, where supported)")
     parser.add_argument(
         "--variant",
-        choices=sorted(module.VARIANTS),
         default=None,
-        help="released variant; inferred from the checkpoint when omitted",
+        help=f"released variant, one of {', '.join(sorted(module.VARIANTS))}; inferred from the checkpoint when "
+        "omitted",
     )
     parser.add_argument("--original-config", default=None, help="the original's own config file (custom models)")
     parser.add_argument("--output", "-o", required=True, help="output folder (written atomically)")
@@ -195,7 +244,11 @@ def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
         "--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo"
     )
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output folder when it holds a previous conversion (nothing else is ever deleted)",
+    )
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -215,6 +268,23 @@ def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
     )
 
 
+def run_conversion_script(model_type: str, argv: list[str] | None = None) -> int:
+    """`conversion/convert_<model_type>.py`: `conversion_main` with ordinary mistakes printed as one line.
+
+    Returns the exit status: 0, 1 for an error (the message names the file or folder at fault), 130 when
+    interrupted. Like `videovae convert`, it prints no traceback for these.
+    """
+    try:
+        conversion_main(model_type, argv)
+    except KeyboardInterrupt:
+        print(f"convert_{model_type}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+        print(f"convert_{model_type}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def convert_to_folder(
     model_type: str,
     checkpoint: str | os.PathLike,
@@ -229,15 +299,21 @@ def convert_to_folder(
     verbose: bool = True,
     **options: Any,
 ) -> Path:
-    """Convert, check every key, save atomically with a model card, optionally push to the Hub."""
+    """Convert, check every key, save atomically with a model card, optionally push to the Hub.
+
+    The output folder is checked before anything is read (see `check_output_dir`): a non-empty folder is replaced
+    only with `overwrite` and only when it holds a previous conversion; the checkpoint itself is never replaced.
+    """
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+    sources = [path for path in (checkpoint, original_config) if path is not None]
+    check_output_dir(output, overwrite=overwrite, protect=sources)
     converted = convert_original(model_type, checkpoint, variant=variant, original_config=original_config, **options)
     model = build_model(get_model_class(model_type), converted, TORCH_DTYPES[dtype])
     card = render_model_card(
         converted, dtype=dtype, sha256=file_sha256(checkpoint) if Path(checkpoint).is_file() else None
     )
-    path = save_pretrained_atomic(model, output, model_card=card, overwrite=overwrite)
+    path = save_pretrained_atomic(model, output, model_card=card, overwrite=overwrite, protect=sources)
     if verbose:
         print(
             f"Converted {len(converted.state_dict)} tensors ({converted.variant or 'custom'} variant, {dtype}); "

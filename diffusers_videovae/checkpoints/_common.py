@@ -24,12 +24,16 @@ Nothing outside `checkpoints/` knows original key names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import signal
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +41,29 @@ from typing import Any
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "CheckpointError",
     "ConvertedCheckpoint",
     "OriginalCheckpoint",
     "RenameRule",
+    "TORCH_DTYPES",
     "account_keys",
     "build_model",
+    "check_output_dir",
+    "entries_set_aside",
+    "nested_mapping",
     "file_sha256",
     "load_state_dict_file",
+    "remove_stale_temp_dirs",
     "save_pretrained_atomic",
     "unwrap_state_dict",
 ]
+
+
+# The dtype names every `--dtype` option of the package accepts.
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CheckpointError(ValueError):
@@ -123,41 +138,52 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
         except Exception as error:  # safetensors raises several error types for damaged files
             raise CheckpointError(f"Cannot read {path} as safetensors (truncated or corrupt?): {error}") from error
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        # mmap needs the zip format; legacy torch files fall back to a plain (still weights-only) read.
-        if "mmap" not in str(error):
-            raise CheckpointError(
-                f"Cannot read {path} as a torch checkpoint (truncated or corrupt?): {error}"
-            ) from error
         try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            # mmap needs the zip format; legacy torch files fall back to a plain (still weights-only) read.
+            if "mmap" not in str(error):
+                raise
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as inner:
-            raise CheckpointError(f"Cannot read {path} as a torch checkpoint: {inner}") from inner
     except Exception as error:
-        hint = ""
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
-            hint = " It contains pickled Python objects, which this package never executes."
-        raise CheckpointError(
-            f"Cannot read {path} as a torch checkpoint.{hint} ({type(error).__name__}: {error})"
-        ) from error
+        raise _unreadable_torch_file(path, error) from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict.")
     return dict(loaded)
 
 
+def _unreadable_torch_file(path: Path, error: Exception) -> CheckpointError:
+    """Our one-line reason why `torch.load(weights_only=True)` refused `path`.
+
+    torch's own message for a pickle that needs code advises re-running with `weights_only=False`, which would
+    execute that code: it is never quoted, only the name of the object the file asked for.
+    """
+    text = str(error)
+    if "weights_only" in text or "Weights only load failed" in text or "Unsupported global" in text:
+        asked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" (it asks for {asked.group(1)})" if asked else ""
+        return CheckpointError(
+            f"{path} contains pickled Python objects{what}; this package reads only tensors and never executes "
+            "pickled code. Get the weights as safetensors, or re-save only the tensors from a trusted environment."
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return CheckpointError(f"Cannot read {path} as a torch checkpoint (truncated or corrupt?): {first_line}")
+
+
 def unwrap_state_dict(
     loaded: Mapping[str, Any], wrappers: Sequence[str] = ("state_dict",), strip_prefixes: Sequence[str] = ()
 ) -> tuple[dict[str, torch.Tensor], str | None]:
-    """Find the tensor mapping inside a loaded file: the file itself, or the first of `wrappers` present.
+    """Find the tensor mapping inside a loaded file: the first of `wrappers` present (non-empty), else the file.
 
-    Returns the state dict (with `strip_prefixes` removed where every key has them) and the wrapper used.
+    A wrapper may be a dotted path into nested mappings (`"state_dict.gen_model"`). Returns the state dict (with
+    `strip_prefixes` removed where every key has them) and the wrapper used (None: the file itself).
     """
     used = None
     state = loaded
     for wrapper in wrappers:
-        if isinstance(loaded.get(wrapper), Mapping):
-            state, used = loaded[wrapper], wrapper
+        found = nested_mapping(loaded, wrapper)
+        if found:
+            state, used = found, wrapper
             break
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
@@ -169,6 +195,29 @@ def unwrap_state_dict(
         if all(key.startswith(prefix) for key in tensors):
             tensors = {key[len(prefix) :]: value for key, value in tensors.items()}
     return tensors, used
+
+
+def nested_mapping(loaded: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
+    value: Any = loaded
+    for name in dotted.split("."):
+        value = value.get(name) if isinstance(value, Mapping) else None
+    return value if isinstance(value, Mapping) else None
+
+
+def entries_set_aside(loaded: Mapping[str, Any], wrapper: str | None) -> dict[str, str]:
+    """The entries of a wrapped file that `unwrap_state_dict` did not use (reported as dropped on purpose)."""
+    if wrapper is None:
+        return {}
+    set_aside = {}
+    parts = wrapper.split(".")
+    level: Mapping[str, Any] = loaded
+    for depth, name in enumerate(parts):
+        for other in level:
+            if other != name:
+                where = ".".join([*parts[:depth], str(other)])
+                set_aside[where] = f"not part of the converted weights ({wrapper})"
+        level = level[name]
+    return set_aside
 
 
 def _format_keys(keys: Iterable[str], limit: int = 40) -> str:
@@ -270,6 +319,172 @@ def build_model(
     return model.eval()
 
 
+# What a conversion (or `save_pretrained`) of ours writes into a model folder: only these may be replaced.
+_OUR_FILE_PATTERNS = (
+    r"config\.json",
+    r"README\.md",
+    r"diffusion_pytorch_model(?:-\d{5}-of-\d{5})?\.safetensors",
+    r"diffusion_pytorch_model\.safetensors\.index\.json",
+)
+
+
+def _temp_name_pattern(output_name: str) -> re.Pattern:
+    """Names of our staging (`.tmp-`) and replaced (`.old-`) folders beside `output_name`, with the writer's pid."""
+    return re.compile(rf"\.{re.escape(output_name)}\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{{8}}")
+
+
+def _our_model_class_names() -> set[str]:
+    from . import MODEL_TYPES  # the registry imports this file: read it when called, not at import time
+
+    return {class_name for _, class_name in MODEL_TYPES.values()}
+
+
+def _is_previous_model_of_ours(folder: Path) -> tuple[bool, str]:
+    """Whether `folder` holds only what one of our conversions writes; if not, why not (for the error)."""
+    strangers = sorted(
+        item.name
+        for item in folder.iterdir()
+        if not (item.is_file() and any(re.fullmatch(pattern, item.name) for pattern in _OUR_FILE_PATTERNS))
+    )
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+        return False, f"it holds files that a conversion does not write ({shown})"
+    try:
+        class_name = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return False, "it has no readable config.json of a diffusers-videovae model"
+    if class_name not in _our_model_class_names():
+        return False, f"its config.json describes a {class_name!r}, not a diffusers-videovae model"
+    return True, ""
+
+
+def check_output_dir(
+    output_dir: str | os.PathLike, *, overwrite: bool = False, protect: Sequence[str | os.PathLike] = ()
+) -> Path:
+    """Refuse, before any work, an output folder we must not write or replace; returns its absolute path.
+
+    A non-empty folder is replaced only with `overwrite` and only when it holds a previous model of ours
+    (`config.json` naming one of our classes, our safetensors, a `README.md` card). `protect` lists the inputs
+    (e.g. the checkpoint being converted): the output may neither be, nor contain, nor sit inside one of them.
+    """
+    output_dir = Path(output_dir).absolute()
+    for source in protect:
+        source = Path(source).absolute()
+        if source == output_dir or output_dir in source.parents:
+            raise FileExistsError(
+                f"Refusing to write {output_dir}: it holds the checkpoint being converted ({source}); "
+                "choose another output folder."
+            )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"Output {output_dir} exists and is a file, not a folder; choose another path.")
+    for parent in output_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"Cannot create {output_dir}: {parent} is a file, not a folder.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"Cannot create {output_dir}: the folder {parent} is not writable.")
+            break
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace a previous "
+                "conversion there."
+            )
+        ours, why = _is_previous_model_of_ours(output_dir)
+        if not ours:
+            raise FileExistsError(
+                f"Refusing to replace {output_dir}: {why}. --overwrite only replaces a previous diffusers-videovae "
+                "model; move those files or choose another output folder."
+            )
+    return output_dir
+
+
+def _process_is_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(output_dir: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders an interrupted save of `output_dir` left beside it; returns what was removed.
+
+    Only folders named by our own pattern (`.<name>.tmp-<pid>-<hex>` / `.<name>.old-<pid>-<hex>`) are touched, and
+    only when the process that wrote them (its pid is in the name) is no longer running.
+    """
+    output_dir = Path(output_dir).absolute()
+    if not output_dir.parent.is_dir():
+        return []
+    pattern = _temp_name_pattern(output_dir.name)
+    removed = []
+    for item in output_dir.parent.iterdir():
+        match = pattern.fullmatch(item.name)
+        if match and item.is_dir() and not item.is_symlink() and not _process_is_alive(int(match["pid"])):
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+    return removed
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm():
+    """Turn SIGTERM into an exception while a folder is staged, so `finally` blocks remove it.
+
+    Only where SIGTERM would otherwise kill the process outright (the default handler, in the main thread): a
+    handler the application installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _make_sibling_dir(output_dir: Path, kind: str) -> Path:
+    """A new folder `.<name>.<kind>-<pid>-<hex>` beside `output_dir`, created with the user's umask."""
+    while True:
+        path = output_dir.with_name(f".{output_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _apply_umask(staging: Path) -> None:
+    """Give the files we staged the modes of any file the user creates (some writers make them owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in staging.rglob("*"):
+        if item.is_file() and not item.is_symlink():
+            item.chmod(0o666 & ~umask)
+
+
+def _remove_previous_model(folder: Path) -> None:
+    """Delete the files of a previous model of ours (checked by `check_output_dir`) and then the folder itself."""
+    for item in folder.iterdir():
+        if item.is_file() and any(re.fullmatch(pattern, item.name) for pattern in _OUR_FILE_PATTERNS):
+            item.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        logger.warning("Left %s in place: something other than a converted model appeared in it.", folder)
+
+
 def save_pretrained_atomic(
     model: Any,
     output_dir: str | os.PathLike,
@@ -278,34 +493,37 @@ def save_pretrained_atomic(
     extra_files: Mapping[str, str] | None = None,
     overwrite: bool = False,
     safe_serialization: bool = True,
+    protect: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """`model.save_pretrained` into a temporary sibling folder, then rename it into place.
 
-    Nothing is left half-written: on any error the temporary folder is removed and `output_dir` is untouched.
+    Nothing is left half-written: on any error (SIGTERM included) the temporary folder is removed and `output_dir`
+    is untouched; staging folders that a killed run left behind are removed first. `overwrite` replaces only a
+    previous model of ours (see `check_output_dir`); files and folders are created with the user's umask.
     """
-    output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
-        )
+    output_dir = check_output_dir(output_dir, overwrite=overwrite, protect=protect)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=safe_serialization)
-        if model_card is not None:
-            (staging / "README.md").write_text(model_card, encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text, encoding="utf-8")
-        if output_dir.exists():
-            backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            output_dir.rename(backup)
-            staging.rename(output_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    remove_stale_temp_dirs(output_dir)
+    with _cleanup_on_sigterm():
+        staging = _make_sibling_dir(output_dir, "tmp")
+        try:
+            model.save_pretrained(staging, safe_serialization=safe_serialization)
+            if model_card is not None:
+                (staging / "README.md").write_text(model_card, encoding="utf-8")
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
+            _apply_umask(staging)
+            if output_dir.exists():
+                check_output_dir(output_dir, overwrite=overwrite, protect=protect)  # nothing new appeared meanwhile
+                backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                output_dir.rename(backup)
+                staging.rename(output_dir)
+                _remove_previous_model(backup)
+            else:
+                staging.rename(output_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return output_dir
 
 

@@ -15,14 +15,21 @@
 
 A reader who knows one checkpoint module knows all of them: each answers the same questions with the same names.
 
+* **Who it is**: `MODEL_TYPE` (the registry key in `MODEL_TYPES`, also `conversion/convert_<MODEL_TYPE>.py`),
+  `MODEL_NAME` (how people call the model, used in messages such as "this looks like an Open-Sora 1.2 VAE
+  checkpoint"), `CLASS_NAME` (our model class) and `ORIGINAL_REPO`.
 * **What was released** (data): `VARIANTS` maps a variant name to the original's own config for it (the
   constructor arguments or config file of the original code), `DEFAULT_VARIANT` names the main release,
-  `LATENT_NORMALIZATION` maps a variant to the config fields of its latent normalisation (for the model card).
+  `LATENT_NORMALIZATION` maps a variant to the config fields of its latent normalisation (e.g.
+  `{"scaling_factor": 0.18215}`): `translate_config(VARIANTS[v])` gives exactly these values.
 * **How a file is opened**: `read_original(path, original_config=None, **options)` opens the file safely
-  (safetensors or `torch.load(weights_only=True)`), unwraps it (`state_dict`, `ema_state_dict`, `module.`, ...)
-  and returns an `OriginalCheckpoint`; `looks_like(state_dict)` says whether an unwrapped state dict has this
-  release's layout (used to detect a bare file's model and to name the right converter).
-* **Which variant it is**: `infer_variant(state_dict) -> str | None` from tensor shapes.
+  (`_common.load_state_dict_file`: safetensors or `torch.load(weights_only=True)`), unwraps it
+  (`_common.unwrap_state_dict`: `state_dict`, `ema_state_dict`, `module.`, ...) and returns an
+  `OriginalCheckpoint`; it does not judge the layout. `looks_like(state_dict)` says whether a state dict has this
+  release's layout: the driver (`checkpoints.convert_original`) refuses one that does not, naming the model it
+  does look like, and `load_model` uses it to detect a bare file's model.
+* **Which variant it is**: `infer_variant(state_dict) -> str | None` from tensor shapes (None: no release, or
+  not this model's layout).
 * **How it becomes ours**: `translate_config(original_config) -> our config`; `RENAME_RULES` (a table of
   `RenameRule`s, the whole key map where it is static) and `DROPPED` (pattern -> reason: original keys left out on
   purpose); `convert(original, variant=None, **options) -> ConvertedCheckpoint` applies them plus the module's few
@@ -48,6 +55,7 @@ class CheckpointModule(Protocol):
     """The names every checkpoint module defines (checked on every registered module by the test suite)."""
 
     MODEL_TYPE: str
+    MODEL_NAME: str
     CLASS_NAME: str
     ORIGINAL_REPO: str
     VARIANTS: dict[str, dict[str, Any]]
@@ -73,6 +81,7 @@ class CheckpointModule(Protocol):
 
 _TYPES = {
     "MODEL_TYPE": str,
+    "MODEL_NAME": str,
     "CLASS_NAME": str,
     "ORIGINAL_REPO": str,
     "VARIANTS": dict,
@@ -100,6 +109,25 @@ def check_checkpoint_module(module: Any) -> list[str]:
         problems.append("LATENT_NORMALIZATION must have one entry per variant")
     if not all(isinstance(rule, RenameRule) for rule in module.RENAME_RULES):
         problems.append("RENAME_RULES must hold RenameRule items")
+    if not all(isinstance(reason, str) and reason for reason in module.DROPPED.values()):
+        problems.append("DROPPED must map each pattern to the reason its keys are left out")
+    for variant, original_config in module.VARIANTS.items():
+        fields = module.LATENT_NORMALIZATION.get(variant)
+        if not isinstance(fields, dict):
+            problems.append(f"LATENT_NORMALIZATION[{variant!r}] must be a dict of config fields")
+            continue
+        try:
+            config = module.translate_config(original_config)
+        except Exception as error:  # report it with the rest instead of stopping the check
+            problems.append(f"translate_config(VARIANTS[{variant!r}]) raised {type(error).__name__}: {error}")
+            continue
+        wrong = {key: config.get(key) for key, value in fields.items() if config.get(key) != value}
+        if wrong:
+            problems.append(
+                f"translate_config(VARIANTS[{variant!r}]) gives {wrong}, not LATENT_NORMALIZATION[{variant!r}]"
+            )
+    if module.looks_like({}) or module.infer_variant({}) is not None:
+        problems.append("an empty state dict must not look like this release nor infer a variant")
     add_arguments = getattr(module, "add_arguments", None)
     if add_arguments is not None and not callable(add_arguments):
         problems.append("add_arguments must be a function taking an argparse.ArgumentParser")

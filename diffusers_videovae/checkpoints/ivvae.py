@@ -16,7 +16,7 @@
 * Variants: four `ivvae_z{Z}_dim{C}.pth` files, all with the same layout; only the latent channels `Z`, the base
   width `C` and the latent scaling constants (hard-coded in the original's `IV_VAE` factory) differ.
 * File: a plain `torch.save`d state dict (no wrapper, no prefix, nothing to drop), read with `weights_only=True`.
-* Keys: a rename table (`RULES`) plus one handler: pairs of 1x1 convolutions that read the same input
+* Keys: a rename table (`RENAME_RULES`; nothing is `DROPPED`) plus one handler: pairs of 1x1 convolutions that read the same input
   (`conv_2d` + `conv_3d` of the original's kernel-1 `Sep_Conv3d`) become one convolution in our model, and the
   latent projection's outputs are reordered to `[mean | logvar]`.
 """
@@ -41,15 +41,12 @@ from ._common import (
 )
 
 MODEL_TYPE = "ivvae"
+MODEL_NAME = "IV-VAE"
 CLASS_NAME = "AutoencoderKLIVVAE"
 ORIGINAL_REPO = "https://github.com/ali-vilab/iv-vae"
-WEIGHTS_LOCATION = (
-    "ModelScope model repo `wpy1999/iv-vae` (https://modelscope.cn/models/wpy1999/iv-vae/files): "
-    "ivvae_z4_dim64.pth, ivvae_z8_dim64.pth, ivvae_z16_dim64.pth, ivvae_z16_dim96.pth"
-)
 
 # Latent normalisation of each release (the original's IV_VAE factory): `(z - shift_factor) * scaling_factor`.
-SCALING: dict[str, dict[str, float]] = {
+LATENT_NORMALIZATION: dict[str, dict[str, float]] = {
     "ivvae_z4_dim64": {"scaling_factor": 1.3196, "shift_factor": 0.1250},
     "ivvae_z8_dim64": {"scaling_factor": 1.0940, "shift_factor": -0.0322},
     "ivvae_z16_dim64": {"scaling_factor": 0.9697, "shift_factor": -0.1553},
@@ -66,8 +63,8 @@ def _original_config(z_dim: int, dim: int, variant: str) -> dict[str, Any]:
         "attn_scales": [],
         "temperal_downsample": [False, True, True],
         "dropout": 0.0,
-        "scale_factor": SCALING[variant]["scaling_factor"],
-        "shift_factor": SCALING[variant]["shift_factor"],
+        "scale_factor": LATENT_NORMALIZATION[variant]["scaling_factor"],
+        "shift_factor": LATENT_NORMALIZATION[variant]["shift_factor"],
     }
 
 
@@ -129,7 +126,7 @@ _BLOCK_LISTS = {
 }
 _PAC_BRANCHES = ["0", "1", "3", "6", "9", "12"]  # PAC_<dilation>, in the order the original concatenates them
 
-RULES: list[RenameRule] = [
+RENAME_RULES: list[RenameRule] = [
     RenameRule(rf"encoder\.conv1\.conv_{_H}\.{_P}", r"encoder.conv_in.conv_\g<h>.\g<p>"),
     RenameRule(r"encoder\.head\.0\.gamma", "encoder.norm_out.gamma"),
     *[
@@ -146,6 +143,8 @@ RULES: list[RenameRule] = [
         for leaf, target in _BLOCK_LEAVES
     ],
 ]
+# The release files hold the VAE only: every key is converted.
+DROPPED: dict[str, str] = {}
 
 # Kernel-1 Sep_Conv3d pairs (`<prefix>.conv_2d` + `<prefix>.conv_3d`) -> one 1x1x1 convolution of ours.
 _FUSED_PAIRS = [
@@ -167,12 +166,6 @@ def read_original(
     keyword arguments (needed only for non-released sizes)."""
     loaded = load_state_dict_file(path)
     state_dict, wrapper = unwrap_state_dict(loaded, wrappers=("state_dict",), strip_prefixes=("module.",))
-    if not looks_like(state_dict):
-        missing = [key for key in _SIGNATURE_KEYS if key not in state_dict]
-        raise CheckpointError(
-            f"{path} is not an IV-VAE checkpoint: it lacks the release keys {missing} "
-            f"(first keys found: {sorted(state_dict)[:5]})."
-        )
     config = read_json(original_config) if original_config is not None else None
     return OriginalCheckpoint(
         state_dict=state_dict, original_config=config, source=str(path), info={"wrapper": wrapper}
@@ -181,6 +174,8 @@ def read_original(
 
 def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
     """The released variant whose (latent channels, base width) match the tensor shapes, or None."""
+    if not looks_like(state_dict):
+        return None
     base_width = state_dict[_BASE_WIDTH_KEY].shape[0]
     latent_channels = state_dict[_LATENT_KEY].shape[0]
     for name, config in VARIANTS.items():
@@ -189,7 +184,7 @@ def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def convert_config(original_config: dict[str, Any]) -> dict[str, Any]:
+def translate_config(original_config: dict[str, Any]) -> dict[str, Any]:
     """The original's `VAutoencoder3d` keyword arguments -> our `AutoencoderKLIVVAE` config."""
     unknown = sorted(set(original_config) - set(CONFIG_NAMES) - {"attn_scales"})
     if unknown:
@@ -247,6 +242,9 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **options:
     shapes. A checkpoint whose shapes belong to another variant than `variant` is rejected.
     """
     state_dict = original.state_dict
+    if not looks_like(state_dict):
+        missing = [key for key in _SIGNATURE_KEYS if key not in state_dict]
+        raise CheckpointError(f"Not an IV-VAE checkpoint: it lacks the release keys {missing}.")
     inferred = infer_variant(state_dict)
     if variant is not None:
         if variant not in VARIANTS:
@@ -277,10 +275,10 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **options:
             f"{state_dict[_LATENT_KEY].shape[0]}, base width {state_dict[_BASE_WIDTH_KEY].shape[0]}); "
             "pass the original's config with --original-config (original_config=...)."
         )
-    config = convert_config(original_config)
+    config = translate_config(original_config)
 
     fused, consumed = _fuse_pairs(state_dict)
-    renamed, dropped = account_keys({k: v for k, v in state_dict.items() if k not in consumed}, RULES)
+    renamed, dropped = account_keys({k: v for k, v in state_dict.items() if k not in consumed}, RENAME_RULES, DROPPED)
     overlap = set(renamed) & set(fused)
     if overlap:
         raise CheckpointError(f"Keys produced twice by the conversion: {sorted(overlap)}")

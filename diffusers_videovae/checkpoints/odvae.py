@@ -40,19 +40,19 @@ from ._common import (
     OriginalCheckpoint,
     RenameRule,
     account_keys,
+    entries_set_aside,
     load_state_dict_file,
+    nested_mapping,
     read_json,
+    unwrap_state_dict,
 )
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "odvae"
+MODEL_NAME = "OD-VAE (Open-Sora-Plan CausalVideoVAE)"
 CLASS_NAME = "AutoencoderKLODVAE"
 ORIGINAL_REPO = "PKU-YuanGroup/Open-Sora-Plan"
-WEIGHTS_LOCATION = (
-    "Hugging Face `LanguageBind/Open-Sora-Plan-v1.2.0`, folder `vae/` (config.json + checkpoint.ckpt); "
-    "`LanguageBind/Open-Sora-Plan-v1.1.0`, folder `vae/`"
-)
 
 _COMMON = {
     "hidden_size": 128,
@@ -101,7 +101,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_VARIANT = "v1.2.0"
-SCALING = {name: {"scaling_factor": 0.18215} for name in VARIANTS}
+# `z * scaling_factor` for both releases (no shift).
+LATENT_NORMALIZATION: dict[str, dict[str, float]] = {name: {"scaling_factor": 0.18215} for name in VARIANTS}
 
 # The original class's constructor defaults: a config.json that omits a field gets these (many differ from the
 # releases, so a missing field silently builds another model in the original; here it is named in the error).
@@ -137,13 +138,20 @@ _SPATIAL_UP = {"": None, "SpatialUpsample2x": "upsample2d", "Spatial2xTime2x3DUp
 _TEMPORAL_UP = {"": None, "TimeUpsampleRes2x": "time_res"}
 
 # Our module tree keeps the original names, so every VAE key maps to itself; these patterns say which are VAE keys.
-RENAME_RULES = [
+RENAME_RULES: list[RenameRule] = [
     RenameRule(r"((?:encoder|decoder)\.(?:conv_in|conv_out|norm_out|mid|down|up)\..+)", r"\1"),
     RenameRule(r"((?:quant_conv|post_quant_conv)\.conv\.(?:weight|bias))", r"\1"),
 ]
-DROP = {r"(?:.+\.)?loss\..+": "training loss module (LPIPS / discriminator / logvar) saved with v1.1-era models"}
+DROPPED: dict[str, str] = {
+    r"(?:.+\.)?loss\..+": "training loss module (LPIPS / discriminator / logvar) saved with v1.1-era models"
+}
 
-_WEIGHTS_CHOICES = ("ema", "non-ema")
+# Where the weights sit in a training checkpoint, in the original loader's order of preference (`module.` of the
+# EMA wrapper is stripped); a flat file is the state dict itself.
+_WRAPPERS = {
+    "ema": ("ema_state_dict", "state_dict.gen_model", "state_dict"),
+    "non-ema": ("state_dict.gen_model", "state_dict"),
+}
 _FOLDER_WEIGHTS = (
     "*.ckpt",
     "diffusion_pytorch_model.safetensors",
@@ -157,7 +165,7 @@ _FOLDER_WEIGHTS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
-        choices=_WEIGHTS_CHOICES,
+        choices=sorted(_WRAPPERS),
         default="ema",
         help="which weights of a training checkpoint to convert: 'ema' (default, as the original loader: "
         "`ema_state_dict` when present) or 'non-ema' (`state_dict` / `state_dict['gen_model']`)",
@@ -176,48 +184,6 @@ def _find_weights_file(folder: Path) -> Path:
     raise CheckpointError(f"No weights file in {folder} (looked for {', '.join(_FOLDER_WEIGHTS)}).")
 
 
-def _is_tensor_dict(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(isinstance(item, torch.Tensor) for item in value.values())
-
-
-def _unwrap(loaded: dict[str, Any], weights: str) -> tuple[dict[str, torch.Tensor], str, dict[str, str]]:
-    """The VAE state dict inside a loaded file, the wrapping it came from, and the top-level entries left aside."""
-    if weights not in _WEIGHTS_CHOICES:
-        raise CheckpointError(f"weights must be one of {_WEIGHTS_CHOICES}, got {weights!r}.")
-    ema = loaded.get("ema_state_dict")
-    wrapped = loaded.get("state_dict")
-    if weights == "ema" and isinstance(ema, dict) and ema:
-        state, used = {key.replace("module.", ""): value for key, value in ema.items()}, "ema_state_dict"
-    elif isinstance(wrapped, dict) and wrapped:
-        if isinstance(wrapped.get("gen_model"), dict):
-            state, used = wrapped["gen_model"], "state_dict['gen_model']"
-        else:
-            state, used = wrapped, "state_dict"
-    elif _is_tensor_dict(loaded):
-        state, used = loaded, "flat"
-    elif weights == "non-ema" and isinstance(ema, dict) and ema:
-        raise CheckpointError("--weights non-ema was asked, but this file holds only `ema_state_dict`.")
-    else:
-        raise CheckpointError(
-            "Not an Open-Sora-Plan CausalVideoVAE checkpoint: no `ema_state_dict`, `state_dict` or flat tensor dict "
-            f"(top-level keys: {sorted(loaded)[:20]})."
-        )
-    set_aside = {}
-    if used != "flat":
-        top = used.split("[")[0]
-        for name in loaded:
-            if name != top:
-                set_aside[name] = f"top-level entry not used (converted weights: {used})"
-        if used.startswith("state_dict[") and isinstance(wrapped, dict):
-            for name in wrapped:
-                if name != "gen_model":
-                    set_aside[f"state_dict.{name}"] = "training-only model (e.g. the discriminator)"
-    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"The {used} entry holds non-tensor values under {not_tensors[:10]}.")
-    return dict(state), used, set_aside
-
-
 def read_original(
     path: str | os.PathLike,
     original_config: str | os.PathLike | dict | None = None,
@@ -225,20 +191,25 @@ def read_original(
     **_: Any,
 ) -> OriginalCheckpoint:
     """Open a release folder (`config.json` + weights) or a bare weights file, without executing pickle code."""
+    if weights not in _WRAPPERS:
+        raise CheckpointError(f"weights must be one of {sorted(_WRAPPERS)}, got {weights!r}.")
     path = Path(path)
     if path.is_dir():
         if original_config is None and (path / "config.json").exists():
             original_config = path / "config.json"
         path = _find_weights_file(path)
     loaded = load_state_dict_file(path)
-    state, used, set_aside = _unwrap(loaded, weights)
+    if weights == "non-ema" and not any(nested_mapping(loaded, name) for name in _WRAPPERS["non-ema"]):
+        if nested_mapping(loaded, "ema_state_dict"):
+            raise CheckpointError(f"--weights non-ema was asked, but {path} holds only `ema_state_dict`.")
+    state, used = unwrap_state_dict(loaded, wrappers=_WRAPPERS[weights], strip_prefixes=("module.",))
     if isinstance(original_config, (str, os.PathLike)):
         original_config = read_json(original_config)
     return OriginalCheckpoint(
         state_dict=state,
         original_config=original_config,
         source=str(path),
-        info={"wrapping": used, "set_aside": set_aside},
+        info={"wrapping": used or "flat", "set_aside": entries_set_aside(loaded, used)},
     )
 
 
@@ -306,12 +277,14 @@ def translate_config(original: dict[str, Any]) -> dict[str, Any]:
         ),
         "dropout": config["dropout"],
         "use_quant_layer": bool(config["use_quant_layer"]),
-        "scaling_factor": SCALING[DEFAULT_VARIANT]["scaling_factor"],
+        "scaling_factor": LATENT_NORMALIZATION[DEFAULT_VARIANT]["scaling_factor"],
     }
 
 
-def infer_variant(state_dict: dict[str, torch.Tensor]) -> str:
-    """`v1.1.0` when the temporal res-downsamplers are present, otherwise `v1.2.0`."""
+def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """`v1.1.0` when the temporal res-downsamplers are present, `v1.2.0` otherwise; None for another layout."""
+    if not looks_like(state_dict):
+        return None
     return "v1.1.0" if any(".time_downsample." in key for key in state_dict) else "v1.2.0"
 
 
@@ -325,8 +298,10 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **_: Any) 
         variant = matches[0] if matches else None
     else:
         variant = variant or infer_variant(original.state_dict)
+        if variant is None:
+            raise CheckpointError("Not an OD-VAE checkpoint: its keys have neither release layout.")
         config = translate_config(VARIANTS[variant])
-    state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROP)
+    state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROPPED)
     state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
     dropped.update(original.info.get("set_aside", {}))
     return ConvertedCheckpoint(

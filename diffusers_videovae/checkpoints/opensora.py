@@ -19,13 +19,16 @@
 * File: a transformers `save_pretrained` folder (`config.json` + `model.safetensors`) or the bare safetensors
   file; a flat float32 state dict with `scale`, `shift`, `spatial_vae.module.*` and `temporal_vae.*`.
 * Keys: `spatial_vae.module.<AutoencoderKL key>` -> `spatial_vae.<same>`; `temporal_vae.*` renamed to our block
-  names (tables below, built from the config); `scale` / `shift` -> config `latents_std` / `latents_mean`.
+  names (`RENAME_RULES`), after one handler that renumbers the decoder's levels coarsest first as ours run
+  (`_decoder_levels_coarsest_first`); `scale` / `shift` are `DROPPED` from the weights because they become the
+  config's `latents_std` / `latents_mean`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +42,13 @@ from ._common import (
     account_keys,
     load_state_dict_file,
     read_json,
+    unwrap_state_dict,
 )
 
 MODEL_TYPE = "opensora"
+MODEL_NAME = "Open-Sora 1.2 VAE"
 CLASS_NAME = "AutoencoderKLOpenSora"
 ORIGINAL_REPO = "https://github.com/hpcaitech/Open-Sora (tag v1.2.0)"
-WEIGHTS_LOCATION = "https://huggingface.co/hpcai-tech/OpenSora-VAE-v1.2 (config.json + model.safetensors)"
 
 PIXART_SDXL_VAE = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers"
 
@@ -84,9 +88,9 @@ RELEASE_CONFIG: dict[str, Any] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {"v1.2": RELEASE_CONFIG}
 DEFAULT_VARIANT = "v1.2"
-SCALING = {
-    "v1.2": "latents_mean = (-0.10, 0.34, 0.27, 0.98), latents_std = (3.85, 2.32, 2.33, 3.06): "
-    "z_normalised = (z - latents_mean) / latents_std (spatial factor 0.18215 is inside the model)"
+# `(z - latents_mean) / latents_std` per channel (the spatial stage's factor 0.18215 is inside the model).
+LATENT_NORMALIZATION: dict[str, dict[str, list[float]]] = {
+    "v1.2": {"latents_mean": RELEASE_CONFIG["shift"], "latents_std": RELEASE_CONFIG["scale"]}
 }
 
 # Defaults of the original `VAE_Temporal` class, and what the `VAE_Temporal_SD` factory fixes.
@@ -166,12 +170,7 @@ def read_original(
         if original_config is None and (path / "config.json").is_file():
             original_config = path / "config.json"
         path = weights
-    state_dict = load_state_dict_file(path)
-    if not looks_like(state_dict):
-        raise CheckpointError(
-            f"{path} is not an Open-Sora 1.2 VAE checkpoint: expected `scale`, `shift`, `spatial_vae.module.*` "
-            f"and `temporal_vae.*` keys; first keys found: {sorted(state_dict)[:8]}"
-        )
+    state_dict, _ = unwrap_state_dict(load_state_dict_file(path), wrappers=())  # the release file is flat
     config = read_json(original_config) if original_config is not None else None
     config_dir = Path(original_config).resolve().parent if original_config is not None else None
     spatial = _resolve_spatial_config(config or RELEASE_CONFIG, config_dir, spatial_config)
@@ -200,52 +199,63 @@ def _temporal_hyperparameters(vae_temporal: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _temporal_rules(num_levels: int) -> list[RenameRule]:
-    resnet = r"(norm1|norm2|conv1|conv2)\.(.+)"
-    rules = [
-        RenameRule(r"temporal_vae\.(quant_conv|post_quant_conv)\.conv\.(weight|bias)", r"temporal_vae.\1.conv.\2"),
-        RenameRule(r"temporal_vae\.encoder\.conv_in\.conv\.weight", "temporal_vae.encoder.conv_in.conv.weight"),
-        RenameRule(r"temporal_vae\.encoder\.conv2\.conv\.(weight|bias)", r"temporal_vae.encoder.conv_out.conv.\1"),
-        RenameRule(r"temporal_vae\.decoder\.conv1\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_in.conv.\1"),
-        RenameRule(r"temporal_vae\.decoder\.conv_out\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_out.conv.\1"),
-        RenameRule(r"temporal_vae\.(encoder|decoder)\.norm1\.(weight|bias)", r"temporal_vae.\1.norm_out.\2"),
-        RenameRule(
-            r"temporal_vae\.(encoder|decoder)\.res_blocks\.(\d+)\." + resnet, r"temporal_vae.\1.mid_resnets.\2.\3.\4"
-        ),
-        RenameRule(
-            r"temporal_vae\.encoder\.block_res_blocks\.(\d+)\.(\d+)\." + resnet,
-            r"temporal_vae.encoder.down_blocks.\1.resnets.\2.\3.\4",
-        ),
-        RenameRule(
-            r"temporal_vae\.encoder\.block_res_blocks\.(\d+)\.(\d+)\.conv3\.(.+)",
-            r"temporal_vae.encoder.down_blocks.\1.resnets.\2.conv_shortcut.\3",
-        ),
-        RenameRule(
-            r"temporal_vae\.encoder\.conv_blocks\.(\d+)\.conv\.(weight|bias)",
-            r"temporal_vae.encoder.down_blocks.\1.downsampler.conv.\2",
-        ),
-    ]
-    # The original decoder lists its levels finest first; ours runs coarsest first (level i -> up block n-1-i).
-    for level in range(num_levels):
-        up = num_levels - 1 - level
-        rules += [
-            RenameRule(
-                rf"temporal_vae\.decoder\.block_res_blocks\.{level}\.(\d+)\." + resnet,
-                rf"temporal_vae.decoder.up_blocks.{up}.resnets.\1.\2.\3",
-            ),
-            RenameRule(
-                rf"temporal_vae\.decoder\.block_res_blocks\.{level}\.(\d+)\.conv3\.(.+)",
-                rf"temporal_vae.decoder.up_blocks.{up}.resnets.\1.conv_shortcut.\2",
-            ),
-        ]
-        if level > 0:
-            rules.append(
-                RenameRule(
-                    rf"temporal_vae\.decoder\.conv_blocks\.{level - 1}\.conv\.(weight|bias)",
-                    rf"temporal_vae.decoder.up_blocks.{up}.upsampler.conv.\1",
-                )
-            )
-    return rules
+_RESNET = r"(norm1|norm2|conv1|conv2)\.(.+)"
+# Original key -> ours, for the decoder once its levels are numbered coarsest first (`_decoder_levels_coarsest_first`).
+RENAME_RULES: list[RenameRule] = [
+    RenameRule(r"spatial_vae\.module\.(.+)", r"spatial_vae.\1"),
+    RenameRule(r"temporal_vae\.(quant_conv|post_quant_conv)\.conv\.(weight|bias)", r"temporal_vae.\1.conv.\2"),
+    RenameRule(r"temporal_vae\.encoder\.conv_in\.conv\.weight", "temporal_vae.encoder.conv_in.conv.weight"),
+    RenameRule(r"temporal_vae\.encoder\.conv2\.conv\.(weight|bias)", r"temporal_vae.encoder.conv_out.conv.\1"),
+    RenameRule(r"temporal_vae\.decoder\.conv1\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_in.conv.\1"),
+    RenameRule(r"temporal_vae\.decoder\.conv_out\.conv\.(weight|bias)", r"temporal_vae.decoder.conv_out.conv.\1"),
+    RenameRule(r"temporal_vae\.(encoder|decoder)\.norm1\.(weight|bias)", r"temporal_vae.\1.norm_out.\2"),
+    RenameRule(
+        r"temporal_vae\.(encoder|decoder)\.res_blocks\.(\d+)\." + _RESNET, r"temporal_vae.\1.mid_resnets.\2.\3.\4"
+    ),
+    RenameRule(
+        r"temporal_vae\.encoder\.block_res_blocks\.(\d+)\.(\d+)\." + _RESNET,
+        r"temporal_vae.encoder.down_blocks.\1.resnets.\2.\3.\4",
+    ),
+    RenameRule(
+        r"temporal_vae\.encoder\.block_res_blocks\.(\d+)\.(\d+)\.conv3\.(.+)",
+        r"temporal_vae.encoder.down_blocks.\1.resnets.\2.conv_shortcut.\3",
+    ),
+    RenameRule(
+        r"temporal_vae\.encoder\.conv_blocks\.(\d+)\.conv\.(weight|bias)",
+        r"temporal_vae.encoder.down_blocks.\1.downsampler.conv.\2",
+    ),
+    RenameRule(
+        r"temporal_vae\.decoder\.block_res_blocks\.(\d+)\.(\d+)\." + _RESNET,
+        r"temporal_vae.decoder.up_blocks.\1.resnets.\2.\3.\4",
+    ),
+    RenameRule(
+        r"temporal_vae\.decoder\.block_res_blocks\.(\d+)\.(\d+)\.conv3\.(.+)",
+        r"temporal_vae.decoder.up_blocks.\1.resnets.\2.conv_shortcut.\3",
+    ),
+    RenameRule(
+        r"temporal_vae\.decoder\.conv_blocks\.(\d+)\.conv\.(weight|bias)",
+        r"temporal_vae.decoder.up_blocks.\1.upsampler.conv.\2",
+    ),
+]
+DROPPED: dict[str, str] = {
+    "shift": "stored in the config as `latents_mean`",
+    "scale": "stored in the config as `latents_std`",
+}
+
+
+def _decoder_levels_coarsest_first(state_dict: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:
+    """Renumber the original decoder's levels as our up blocks run.
+
+    The original lists them finest first: `block_res_blocks.<level>` and `conv_blocks.<level - 1>` (the upsampler
+    that ends level `level`, for level >= 1) both belong to our up block `num_levels - 1 - level`.
+    """
+    prefix = re.compile(r"temporal_vae\.decoder\.(block_res_blocks|conv_blocks)\.(\d+)\.")
+
+    def renumber(match: re.Match) -> str:
+        level = int(match[2]) + (1 if match[1] == "conv_blocks" else 0)
+        return f"temporal_vae.decoder.{match[1]}.{num_levels - 1 - level}."
+
+    return {prefix.sub(renumber, key, count=1): value for key, value in state_dict.items()}
 
 
 def _normalisation(state_dict: dict[str, torch.Tensor], name: str, configured: list[float]) -> list[float]:
@@ -260,30 +270,36 @@ def _normalisation(state_dict: dict[str, torch.Tensor], name: str, configured: l
     return [float(v) for v in values.tolist()]
 
 
-def convert(original: OriginalCheckpoint, variant: str | None = None, **options: Any) -> ConvertedCheckpoint:
-    """Map the pipeline config + state dict to `AutoencoderKLOpenSora`'s config and keys."""
-    pipeline = original.original_config
-    if pipeline is None:
-        pipeline = VARIANTS[variant or DEFAULT_VARIANT]
-    elif variant is not None:
-        raise CheckpointError("Pass either --variant or --original-config, not both.")
-    if pipeline.get("cal_loss"):
-        logger_note = "cal_loss=True (training mode) is ignored: our encode/decode always return raw latents."
-        original.info.setdefault("notes", []).append(logger_note)
-    temporal = _temporal_hyperparameters(pipeline.get("vae_temporal") or {})
-    spatial = original.info.get("spatial_config") or SDXL_VAE_CONFIG
+def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """`v1.2` when the widths of both stages are the release's (SDXL spatial VAE, 128 temporal filters), else None."""
+    if not looks_like(state_dict):
+        return None
+    spatial = state_dict.get("spatial_vae.module.encoder.conv_in.weight")
+    temporal = state_dict.get("temporal_vae.encoder.conv_in.conv.weight")
+    if spatial is None or temporal is None:
+        return None
+    release = (SDXL_VAE_CONFIG["block_out_channels"][0], _TEMPORAL_SD["filters"])
+    return DEFAULT_VARIANT if (spatial.shape[0], temporal.shape[0]) == release else None
+
+
+def translate_config(original_config: dict[str, Any], spatial_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The original pipeline config (+ its spatial AutoencoderKL config) -> `AutoencoderKLOpenSora` arguments.
+
+    `latents_mean` / `latents_std` come from the config's `shift` / `scale`; `convert` replaces them with the
+    checkpoint's own buffers when those differ.
+    """
+    temporal = _temporal_hyperparameters(original_config.get("vae_temporal") or {})
+    spatial = spatial_config or SDXL_VAE_CONFIG
     if spatial.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
         raise CheckpointError(f"The spatial VAE must be an AutoencoderKL, got {spatial.get('_class_name')!r}.")
     if spatial.get("latent_channels", 4) != temporal["in_out_channels"]:
         raise CheckpointError("The spatial latent channels and the temporal VAE's in_out_channels differ.")
-    vae_2d = pipeline.get("vae_2d") or {}
-
-    shift = _normalisation(original.state_dict, "shift", pipeline.get("shift", RELEASE_CONFIG["shift"]))
-    scale = _normalisation(original.state_dict, "scale", pipeline.get("scale", RELEASE_CONFIG["scale"]))
-    if len(shift) != temporal["embed_dim"] or len(scale) != temporal["embed_dim"]:
-        raise CheckpointError(f"`shift`/`scale` need {temporal['embed_dim']} values, got {len(shift)}/{len(scale)}.")
-
-    config = {
+    if not (spatial.get("use_quant_conv", True) and spatial.get("use_post_quant_conv", True)):
+        raise CheckpointError("Spatial VAEs without quant/post-quant convs are not supported.")
+    vae_2d = original_config.get("vae_2d") or {}
+    shift = original_config.get("shift", RELEASE_CONFIG["shift"])
+    scale = original_config.get("scale", RELEASE_CONFIG["scale"])
+    return {
         "in_channels": spatial.get("in_channels", 3),
         "out_channels": spatial.get("out_channels", 3),
         "spatial_latent_channels": spatial.get("latent_channels", 4),
@@ -303,20 +319,35 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **options:
         "temporal_num_groups": temporal["num_groups"],
         "temporal_latent_embed_dim": temporal["latent_embed_dim"],
         "latent_channels": temporal["embed_dim"],
-        "micro_frame_size": pipeline.get("micro_frame_size"),
-        "latents_mean": shift,
-        "latents_std": scale,
+        "micro_frame_size": original_config.get("micro_frame_size"),
+        "latents_mean": [float(v) for v in shift] if isinstance(shift, list) else shift,
+        "latents_std": [float(v) for v in scale] if isinstance(scale, list) else scale,
     }
-    if not (spatial.get("use_quant_conv", True) and spatial.get("use_post_quant_conv", True)):
-        raise CheckpointError("Spatial VAEs without quant/post-quant convs are not supported.")
 
-    rules = [RenameRule(r"spatial_vae\.module\.(.+)", r"spatial_vae.\1")]
-    rules += _temporal_rules(len(temporal["channel_multipliers"]))
-    drop = {
-        "shift": "stored in the config as `latents_mean`",
-        "scale": "stored in the config as `latents_std`",
-    }
-    state_dict, dropped = account_keys(original.state_dict, rules, drop)
+
+def convert(original: OriginalCheckpoint, variant: str | None = None, **options: Any) -> ConvertedCheckpoint:
+    """Map the pipeline config + state dict to `AutoencoderKLOpenSora`'s config and keys."""
+    pipeline = original.original_config
+    if pipeline is None:
+        pipeline = VARIANTS[variant or DEFAULT_VARIANT]
+    elif variant is not None:
+        raise CheckpointError("Pass either --variant or --original-config, not both.")
+    spatial = original.info.get("spatial_config") or SDXL_VAE_CONFIG
+    config = translate_config(pipeline, spatial)
+    embed_dim = config["latent_channels"]
+    config["latents_mean"] = _normalisation(
+        original.state_dict, "shift", pipeline.get("shift", RELEASE_CONFIG["shift"])
+    )
+    config["latents_std"] = _normalisation(
+        original.state_dict, "scale", pipeline.get("scale", RELEASE_CONFIG["scale"])
+    )
+    if len(config["latents_mean"]) != embed_dim or len(config["latents_std"]) != embed_dim:
+        raise CheckpointError(
+            f"`shift`/`scale` need {embed_dim} values, got {len(config['latents_mean'])}/{len(config['latents_std'])}."
+        )
+
+    renumbered = _decoder_levels_coarsest_first(original.state_dict, len(config["temporal_channel_multipliers"]))
+    state_dict, dropped = account_keys(renumbered, RENAME_RULES, DROPPED)
     detected = variant or (DEFAULT_VARIANT if original.original_config is None else None)
     if detected is None and _same_architecture(pipeline, spatial):
         detected = DEFAULT_VARIANT
