@@ -26,7 +26,9 @@ non-strictly and would keep random weights). `--dtype bfloat16` stores half-size
 also uploads the folder.
 """
 
-from diffusers_videovae.checkpoints import conversion_main
+import sys
+
+from diffusers_videovae.checkpoints import run_conversion_script
 
 if __name__ == "__main__":
-    conversion_main("reducio")
+    sys.exit(run_conversion_script("reducio"))

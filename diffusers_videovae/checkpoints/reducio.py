@@ -48,11 +48,9 @@ from ._common import (
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "reducio"
+MODEL_NAME = "Reducio-VAE"
 CLASS_NAME = "AutoencoderKLReducio"
 ORIGINAL_REPO = "microsoft/Reducio-VAE"
-WEIGHTS_LOCATION = (
-    "Hugging Face `microsoft/Reducio-VAE`: `reducio-ft4-fs32-attn23.ckpt` (ft4), `reducio-ft2-fs32-attn23.ckpt` (ft2)"
-)
 
 
 def _released(f_t: int) -> dict[str, Any]:
@@ -246,6 +244,7 @@ def translate_config(original: dict[str, Any]) -> dict[str, Any]:
         "window_size": _window(dd.get("window_size"), 256, "ddconfig.window_size"),
         "content_window_size": _window(dd2.get("window_size"), 256, "ddconfig_2d.window_size"),
         "dropout": float(dd.get("dropout", 0.0)),
+        "latent_norm_eps": 1e-5,  # fixed in the original's latent layer norm, not in its config
     }
 
 
