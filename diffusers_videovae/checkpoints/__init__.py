@@ -64,6 +64,7 @@ MODEL_TYPES: dict[str, tuple[str, str]] = {
     "ivvae": ("iv_vae", "AutoencoderKLIVVAE"),
     "odvae": ("od_vae", "AutoencoderKLODVAE"),
     "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
+    "cascadev": ("cascadev", "AutoencoderCascadeV"),
 }
 
 
