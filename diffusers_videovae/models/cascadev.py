@@ -667,6 +667,11 @@ class AutoencoderCascadeV(
         self.use_tiling = True
         self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
         self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
+        # A tile size given without its stride moves by 3/4 of the tile (as the defaults, 512 every 384).
+        if tile_sample_stride_height is None and tile_sample_min_height is not None:
+            tile_sample_stride_height = max(8, tile_sample_min_height * 3 // 4 // 8 * 8)
+        if tile_sample_stride_width is None and tile_sample_min_width is not None:
+            tile_sample_stride_width = max(8, tile_sample_min_width * 3 // 4 // 8 * 8)
         self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
         self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
         for name in (
