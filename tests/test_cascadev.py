@@ -567,6 +567,21 @@ def test_layerwise_casting_fp8_is_finite_and_close(model, cases):
     assert float((cast - plain).abs().max()) < 0.1 * float(plain.abs().max())
 
 
+def test_layerwise_casting_fp8_of_the_whole_model_keeps_the_encoder_and_decodes_finite(converted_dir):
+    model = AutoencoderCascadeV.from_pretrained(converted_dir).eval()
+    model.set_progress_bar_config(disable=True)
+    video = torch.rand(1, 3, 4, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(video).latent_dist.mean
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        z_cast = model.encode(video).latent_dist.mean
+        out = model.decode(z_cast, 2, generator=torch.Generator().manual_seed(0)).sample
+    assert model.transformer.blocks[0].mlp.fc1.weight.dtype == torch.float8_e4m3fn
+    assert model.svd_vae.decoder.conv_in.weight.dtype == torch.float8_e4m3fn
+    assert torch.equal(z_cast, z)
+    assert torch.isfinite(out).all() and out.shape == (1, 3, 4, 128, 128)
+
+
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_group_offload_equals_plain(model, cases, offload_type):
     dit = copy.deepcopy(model.transformer)

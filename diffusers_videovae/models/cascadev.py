@@ -566,7 +566,8 @@ class AutoencoderCascadeV(
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["CascadeVTransformerBlock", "CascadeVMBConv"]
-    _skip_layerwise_casting_patterns = ["norm", "x_embedder", "t_embedder", "scale_shift_table", "mapper"]
+    # The effnet encoder (20 M parameters) stays in its dtype: the latent is what the whole decode is conditioned on.
+    _skip_layerwise_casting_patterns = [r"^encoder\.", "norm", "x_embedder", "t_embedder", "scale_shift_table"]
 
     @register_to_config
     def __init__(
@@ -819,7 +820,7 @@ class AutoencoderCascadeV(
 
     def _predict_noise(self, x_in: torch.Tensor, condition: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """eps for one video: x_in (T, 4, H, W) scaled model input, condition (T, 16, H, W) -> (T, 4, H, W) fp32."""
-        dtype = self.transformer.x_embedder.proj.weight.dtype
+        dtype = self.transformer.dtype
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             dtype = torch.float32  # storage-only dtypes (layerwise casting) compute in float32
         hidden = torch.cat([x_in, condition], dim=1)
@@ -946,7 +947,7 @@ class AutoencoderCascadeV(
             )
         batch, _, frames, _, _ = latents.shape
         chunk = chunk_size or self._svd_chunk_size(frames)
-        dtype = self.svd_vae.decoder.conv_in.weight.dtype
+        dtype = self.svd_vae.dtype
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             dtype = torch.float32  # storage-only dtypes (layerwise casting) compute in float32
         videos = []
