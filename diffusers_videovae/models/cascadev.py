@@ -551,7 +551,8 @@ class AutoencoderCascadeV(
             `attn_strides`, `upcast_attention`).
         svd_block_out_channels (`tuple[int]`, default `(128, 256, 512, 512)`), svd_layers_per_block (`int`, default
             2), svd_latent_channels (`int`, default 4), svd_scaling_factor (`float`, 0.18215, unused),
-            svd_force_upcast (`bool`): the `AutoencoderKLTemporalDecoder` config.
+            svd_force_upcast (`bool`): the `AutoencoderKLTemporalDecoder` config (kept for pipelines that read it;
+            `decode_svd_latents` runs the decoder in the model's dtype, as the original runs it in fp16).
         sr_scale (`int`, default 4): condition upsampling (effnet grid -> SVD latent grid).
         refiner_scale_factor (`float`, default 0.13025): scale of the condition and of the diffusion variable.
         scheduler_type (`str`, default "euler_ancestral"): "euler_ancestral" (the release), "ddim" or
