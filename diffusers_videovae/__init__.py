@@ -14,6 +14,8 @@ _LAZY = {
     "AutoencoderKLODVAE": "diffusers_videovae.models.od_vae",
     "AutoencoderKLOpenSora": "diffusers_videovae.models.opensora_vae",
     "AutoencoderKLReducio": "diffusers_videovae.models.reducio_vae",
+    "AutoencoderCascadeV": "diffusers_videovae.models.cascadev",
+    "CascadeVTransformer3DModel": "diffusers_videovae.models.cascadev",
     "load_model": "diffusers_videovae.loaders",
     "CheckpointError": "diffusers_videovae.checkpoints",
     # Not public: diffusers' pipeline loader finds a component's load method by looking its base classes up in the
@@ -22,10 +24,12 @@ _LAZY = {
 }
 
 __all__ = [
+    "AutoencoderCascadeV",
     "AutoencoderKLIVVAE",
     "AutoencoderKLODVAE",
     "AutoencoderKLOpenSora",
     "AutoencoderKLReducio",
+    "CascadeVTransformer3DModel",
     "CheckpointError",
     "__version__",
     "load_model",
@@ -34,6 +38,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .checkpoints import CheckpointError
     from .loaders import load_model
+    from .models.cascadev import AutoencoderCascadeV, CascadeVTransformer3DModel
     from .models.iv_vae import AutoencoderKLIVVAE
     from .models.od_vae import AutoencoderKLODVAE
     from .models.opensora_vae import AutoencoderKLOpenSora

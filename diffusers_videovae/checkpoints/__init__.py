@@ -64,6 +64,7 @@ MODEL_TYPES: dict[str, tuple[str, str]] = {
     "odvae": ("od_vae", "AutoencoderKLODVAE"),
     "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
     "reducio": ("reducio_vae", "AutoencoderKLReducio"),
+    "cascadev": ("cascadev", "AutoencoderCascadeV"),
 }
 
 
