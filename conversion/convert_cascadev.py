@@ -20,7 +20,9 @@ The release config is built in; for a custom DiT pass its mmcv-style config with
 executed). `--previewer` is optional (without it the folder has no `preview()`).
 """
 
-from diffusers_videovae.checkpoints import conversion_main
+import sys
+
+from diffusers_videovae.checkpoints import run_conversion_script
 
 if __name__ == "__main__":
-    conversion_main("cascadev")
+    sys.exit(run_conversion_script("cascadev"))

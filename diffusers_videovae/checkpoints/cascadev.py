@@ -51,13 +51,9 @@ from ._common import (
 )
 
 MODEL_TYPE = "cascadev"
+MODEL_NAME = "CascadeV"
 CLASS_NAME = "AutoencoderCascadeV"
 ORIGINAL_REPO = "https://github.com/bytedance/CascadeV (commit c697b99)"
-WEIGHTS_LOCATION = (
-    "https://huggingface.co/ByteDance/CascadeV (s1024.effn-f32.pth), https://huggingface.co/stabilityai/StableWurst "
-    "(effnet_encoder.safetensors, previewer.safetensors), https://huggingface.co/stabilityai/"
-    "stable-video-diffusion-img2vid-xt (vae/)"
-)
 
 _RELEASE_STRIDES = [[1, 4], [4, 1]] * 4 + [None] * 4 + [[1, 4], [4, 1]] * 4 + [None] * 8
 
