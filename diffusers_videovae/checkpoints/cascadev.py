@@ -91,11 +91,9 @@ SVD_VAE_CONFIG: dict[str, Any] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {"s1024.effn-f32": RELEASE_CONFIG}
 DEFAULT_VARIANT = "s1024.effn-f32"
+# None for the effnet latent (scaling_factor 1.0: its BatchNorm standardises it); the DiT scales its condition and the
+# SVD latents by 0.13025 internally.
 LATENT_NORMALIZATION: dict[str, dict[str, Any]] = {"s1024.effn-f32": {"scaling_factor": 1.0}}
-SCALING = {
-    "s1024.effn-f32": "none for the effnet latent (scaling_factor 1.0: standardised by its BatchNorm); the DiT scales "
-    "its condition and the SVD latents by 0.13025 internally"
-}
 
 RENAME_RULES: list[RenameRule] = [
     RenameRule(r"x_embedder\.proj\.(weight|bias)", r"transformer.x_embedder.proj.\1"),
