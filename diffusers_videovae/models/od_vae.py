@@ -82,22 +82,11 @@ class ODVAECausalConv3d(nn.Module):
         self.time_pad = kernel_size[0] - 1
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, *padding[1:]))
 
-    def pad(self, x: torch.Tensor, silu_first: bool = False) -> torch.Tensor:
-        """Prepend the first frame `kt - 1` times; with `silu_first`, SiLU is applied in the same pass."""
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the first frame `kt - 1` times."""
         if not self.time_pad:
-            return F.silu(x) if silu_first else x
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = F.silu(x) if silu_first else x
-            return torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
-        batch, channels, frames, height, width = x.shape
-        padded = x.new_empty(batch, channels, self.time_pad + frames, height, width)
-        body = padded[:, :, self.time_pad :]
-        if silu_first:
-            torch.ops.aten.silu.out(x, out=body)
-        else:
-            body.copy_(x)
-        padded[:, :, : self.time_pad] = body[:, :, :1]
-        return padded
+            return x
+        return torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(x))
@@ -139,21 +128,17 @@ class ODVAEResnetBlock3D(nn.Module):
         self.nin_shortcut = ODVAECausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # `conv.conv(conv.pad(...))` rather than `conv(...)`: the normalised tensor is freed before the convolution.
-        h = self.conv1.conv(self.conv1.pad(self.norm1(x), silu_first=True))
-        if self.training and self.dropout.p > 0:
-            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        else:
-            h = self.conv2.conv(self.conv2.pad(self.norm2(h), silu_first=True))
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return h.add_(shortcut)
+        return h + shortcut
 
 
 class ODVAEAttention(nn.Module):
     """Single-head self-attention over the H*W positions of each frame separately (the original `AttnBlock3DFix`).
 
     GroupNorm before it spans the whole clip. q, k, v and the output projection are 1x1x1 causal convolutions,
-    i.e. per-position linear maps; they are applied here as one fused matrix product.
+    i.e. per-position linear maps.
     """
 
     per_frame = False
@@ -168,15 +153,15 @@ class ODVAEAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = x.shape
-        # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
-        h = self.norm(x).permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
-        weight = torch.cat([self.q.conv.weight, self.k.conv.weight, self.v.conv.weight]).flatten(1)
-        bias = torch.cat([self.q.conv.bias, self.k.conv.bias, self.v.conv.bias])
-        query, key, value = F.linear(h, weight, bias).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(query, key, value)
-        h = F.linear(h, self.proj_out.conv.weight.flatten(1), self.proj_out.conv.bias)
+        h = self.norm(x)
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:
+            # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
+            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+
+        h = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         h = h.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
-        return x + h
+        return x + self.proj_out(h)
 
 
 class ODVAEDownsample2D(nn.Module):
@@ -414,7 +399,7 @@ class ODVAEEncoder(nn.Module):
         """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)` (`t' < t` only with a v1.1.0 time
         downsampler in the last level): the latent-resolution layers, `norm_out` and `conv_out`."""
         h = _run_sequence(self.low_res_layers(), h, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+        return self.conv_out(F.silu(self.norm_out(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         checkpoint = (
@@ -520,7 +505,7 @@ class ODVAEDecoder(nn.Module):
     def forward_high(self, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
         """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the upsampling levels, `norm_out` and `conv_out`."""
         h = _run_sequence(self.high_res_layers(), h, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
+        return self.conv_out(F.silu(self.norm_out(h)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         checkpoint = (
@@ -539,7 +524,9 @@ def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
     return starts
 
 
-class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
+class AutoencoderKLODVAE(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
     r"""OD-VAE, the 4x8x8 causal video VAE of Open-Sora-Plan v1.2.0 (and, by config, the v1.1.0 CausalVideoVAE).
 
     Video `(B, 3, T, H, W)` in [-1, 1] with `T = 1 + 4k` (an image is `T = 1`) and H, W multiples of 8 ->

@@ -271,24 +271,21 @@ class OpenSoraTemporalVAE(nn.Module):
         return x[:, :, x.shape[2] - num_frames :]
 
 
-class OpenSoraNearestUpsampleConv2d(nn.Module):
-    """Nearest x2 upsampling followed by a 3x3 conv, computed as four 2x2 convs on the low-resolution input.
+class OpenSoraUpsampleConv2d(nn.Conv2d):
+    """The 3x3 convolution of an `Upsample2D` layer, taking the LOW-resolution input: nearest x2 upsampling then
+    this convolution, computed as four 2x2 convolutions on the low-resolution input.
 
-    Stands in for the `Upsample2D` layers of the spatial decoder, with the same `conv` weights and keys. Each
-    output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that land
-    on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
-    (equal up to float rounding). While gradients are recorded it runs the plain two-step form.
-
-    The folded kernels cost a pass over the weights; `AutoencoderKLOpenSora.decode` folds them once per call
-    (`phase_kernels`) instead of once per frame.
+    Each output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that
+    land on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
+    (equal up to float rounding). The kernels are folded from this module's own weight on every call (a pass over
+    the weights, small next to the convolution), so hooks that cast or move the weight apply. While gradients are
+    recorded it runs the plain two-step form.
     """
 
     PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv = conv
-        self.phase_kernels: list[torch.Tensor] | None = None
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__(channels, out_channels, 3, padding=1)
 
     @staticmethod
     def _fold(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
@@ -296,24 +293,32 @@ class OpenSoraNearestUpsampleConv2d(nn.Module):
         pair = (first, middle + last) if phase == 0 else (first + middle, last)
         return torch.stack(pair, dim)
 
-    def fold_kernels(self) -> list[torch.Tensor]:
-        """The 2x2 kernel `(C_out, C_in, 2, 2)` of each output phase `(row, col)`, in `PHASES` order."""
-        with torch.no_grad():
-            return [self._fold(self._fold(self.conv.weight, row, 2), col, 3) for row, col in self.PHASES]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (N, C, h, w)` -> `(N, C_out, 2h, 2w)`."""
         if torch.is_grad_enabled():
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         batch, _, height, width = x.shape
-        kernels = self.phase_kernels if self.phase_kernels is not None else self.fold_kernels()
         padded = F.pad(x, (1, 1, 1, 1))
         # Phase (row, col) of output pixel (2i + row, 2j + col) reads padded rows i + row .. i + row + 1.
-        out = x.new_empty(batch, self.conv.out_channels, height, 2, width, 2)
-        for (row, col), kernel in zip(self.PHASES, kernels):
+        out = x.new_empty(batch, self.out_channels, height, 2, width, 2)
+        for row, col in self.PHASES:
             # One phase at a time: a quarter of the output is the only temporary.
-            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.conv.bias)
+            kernel = self._fold(self._fold(self.weight, row, 2), col, 3)
+            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.bias)
             out[:, :, :, row, :, col] = phase
         return out.view(batch, -1, 2 * height, 2 * width)
+
+
+class OpenSoraNearestUpsample2D(nn.Module):
+    """Stands in for the `Upsample2D` layers of the spatial decoder (same `conv` keys): nearest x2, then a 3x3
+    convolution, both done by `conv` (`OpenSoraUpsampleConv2d`) on the low-resolution input."""
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.conv = OpenSoraUpsampleConv2d(channels, out_channels)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.conv(x)
 
 
 class OpenSoraPosterior(DiagonalGaussianDistribution):
@@ -341,7 +346,9 @@ class OpenSoraPosterior(DiagonalGaussianDistribution):
         return self.mean + self.std * torch.cat(noise, dim=2)
 
 
-class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
+class AutoencoderKLOpenSora(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
     r"""The Open-Sora 1.2 video VAE (`VideoAutoencoderPipeline`): SDXL `AutoencoderKL` per frame + temporal VAE.
 
     `sample (B, 3, T, H, W)` in [-1, 1], any `T >= 1`, `H` and `W` multiples of 8 -> latents
@@ -438,7 +445,8 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         )
         for block in self.spatial_vae.decoder.up_blocks:
             if block.upsamplers is not None:
-                block.upsamplers[0] = OpenSoraNearestUpsampleConv2d(block.upsamplers[0].conv)
+                conv = block.upsamplers[0].conv
+                block.upsamplers[0] = OpenSoraNearestUpsample2D(conv.in_channels, conv.out_channels)
         self.temporal_vae = OpenSoraTemporalVAE(
             spatial_latent_channels,
             temporal_latent_embed_dim,
@@ -832,18 +840,10 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
             )
-        upsamplers = [m for m in self.spatial_vae.decoder.modules() if isinstance(m, OpenSoraNearestUpsampleConv2d)]
-        if not torch.is_grad_enabled():  # fold their kernels once for all frames
-            for upsampler in upsamplers:
-                upsampler.phase_kernels = upsampler.fold_kernels()
-        try:
-            if self.use_slicing and z.shape[0] > 1:
-                decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
-            else:
-                decoded = self._decode_maybe_tiled(z, num_frames)
-        finally:
-            for upsampler in upsamplers:
-                upsampler.phase_kernels = None
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
+        else:
+            decoded = self._decode_maybe_tiled(z, num_frames)
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
