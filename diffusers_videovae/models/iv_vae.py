@@ -652,6 +652,17 @@ class AutoencoderKLIVVAE(
     _supports_gradient_checkpointing = True
     _no_split_modules = ["IVVAEResidualBlock", "IVVAEResidualBlock2d", "IVVAEAttentionBlock"]
     _skip_layerwise_casting_patterns = ["norm"]
+    # Block-level group offloading: module lists become groups; these modules (called directly, not through their
+    # parent's forward, e.g. by the tiled stages) get their own, so that every layer is onloaded by a module it runs in.
+    _group_offload_block_modules = [
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
+        "conv_in",
+        "norm_out",
+        "conv_out",
+    ]
 
     @register_to_config
     def __init__(

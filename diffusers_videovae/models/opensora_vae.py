@@ -103,6 +103,21 @@ class OpenSoraResidualBlock(nn.Module):
         return h.add_(x) if not torch.is_grad_enabled() else h + x
 
 
+def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
+    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
+    diffusers' `Encoder` / `Decoder` run their blocks)."""
+    if torch.is_grad_enabled() and owner.gradient_checkpointing:
+        return owner._gradient_checkpointing_func(block, *args)
+    return block(*args)
+
+
+def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
+    batch, channels, frames, height, width = x.shape
+    x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
+    return x.reshape(batch, channels // 2, 2 * frames, height, width)
+
+
 class OpenSoraTemporalDownBlock(nn.Module):
     """`num_layers` residual blocks, then (optionally) a causal 3x3x3 conv with temporal stride 2 (with bias)."""
 
@@ -117,6 +132,12 @@ class OpenSoraTemporalDownBlock(nn.Module):
         self.downsampler = (
             OpenSoraCausalConv3d(out_channels, out_channels, 3, temporal_stride=2) if downsample else None
         )
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = _checkpointed(self, resnet, x)
+        return x if self.downsampler is None else self.downsampler(x)
 
 
 class OpenSoraTemporalUpBlock(nn.Module):
@@ -134,21 +155,12 @@ class OpenSoraTemporalUpBlock(nn.Module):
             ]
         )
         self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
+        self.gradient_checkpointing = False
 
-
-def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
-    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
-    diffusers' `Encoder` / `Decoder` run their blocks)."""
-    if torch.is_grad_enabled() and owner.gradient_checkpointing:
-        return owner._gradient_checkpointing_func(block, *args)
-    return block(*args)
-
-
-def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
-    """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
-    batch, channels, frames, height, width = x.shape
-    x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
-    return x.reshape(batch, channels // 2, 2 * frames, height, width)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = _checkpointed(self, resnet, x)
+        return x if self.upsampler is None else _depth_to_time(self.upsampler(x))
 
 
 class OpenSoraTemporalEncoder(nn.Module):
@@ -183,10 +195,7 @@ class OpenSoraTemporalEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for block in self.down_blocks:
-            for resnet in block.resnets:
-                x = _checkpointed(self, resnet, x)
-            if block.downsampler is not None:
-                x = block.downsampler(x)
+            x = block(x)
         for resnet in self.mid_resnets:
             x = _checkpointed(self, resnet, x)
         return self.conv_out(_silu(self.norm_out(x)))
@@ -229,10 +238,7 @@ class OpenSoraTemporalDecoder(nn.Module):
         for resnet in self.mid_resnets:
             x = _checkpointed(self, resnet, x)
         for block in self.up_blocks:
-            for resnet in block.resnets:
-                x = _checkpointed(self, resnet, x)
-            if block.upsampler is not None:
-                x = _depth_to_time(block.upsampler(x))
+            x = block(x)
         return self.conv_out(_silu(self.norm_out(x)))
 
 
@@ -397,6 +403,20 @@ class AutoencoderKLOpenSora(
     _supports_gradient_checkpointing = True
     _no_split_modules = ["OpenSoraResidualBlock"]
     _skip_layerwise_casting_patterns = ["norm"]
+    # Block-level group offloading: module lists become groups; these modules (called directly, not through their
+    # parent's forward) get their own, so that every layer is onloaded by a module it runs in.
+    _group_offload_block_modules = [
+        "spatial_vae",
+        "temporal_vae",
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
+        "conv_in",
+        "mid_block",
+        "conv_norm_out",
+        "conv_out",
+    ]
 
     @register_to_config
     def __init__(
