@@ -242,3 +242,99 @@ def test_compiled_encoder_and_decoder_match_eager(name):
     z, sample = _run(model, x)
     assert_close(z, expected_z, 1e-4, "latents, compiled submodules")
     assert_close(sample, expected, 1e-4, "sample, compiled submodules")
+
+
+# --- gradient checkpointing ------------------------------------------------------------------------------------------
+
+
+def _count_checkpointed_blocks(model) -> list[str]:
+    """Wrap every `_gradient_checkpointing_func` the model set: the returned list names each block it checkpoints."""
+    calls: list[str] = []
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+
+            def counted(block, *args, _checkpoint=module._gradient_checkpointing_func, **kwargs):
+                calls.append(type(block).__name__)
+                return _checkpoint(block, *args, **kwargs)
+
+            module._gradient_checkpointing_func = counted
+    return calls
+
+
+# Blocks that every forward of the tiny models must checkpoint (the residual blocks at least).
+CHECKPOINTED_BLOCKS = {
+    "ivvae": {"IVVAEResidualBlock", "IVVAEResidualBlock2d", "IVVAEAttentionBlock"},
+    "odvae": {"ODVAEResnetBlock2D", "ODVAEResnetBlock3D", "ODVAEAttention"},
+    "opensora": {"OpenSoraResidualBlock", "DownEncoderBlock2D", "UpDecoderBlock2D", "UNetMidBlock2D"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_checkpointing_runs_and_gives_the_same_gradients(name):
+    model, x = tiny(name).train(), tiny_video(name)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(x).sample.square().mean().backward()
+        return {key: p.grad.clone() for key, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.enable_gradient_checkpointing()
+    calls = _count_checkpointed_blocks(model)
+    checkpointed = gradients()
+    assert CHECKPOINTED_BLOCKS[name] <= set(calls), f"checkpointed: {sorted(set(calls))}"
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
+    for key, grad in plain.items():
+        assert_close(checkpointed[key], grad, 1e-6, key)
+
+
+# --- input dtype and configuration errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_inputs_are_cast_to_the_model_dtype(name):
+    model, x = tiny(name), tiny_video(name)
+    expected_z, expected = _run(model, x)
+    z, sample = _run(model, x.double())
+    assert z.dtype == sample.dtype == torch.float32
+    assert_close(z, expected_z, 1e-6, "latents of a float64 input")
+    assert_close(sample, expected, 1e-6, "sample of a float64 input")
+    model.to(torch.bfloat16)
+    z, sample = _run(model, x)  # float32 input to a bfloat16 model
+    assert z.dtype == sample.dtype == torch.bfloat16
+    assert torch.isfinite(sample).all()
+    assert float((sample.float() - expected).norm() / expected.norm()) < 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(block_out_channels=(8, 8)), "block_out_channels has 2 levels, but down_block_types has 4"),
+        (dict(up_block_types=("UpDecoderBlock2D",) * 3), "up_block_types 3"),
+        (dict(temporal_downsample=(True,)), "temporal_downsample has 1 entries"),
+        (dict(latents_std=(1.0, 1.0)), "one value per latent channel"),
+    ],
+)
+def test_inconsistent_open_sora_config_is_refused(overrides, message):
+    config = {**TINY["opensora"][1], **overrides}
+    with pytest.raises(ValueError, match=message):
+        AutoencoderKLOpenSora(**config)
+
+
+# --- Open-Sora's spatial stage is diffusers' AutoencoderKL -----------------------------------------------------------
+
+
+@torch.no_grad()
+def test_open_sora_spatial_stage_computes_what_installed_diffusers_computes():
+    """`_spatial_moments` / `_spatial_decode` re-run diffusers' `Encoder` / `Decoder.forward` in pieces (frame by
+    frame, our folded upsampler): an upgrade of diffusers that changes those forwards must show up here."""
+    from diffusers import AutoencoderKL
+
+    model = tiny("opensora")
+    reference = AutoencoderKL.from_config(model.spatial_vae.config).eval()
+    reference.load_state_dict(model.spatial_vae.state_dict(), strict=True)
+    frames = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = torch.randn(3, 4, 4, 6, generator=torch.Generator().manual_seed(1))
+    assert_close(model._spatial_moments(frames), reference.encode(frames).latent_dist.parameters, 1e-5, "encode")
+    assert_close(model._spatial_decode(latents), reference.decode(latents).sample, 1e-5, "decode")

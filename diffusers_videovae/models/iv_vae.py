@@ -839,6 +839,7 @@ class AutoencoderKLIVVAE(
             spatial_multiple=self.config.spatial_compression_ratio,
             name="x",
         )
+        x = self._to_compute_dtype(x)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
@@ -891,6 +892,7 @@ class AutoencoderKLIVVAE(
             `DecoderOutput` with `sample: (B, 3, 1 + 4(t - 1), 8h, 8w)`, not clamped (clamp to [-1, 1] for display).
         """
         check_latents(z, latent_channels=self.config.latent_channels, name="z")
+        z = self._to_compute_dtype(z)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])
         else:

@@ -926,6 +926,7 @@ class AutoencoderKLODVAE(
             spatial_multiple=self.config.spatial_compression_ratio,
             name="x",
         )
+        x = self._to_compute_dtype(x)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(item) for item in x.split(1)])
         else:
@@ -964,6 +965,7 @@ class AutoencoderKLODVAE(
             (not clamped).
         """
         check_latents(z, latent_channels=self.config.latent_channels)
+        z = self._to_compute_dtype(z)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(item) for item in z.split(1)])
         else:

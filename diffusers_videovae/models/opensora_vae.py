@@ -447,8 +447,22 @@ class AutoencoderKLOpenSora(
         temporal_compression_ratio: int | None = None,
     ):
         super().__init__()
+        levels = len(block_out_channels)
+        if len(down_block_types) != levels or len(up_block_types) != levels:
+            raise ValueError(
+                f"block_out_channels has {levels} levels, but down_block_types has {len(down_block_types)} and "
+                f"up_block_types {len(up_block_types)}: give one block type per level in each."
+            )
         if len(temporal_downsample) != len(temporal_channel_multipliers) - 1:
-            raise ValueError("temporal_downsample needs one entry per temporal level but the last.")
+            raise ValueError(
+                f"temporal_downsample has {len(temporal_downsample)} entries; it needs one per temporal level but "
+                f"the last ({len(temporal_channel_multipliers) - 1}, from temporal_channel_multipliers)."
+            )
+        if len(latents_mean) != latent_channels or len(latents_std) != latent_channels:
+            raise ValueError(
+                f"latents_mean ({len(latents_mean)} values) and latents_std ({len(latents_std)}) need one value per "
+                f"latent channel (latent_channels={latent_channels})."
+            )
         if spatial_micro_batch_size < 1:
             raise ValueError(f"spatial_micro_batch_size must be >= 1, got {spatial_micro_batch_size}.")
         self.spatial_vae = AutoencoderKL(
@@ -758,6 +772,7 @@ class AutoencoderKLOpenSora(
             `.sample(generator)` draws one noise tensor per temporal chunk (the original's order).
         """
         check_video(x, in_channels=self.config.in_channels, spatial_multiple=self.spatial_compression_ratio, name="x")
+        x = self._to_compute_dtype(x)
         chunk_sizes = [math.ceil(n / self.temporal_compression_ratio) for n in self._chunk_frames(x.shape[2])]
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode_maybe_tiled(part, sample_spatial, generator) for part in x.split(1)])
@@ -852,6 +867,7 @@ class AutoencoderKLOpenSora(
             `sample`: `(B, 3, num_frames, 8h, 8w)`, roughly in [-1, 1] (not clamped).
         """
         check_latents(z, latent_channels=self.config.latent_channels)
+        z = self._to_compute_dtype(z)
         low, high = self.num_frames_range(z.shape[2])
         if num_frames is None:
             num_frames = low
