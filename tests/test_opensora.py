@@ -304,12 +304,12 @@ def test_bare_tiny_file_without_config_is_rejected_as_another_variant(tmp_path):
 
 def test_tile_blending_reassembles_overlapping_crops_exactly():
     """The stitcher puts every tile at its offset and cross-fades overlaps: crops of one tensor give it back."""
-    from diffusers_videovae.models._tiling import tile_starts
+    from diffusers_videovae.models._tiling import stitch_blended_tiles, tile_starts
 
     full = torch.randn(1, 2, 3, 11, 13)
     starts_h, starts_w = tile_starts(11, 4, 3), tile_starts(13, 5, 3)
     tiles = [[full[..., h : h + 4, w : w + 5] for w in starts_w] for h in starts_h]
-    assert_close(AutoencoderKLOpenSora._stitch(tiles, starts_h, starts_w, 1), full, 1e-6, "stitched")
+    assert_close(stitch_blended_tiles(tiles, starts_h, starts_w), full, 1e-6, "stitched")
 
 
 def test_tiled_decode_equals_untiled_decode_of_each_tile_where_tiles_do_not_overlap(model):

@@ -38,6 +38,7 @@ __all__ = [
     "halo_spans",
     "halo_tile_strides",
     "nearest_valid_num_frames",
+    "stitch_blended_tiles",
     "tile_starts",
     "tiled_with_shared_group_norm",
 ]
@@ -165,6 +166,37 @@ def blend(previous: torch.Tensor, current: torch.Tensor, extent: int, dim: int) 
     head = current.narrow(dim, 0, extent)
     head.copy_(tail * (1 - weight) + head * weight)
     return current
+
+
+def stitch_blended_tiles(
+    tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int = 1
+) -> torch.Tensor:
+    """Assemble a grid of overlapping tiles into one tensor, cross-fading every overlap (the blended tiles of
+    diffusers' VAEs and of the originals that tile).
+
+    Tile `(i, j)` covers the output from `scale * (starts_h[i], starts_w[j])` (starts in input units, `scale`
+    output units per input unit). In diffusers' order, each tile is blended with the already blended tile above it,
+    then with the one on its left, over their whole overlap (`blend`), and keeps its part up to where the next tile
+    starts (all of it for the last row / column). `tiles` is updated in place with the blended, uncropped tiles.
+    """
+    rows = []
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            if i > 0:
+                above = tiles[i - 1][j]
+                overlap = scale * (starts_h[i - 1] - starts_h[i]) + above.shape[-2]
+                tile = blend(above, tile, overlap, dim=-2)
+            if j > 0:
+                left = row[j - 1]
+                tile = blend(left, tile, scale * (starts_w[j - 1] - starts_w[j]) + left.shape[-1], dim=-1)
+            row[j] = tile
+        keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(tiles) else None
+        pieces = [
+            tile[..., :keep_h, : scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else None]
+            for j, tile in enumerate(row)
+        ]
+        rows.append(torch.cat(pieces, dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 class TileSpan(NamedTuple):

@@ -38,7 +38,13 @@ from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
-from ._tiling import blend, check_latents, check_video, halo_tile_strides, tiled_with_shared_group_norm
+from ._tiling import (
+    check_latents,
+    check_video,
+    halo_tile_strides,
+    stitch_blended_tiles,
+    tiled_with_shared_group_norm,
+)
 
 __all__ = ["AutoencoderKLODVAE"]
 
@@ -989,35 +995,18 @@ class AutoencoderKLODVAE(
         return torch.cat(chunks, dim=2)
 
     def _tiled_encode_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """Blended tiles every `stride` pixels (edge tiles are smaller), as the original."""
         spatial = self.config.spatial_compression_ratio
         tile_h, tile_w = self.tile_sample_min_height, self.tile_sample_min_width
-        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        blend_h = (tile_h - stride_h) // spatial
-        blend_w = (tile_w - stride_w) // spatial
-        keep_h, keep_w = stride_h // spatial, stride_w // spatial
-        rows, previous = [], None
-        for top in range(0, x.shape[3], stride_h):
-            row = [
-                self._encode_moments(x[:, :, :, top : top + tile_h, left : left + tile_w])
-                for left in range(0, x.shape[4], stride_w)
-            ]
-            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
-            previous = row
-        return torch.cat(rows, dim=3)
-
-    @staticmethod
-    def _blend_row(row, previous, blend_h: int, blend_w: int, keep_h: int, keep_w: int) -> torch.Tensor:
-        """Blend each tile with the (already blended) tile above, then with the one on its left; crop; concatenate.
-
-        `row` is updated in place with the blended, uncropped tiles (the next row blends with those).
-        """
-        for index, tile in enumerate(row):
-            if previous is not None:
-                tile = blend(previous[index], tile, blend_h, dim=3)
-            if index > 0:
-                tile = blend(row[index - 1], tile, blend_w, dim=4)
-            row[index] = tile
-        return torch.cat([tile[:, :, :, :keep_h, :keep_w] for tile in row], dim=4)
+        tops, lefts = (
+            range(0, x.shape[3], self.tile_sample_stride_height),
+            range(0, x.shape[4], self.tile_sample_stride_width),
+        )
+        tiles = [
+            [self._encode_moments(x[:, :, :, top : top + tile_h, left : left + tile_w]) for left in lefts]
+            for top in tops
+        ]
+        return stitch_blended_tiles(tiles, [t // spatial for t in tops], [w // spatial for w in lefts])
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
         r"""Decode `z` chunk by chunk in time and tile by tile in space; memory stays flat as the clip grows
@@ -1035,22 +1024,16 @@ class AutoencoderKLODVAE(
         return torch.cat(chunks, dim=2)
 
     def _tiled_decode_spatial(self, z: torch.Tensor) -> torch.Tensor:
+        """Blended tiles every `stride / 8` latent pixels (edge tiles are smaller), as the original."""
         spatial = self.config.spatial_compression_ratio
         tile_h, tile_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
-        stride_h = self.tile_sample_stride_height // spatial
-        stride_w = self.tile_sample_stride_width // spatial
-        blend_h = self.tile_sample_min_height - self.tile_sample_stride_height
-        blend_w = self.tile_sample_min_width - self.tile_sample_stride_width
-        keep_h, keep_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        rows, previous = [], None
-        for top in range(0, z.shape[3], stride_h):
-            row = [
-                self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w])
-                for left in range(0, z.shape[4], stride_w)
-            ]
-            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
-            previous = row
-        return torch.cat(rows, dim=3)
+        tops = range(0, z.shape[3], self.tile_sample_stride_height // spatial)
+        lefts = range(0, z.shape[4], self.tile_sample_stride_width // spatial)
+        tiles = [
+            [self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w]) for left in lefts]
+            for top in tops
+        ]
+        return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""

@@ -37,7 +37,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_latents, check_video, halo_tile_strides, tile_starts, tiled_with_shared_group_norm
+from ._tiling import (
+    check_latents,
+    check_video,
+    halo_tile_strides,
+    stitch_blended_tiles,
+    tile_starts,
+    tiled_with_shared_group_norm,
+)
 
 SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
 SDXL_UP_BLOCKS = ("UpDecoderBlock2D",) * 4
@@ -895,28 +902,6 @@ class AutoencoderKLOpenSora(
 
     # -- tiling -----------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _stitch(tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int) -> torch.Tensor:
-        """Blend a grid of overlapping tiles (tile (i, j) starts at `scale * (starts_h[i], starts_w[j])`)."""
-        rows = []
-        for row in tiles:
-            pieces = []
-            for j, tile in enumerate(row):
-                if j > 0:
-                    overlap = scale * (starts_w[j - 1] - starts_w[j]) + row[j - 1].shape[-1]
-                    tile = row[j] = blend(row[j - 1], tile, overlap, dim=-1)
-                keep = scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else tile.shape[-1]
-                pieces.append(tile[..., :keep])
-            rows.append(torch.cat(pieces, dim=-1))
-        out = []
-        for i, row in enumerate(rows):
-            if i > 0:
-                overlap = scale * (starts_h[i - 1] - starts_h[i]) + rows[i - 1].shape[-2]
-                row = rows[i] = blend(rows[i - 1], row, overlap, dim=-2)
-            keep = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(rows) else row.shape[-2]
-            out.append(row[..., :keep, :])
-        return torch.cat(out, dim=-2)
-
     def tiled_encode(
         self, x: torch.Tensor, sample_spatial: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -939,7 +924,7 @@ class AutoencoderKLOpenSora(
             ]
             for h in starts_h
         ]
-        return self._stitch(tiles, starts_h, starts_w, 1)
+        return stitch_blended_tiles(tiles, starts_h, starts_w)
 
     def tiled_decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w), decoded in spatial tiles."""
@@ -952,7 +937,7 @@ class AutoencoderKLOpenSora(
         tiles = [
             [self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for w in starts_w] for h in starts_h
         ]
-        return self._stitch(tiles, starts_h, starts_w, factor)
+        return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
 
     def forward(
         self,
