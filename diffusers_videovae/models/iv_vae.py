@@ -730,7 +730,7 @@ class AutoencoderKLIVVAE(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = True,
+        exact: bool | None = None,
     ) -> None:
         r"""Process the high-resolution stages in spatial tiles ("halo tiling") and set the temporal chunk size.
 
@@ -754,13 +754,14 @@ class AutoencoderKLIVVAE(
                 (a multiple of the temporal compression, 4).
             tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
                 the cache instead of overlapping).
-            exact (`bool`, defaults to `True`): IV-VAE's tiles are always exact (the argument exists because the
-                OD-VAE and Open-Sora VAEs offer an exact and an approximate mode); `False` is refused.
+            exact (`bool`, optional): IV-VAE's tiles are always exact, so a plain `enable_tiling()` gives the
+                untiled result up to float rounding with bounded memory; `True` is accepted, `False` is refused
+                (the OD-VAE and Open-Sora VAEs default to blended tiles and offer `exact=True`).
         """
-        if exact is not True:
+        if exact not in (None, True):
             raise ValueError(
                 "IV-VAE's tiles are always exact (halo tiles, per-pixel norms); there is no approximate mode: "
-                "leave `exact` at True."
+                "leave `exact` unset (or True)."
             )
         spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
         settings = {}

@@ -789,7 +789,7 @@ class AutoencoderKLODVAE(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = False,
+        exact: bool | None = None,
     ) -> None:
         r"""Encode and decode in tiles: as the original's tiled mode does (default), or exactly (`exact=True`).
 
@@ -838,10 +838,13 @@ class AutoencoderKLODVAE(
                 a multiple of 8, at most the tile size.
             tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
                 most `tile_sample_min_num_frames - 1`.
-            exact (`bool`, defaults to `False`): exact mode (see above).
+            exact (`bool`, optional): `True` for exact mode (see above); `None` (a plain `enable_tiling()`) or
+                `False` give the default mode: the original's blended tiles, bounded memory, close to but not
+                equal to untiled.
         """
-        if not isinstance(exact, bool):
+        if exact is not None and not isinstance(exact, bool):
             raise ValueError(f"`exact` must be True or False, got {exact!r}.")
+        exact = bool(exact)
         values = {
             "tile_sample_min_height": tile_sample_min_height,
             "tile_sample_min_width": tile_sample_min_width,

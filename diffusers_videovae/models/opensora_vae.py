@@ -530,7 +530,7 @@ class AutoencoderKLOpenSora(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = False,
+        exact: bool | None = None,
     ) -> None:
         r"""Encode and decode in spatial tiles (both stages), so that memory depends on the tile, not the frame.
 
@@ -563,10 +563,12 @@ class AutoencoderKLOpenSora(
             tile_sample_stride_height / tile_sample_stride_width (`int`, default 192): tile step in pixels
                 (multiple of 8, at most the tile size); the overlap `tile - stride` is blended. Ignored if `exact`
                 (set to the tile size).
-            exact (`bool`, default False): shared-statistics tiles equal to untiled (see above).
+            exact (`bool`, optional): `True` for shared-statistics tiles equal to untiled (see above); `None` (a
+                plain `enable_tiling()`) or `False` give blended tiles: bounded memory, approximate.
         """
-        if not isinstance(exact, bool):
+        if exact is not None and not isinstance(exact, bool):
             raise ValueError(f"`exact` must be True or False, got {exact!r}.")
+        exact = bool(exact)
         if tile_sample_min_num_frames is not None or tile_sample_stride_num_frames is not None:
             raise ValueError(
                 "Open-Sora's temporal chunks (`micro_frame_size` frames, independent and unblended) are part of the "
@@ -756,6 +758,12 @@ class AutoencoderKLOpenSora(
             start += n
         return torch.cat(moments, dim=2)
 
+    def _encode_maybe_tiled(self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None):
+        height, width = x.shape[-2:]
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            return self.tiled_encode(x, sample_spatial, generator)
+        return self._encode(x, sample_spatial, generator)
+
     @apply_forward_hook
     def encode(
         self,
@@ -789,12 +797,6 @@ class AutoencoderKLOpenSora(
         if not return_dict:
             return (posterior,)
         return AutoencoderKLOutput(latent_dist=posterior)
-
-    def _encode_maybe_tiled(self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None):
-        height, width = x.shape[-2:]
-        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
-            return self.tiled_encode(x, sample_spatial, generator)
-        return self._encode(x, sample_spatial, generator)
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
@@ -858,6 +860,15 @@ class AutoencoderKLOpenSora(
             frame += n
         return out
 
+    def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        factor = self.spatial_compression_ratio
+        height, width = z.shape[-2:]
+        if self.use_tiling and (
+            height * factor > self.tile_sample_min_height or width * factor > self.tile_sample_min_width
+        ):
+            return self.tiled_decode(z, num_frames)
+        return self._decode(z, num_frames)
+
     @apply_forward_hook
     def decode(
         self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True
@@ -890,15 +901,6 @@ class AutoencoderKLOpenSora(
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
-
-    def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        factor = self.spatial_compression_ratio
-        height, width = z.shape[-2:]
-        if self.use_tiling and (
-            height * factor > self.tile_sample_min_height or width * factor > self.tile_sample_min_width
-        ):
-            return self.tiled_decode(z, num_frames)
-        return self._decode(z, num_frames)
 
     # -- tiling -----------------------------------------------------------------------------------------------
 
