@@ -338,3 +338,31 @@ def test_open_sora_spatial_stage_computes_what_installed_diffusers_computes():
     latents = torch.randn(3, 4, 4, 6, generator=torch.Generator().manual_seed(1))
     assert_close(model._spatial_moments(frames), reference.encode(frames).latent_dist.parameters, 1e-5, "encode")
     assert_close(model._spatial_decode(latents), reference.decode(latents).sample, 1e-5, "decode")
+
+
+# --- what a plain enable_tiling() gives ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@torch.no_grad()
+def test_plain_enable_tiling_is_each_models_documented_default(name):
+    """IV-VAE: exact tiles (its only mode); OD-VAE and Open-Sora: the blended tiles, `exact=True` on request."""
+    model = tiny(name)
+    x = torch.rand(1, 3, 5, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    _, untiled = _run(model, x)
+    model.enable_tiling(
+        tile_sample_min_height=16, tile_sample_min_width=16, tile_sample_stride_height=16, tile_sample_stride_width=16
+    )
+    assert model.use_tiling
+    _, plain = _run(model, x)
+    difference = float((plain - untiled).abs().max())
+    if name == "ivvae":
+        assert difference < 1e-4
+        with pytest.raises(ValueError, match="always exact"):
+            model.enable_tiling(exact=False)
+    else:
+        assert not model.tile_exact and difference > 1e-3  # blended tiles are not the untiled result
+        model.enable_tiling(exact=True)
+        assert model.tile_exact
+        _, exact = _run(model, x)
+        assert_close(exact, untiled, 1e-4, "exact tiles")
