@@ -143,6 +143,16 @@ class VideoAutoencoderMixin:
         shift = getattr(config, "shift_factor", None) or 0.0
         return latents / config.scaling_factor + shift
 
+    def _to_compute_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """The input in the dtype the model computes in (its weights' dtype, or the compute dtype of diffusers'
+        layerwise casting): `encode` and `decode` cast a floating input of another dtype (e.g. float64, or float32
+        for a bfloat16 model) instead of failing inside the first layer. Eager calls only; a compiled model takes
+        inputs of its dtype."""
+        if torch.compiler.is_compiling():
+            return x
+        dtype = self.dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
     def latents_for_decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw posterior latents -> what `decode` takes (the raw latents for every model that decodes raw latents)."""
         return z

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -37,6 +38,7 @@ __all__ = [
     "halo_spans",
     "halo_tile_strides",
     "nearest_valid_num_frames",
+    "stitch_blended_tiles",
     "tile_starts",
     "tiled_with_shared_group_norm",
 ]
@@ -107,7 +109,8 @@ def check_video(
             f"`{name}` is {height}x{width} (HxW), but H and W must be multiples of {spatial_multiple}. "
             f"Nearest valid sizes: H in ({h_lo}, {h_hi}), W in ({w_lo}, {w_hi}); crop or resize first."
         )
-    if not bool(torch.isfinite(sample).all()):
+    # A data-dependent check: eager calls only (under torch.compile it would break the graph).
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(sample).all()):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
@@ -126,7 +129,7 @@ def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {latents.dtype}.")
     if min(latents.shape) == 0:
         raise ValueError(f"`{name}` is empty: shape {tuple(latents.shape)}.")
-    if not bool(torch.isfinite(latents).all()):
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(latents).all()):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
@@ -163,6 +166,37 @@ def blend(previous: torch.Tensor, current: torch.Tensor, extent: int, dim: int) 
     head = current.narrow(dim, 0, extent)
     head.copy_(tail * (1 - weight) + head * weight)
     return current
+
+
+def stitch_blended_tiles(
+    tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int = 1
+) -> torch.Tensor:
+    """Assemble a grid of overlapping tiles into one tensor, cross-fading every overlap (the blended tiles of
+    diffusers' VAEs and of the originals that tile).
+
+    Tile `(i, j)` covers the output from `scale * (starts_h[i], starts_w[j])` (starts in input units, `scale`
+    output units per input unit). In diffusers' order, each tile is blended with the already blended tile above it,
+    then with the one on its left, over their whole overlap (`blend`), and keeps its part up to where the next tile
+    starts (all of it for the last row / column). `tiles` is updated in place with the blended, uncropped tiles.
+    """
+    rows = []
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            if i > 0:
+                above = tiles[i - 1][j]
+                overlap = scale * (starts_h[i - 1] - starts_h[i]) + above.shape[-2]
+                tile = blend(above, tile, overlap, dim=-2)
+            if j > 0:
+                left = row[j - 1]
+                tile = blend(left, tile, scale * (starts_w[j - 1] - starts_w[j]) + left.shape[-1], dim=-1)
+            row[j] = tile
+        keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(tiles) else None
+        pieces = [
+            tile[..., :keep_h, : scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else None]
+            for j, tile in enumerate(row)
+        ]
+        rows.append(torch.cat(pieces, dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 class TileSpan(NamedTuple):
@@ -231,17 +265,61 @@ def _merge_moments(a, b):
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta.square() * (n_a * n_b / n)
 
 
-def _normalize(module: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """`module`'s GroupNorm of `x` (N, C, ...) with the given per-(sample, group) mean and 1 / std."""
+def _normalize(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> torch.Tensor:
+    """GroupNorm of `x` (N, C, ...) with the given per-(sample, group) mean and 1 / std, and affine `weight`/`bias`."""
     batch, channels = x.shape[:2]
-    per_group = channels // module.num_groups
+    per_group = channels // num_groups
     scale = rstd.float().repeat_interleave(per_group, dim=1)
     shift = -mean.float().repeat_interleave(per_group, dim=1) * scale
-    if module.affine:
-        scale = scale * module.weight.float()
-        shift = shift * module.weight.float() + module.bias.float()
+    if weight is not None:
+        scale = scale * weight.float()
+        shift = shift * weight.float()
+    if bias is not None:
+        shift = shift + bias.float()
     shape = (batch, channels) + (1,) * (x.ndim - 2)
     return (x * scale.to(x.dtype).view(shape)).add_(shift.to(x.dtype).view(shape))
+
+
+class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
+    """Replaces `F.group_norm` while one of the measured GroupNorm modules runs (`state["running"]`): records the
+    moments of its input and stops the tile's pass, or normalises with the shared statistics.
+
+    It works below the module's `forward`, on the `F.group_norm` call that `nn.GroupNorm.forward` makes, so whatever
+    hooks wrap that `forward` (diffusers' `HookRegistry`, accelerate's `add_hook_to_module`: offloading, casting)
+    still run around it and the weight and bias it sees are the ones those hooks moved or cast.
+    """
+
+    def __init__(self, state: dict, statistics: dict):
+        super().__init__()
+        self.state, self.statistics = state, statistics
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        module = self.state.get("running")
+        if func is not F.group_norm or module is None:
+            return func(*args, **kwargs)
+        names = ("input", "num_groups", "weight", "bias", "eps")
+        values = dict(zip(names, args), **kwargs)
+        h, groups = values["input"], values["num_groups"]
+        if module in self.statistics:
+            return _normalize(h, groups, values.get("weight"), values.get("bias"), *self.statistics[module])
+        if self.state["target"] not in (None, module):
+            raise RuntimeError("GroupNorms ran in a different order in different tiles.")
+        self.state["target"] = module
+        row, column = self.state["tile"]
+        scale_h = Fraction(h.shape[-2], row.end - row.start)
+        scale_w = Fraction(h.shape[-1], column.end - column.start)
+        part = h[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+        self.state["moments"] = _merge_moments(self.state["moments"], _group_moments(part, groups))
+        self.state["taken"] = True
+        return h  # the pass stops when the module returns (after its hooks), see `tiled_with_shared_group_norm`
 
 
 def tiled_with_shared_group_norm(
@@ -282,47 +360,44 @@ def tiled_with_shared_group_norm(
     ):
         return stage(x)  # every tile would read the whole input: one untiled pass gives the same result
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
-    state: dict = {}
+    state: dict = {"running": None}
 
-    def forward(module: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
-        if module in statistics:
-            return _normalize(module, h, *statistics[module])
-        if state["target"] not in (None, module):
-            raise RuntimeError("GroupNorms ran in a different order in different tiles.")
-        state["target"] = module
-        row, column = state["tile"]
-        scale_h = Fraction(h.shape[-2], row.end - row.start)
-        scale_w = Fraction(h.shape[-1], column.end - column.start)
-        part = h[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
-        state["moments"] = _merge_moments(state["moments"], _group_moments(part, module.num_groups))
-        raise _StatisticsTaken
+    # Torch's own module hooks (not `forward`, where diffusers and accelerate put theirs) say which GroupNorm runs.
+    def enter(module: nn.GroupNorm, args) -> None:
+        state["running"] = module
 
-    for module in norms:
-        module.forward = forward.__get__(module)  # an instance attribute shadows the class's forward
+    def leave(module: nn.GroupNorm, args, output) -> None:
+        state["running"] = None
+        if state.pop("taken", False):
+            raise _StatisticsTaken
+
+    handles = [norm.register_forward_pre_hook(enter) for norm in norms]
+    handles += [norm.register_forward_hook(leave) for norm in norms]
     try:
-        while True:
-            state.update(target=None, moments=None)
-            out = None
-            for row, column in tiles:
-                state["tile"] = (row, column)
-                try:
-                    part = stage(x[..., row.start : row.end, column.start : column.end])
-                except _StatisticsTaken:
-                    continue
-                scale_h = Fraction(part.shape[-2], row.end - row.start)
-                scale_w = Fraction(part.shape[-1], column.end - column.start)
-                if out is None:
-                    height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
-                    out = part.new_empty(*part.shape[:-2], int(height), int(width))
-                out[
-                    ...,
-                    int(row.core_start * scale_h) : int(row.core_end * scale_h),
-                    int(column.core_start * scale_w) : int(column.core_end * scale_w),
-                ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
-            if state["target"] is None:
-                return out
-            count, mean, m2 = state["moments"]
-            statistics[state["target"]] = (mean, torch.rsqrt(m2 / count + state["target"].eps))
+        with _SharedGroupNorm(state, statistics):
+            while True:
+                state.update(target=None, moments=None)
+                out = None
+                for row, column in tiles:
+                    state["tile"] = (row, column)
+                    try:
+                        part = stage(x[..., row.start : row.end, column.start : column.end])
+                    except _StatisticsTaken:
+                        continue
+                    scale_h = Fraction(part.shape[-2], row.end - row.start)
+                    scale_w = Fraction(part.shape[-1], column.end - column.start)
+                    if out is None:
+                        height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
+                        out = part.new_empty(*part.shape[:-2], int(height), int(width))
+                    out[
+                        ...,
+                        int(row.core_start * scale_h) : int(row.core_end * scale_h),
+                        int(column.core_start * scale_w) : int(column.core_end * scale_w),
+                    ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+                if state["target"] is None:
+                    return out
+                count, mean, m2 = state["moments"]
+                statistics[state["target"]] = (mean, torch.rsqrt(m2 / count + state["target"].eps))
     finally:
-        for module in norms:
-            module.__dict__.pop("forward", None)
+        for handle in handles:
+            handle.remove()

@@ -45,7 +45,6 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
 from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile_strides
 
-SPATIAL_COMPRESSION = 8
 # F.normalize clamps the L2 norm at this value (the original's normalisation).
 NORM_EPS = 1e-12
 
@@ -206,23 +205,34 @@ class IVVAEResidualBlock2d(nn.Module):
         return h.add_(shortcut) if _inference() else h + shortcut
 
 
+class IVVAETokenConv(nn.Conv2d):
+    """A 1x1 convolution (the original's layer and checkpoint keys) applied to tokens `(N, L, C_in)` as the
+    per-token linear map it is -> `(N, L, C_out)`, so attention needs no transposes back to images."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.linear(tokens, self.weight.flatten(1), self.bias)
+
+
 class IVVAEAttention(nn.Module):
     """Single-head spatial self-attention inside each frame, with a residual connection."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.norm = IVVAERMSNorm(channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.to_qkv = IVVAETokenConv(channels, 3 * channels)
+        self.proj = IVVAETokenConv(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x: (B, T, C, H, W)` -> same shape."""
         batch, num_frames, channels, height, width = x.shape
         tokens = x.flatten(3).flatten(0, 1).transpose(1, 2)  # (B * T, H * W, C)
-        qkv = F.linear(self.norm(tokens), self.to_qkv.weight.flatten(1), self.to_qkv.bias)
+        qkv = self.to_qkv(self.norm(tokens))
         query, key, value = qkv.unsqueeze(1).chunk(3, dim=-1)
         h = F.scaled_dot_product_attention(query, key, value).squeeze(1)
-        h = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)
+        h = self.proj(h)
         return x + h.transpose(1, 2).reshape(batch, num_frames, channels, height, width)
 
 
@@ -241,6 +251,36 @@ class IVVAEAttentionBlock(nn.Module):
         return torch.cat([self.attn_2d(half_2d), self.attn_3d(half_3d)], dim=2)
 
 
+class IVVAETimeDownsampleConv(nn.Conv3d):
+    """The (2, 1, 1) stride-2 temporal convolution of the downsampler's 3D half (the original's layer and keys),
+    applied frame-major: frames 2t and 2t + 1 side by side along channels make it a 1x1 convolution."""
+
+    def __init__(self, width: int):
+        super().__init__(width, width, (2, 1, 1), stride=(2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, T, C, H, W)`, T even -> `(B, T / 2, C, H, W)`."""
+        batch, num_frames, channels, height, width = x.shape
+        pairs = x.reshape(batch * num_frames // 2, 2 * channels, height, width)
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, 2 * channels, 1, 1)
+        out = F.conv2d(pairs, weight, self.bias)
+        return out.view(batch, num_frames // 2, self.out_channels, height, width)
+
+
+class IVVAETimeUpsampleConv(nn.Conv3d):
+    """The 1x1x1 convolution `C -> 2C` of the upsampler's 3D half (the original's layer and keys), applied
+    frame-major: output channels `[0, C)` become frame 2t and `[C, 2C)` frame 2t + 1."""
+
+    def __init__(self, width: int):
+        super().__init__(width, 2 * width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (B, T, C, H, W)` -> `(B, 2T, C, H, W)`."""
+        batch, num_frames, channels, height, width = x.shape
+        pairs = F.conv2d(x.flatten(0, 1), self.weight.flatten(2).unsqueeze(-1), self.bias)  # (B * T, 2C, H, W)
+        return pairs.view(batch, 2 * num_frames, channels, height, width)
+
+
 class IVVAEDownsample(nn.Module):
     """Halve H and W of each half (zero-pad right/bottom, 3x3 stride-2 convolution); with `temporal`, also halve T
     for calls with more than one frame: the 2D half keeps the even frames, the 3D half pairs frames with a
@@ -251,7 +291,7 @@ class IVVAEDownsample(nn.Module):
         self.width = width
         self.conv_2d = nn.Conv2d(width, width, 3, stride=2)
         self.conv_3d = nn.Conv2d(width, width, 3, stride=2)
-        self.time_conv = nn.Conv3d(width, width, (2, 1, 1), stride=(2, 1, 1)) if temporal else None
+        self.time_conv = IVVAETimeDownsampleConv(width) if temporal else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x: (B, T, 2w, H, W)` -> `(B, T', 2w, H // 2, W // 2)`, `T' = T // 2` if temporal and `T > 1`."""
@@ -263,11 +303,7 @@ class IVVAEDownsample(nn.Module):
         half_2d = _frames_conv(self.conv_2d, F.pad(half_2d, (0, 1, 0, 1)))
         half_3d = _frames_conv(self.conv_3d, F.pad(half_3d, (0, 1, 0, 1)))
         if temporal:
-            # Frames 2t and 2t + 1 side by side along channels: the (2, 1, 1) convolution is a 1x1 one.
-            batch, num_frames, width, height, w = half_3d.shape
-            pairs = half_3d.reshape(batch * num_frames // 2, 2 * width, height, w)
-            weight = self.time_conv.weight.transpose(1, 2).reshape(width, 2 * width, 1, 1)
-            half_3d = F.conv2d(pairs, weight, self.time_conv.bias).view(batch, num_frames // 2, width, height, w)
+            half_3d = self.time_conv(half_3d)
         return torch.cat([half_2d, half_3d], dim=2)
 
 
@@ -281,17 +317,14 @@ class IVVAEUpsample(nn.Module):
         self.width = width
         self.conv_2d = nn.Conv2d(width, width // 2, 3, padding=1)
         self.conv_3d = nn.Conv2d(width, width // 2, 3, padding=1)
-        self.time_conv = nn.Conv3d(width, 2 * width, 1) if temporal else None
+        self.time_conv = IVVAETimeUpsampleConv(width) if temporal else None
 
     def forward(self, x: torch.Tensor, first_chunk: bool = False) -> torch.Tensor:
         """`x: (B, T, 2w, H, W)` -> `(B, T', w, 2H, 2W)`, `T' = 2T` if temporal and not `first_chunk`."""
         half_2d, half_3d = x.split(self.width, dim=2)
         temporal = self.time_conv is not None and not first_chunk
         if temporal:
-            batch, num_frames, width, height, w = half_3d.shape
-            weight = self.time_conv.weight.flatten(2).unsqueeze(-1)
-            pairs = F.conv2d(half_3d.flatten(0, 1), weight, self.time_conv.bias)  # (B * T, 2w, H, W)
-            half_3d = pairs.view(batch, 2 * num_frames, width, height, w)  # channels [0, w) -> even frames
+            half_3d = self.time_conv(half_3d)
         half_2d = _frames_conv(self.conv_2d, _upsample_frames(half_2d))
         half_3d = _frames_conv(self.conv_3d, _upsample_frames(half_3d))
         if temporal:
@@ -579,7 +612,9 @@ def _paste_core(whole: torch.Tensor, part: torch.Tensor, row: TileSpan, column: 
     ]
 
 
-class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
+class AutoencoderKLIVVAE(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
     r"""IV-VAE ("Improved Video VAE for Latent Video Diffusion Model", Wu et al., CVPR 2025): a causal video VAE
     with 4x temporal and 8x spatial compression, keyframe-based temporal compression (a per-frame 2D half and a
     temporal 3D half in every layer) and a pyramid of dilated convolutions before the latent.
@@ -617,6 +652,17 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
     _supports_gradient_checkpointing = True
     _no_split_modules = ["IVVAEResidualBlock", "IVVAEResidualBlock2d", "IVVAEAttentionBlock"]
     _skip_layerwise_casting_patterns = ["norm"]
+    # Block-level group offloading: module lists become groups; these modules (called directly, not through their
+    # parent's forward, e.g. by the tiled stages) get their own, so that every layer is onloaded by a module it runs in.
+    _group_offload_block_modules = [
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
+        "conv_in",
+        "norm_out",
+        "conv_out",
+    ]
 
     @register_to_config
     def __init__(
@@ -684,7 +730,7 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = True,
+        exact: bool | None = None,
     ) -> None:
         r"""Process the high-resolution stages in spatial tiles ("halo tiling") and set the temporal chunk size.
 
@@ -708,13 +754,14 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 (a multiple of the temporal compression, 4).
             tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
                 the cache instead of overlapping).
-            exact (`bool`, defaults to `True`): IV-VAE's tiles are always exact (the argument exists because the
-                OD-VAE and Open-Sora VAEs offer an exact and an approximate mode); `False` is refused.
+            exact (`bool`, optional): IV-VAE's tiles are always exact, so a plain `enable_tiling()` gives the
+                untiled result up to float rounding with bounded memory; `True` is accepted, `False` is refused
+                (the OD-VAE and Open-Sora VAEs default to blended tiles and offer `exact=True`).
         """
-        if exact is not True:
+        if exact not in (None, True):
             raise ValueError(
                 "IV-VAE's tiles are always exact (halo tiles, per-pixel norms); there is no approximate mode: "
-                "leave `exact` at True."
+                "leave `exact` unset (or True)."
             )
         spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
         settings = {}
@@ -793,6 +840,7 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             spatial_multiple=self.config.spatial_compression_ratio,
             name="x",
         )
+        x = self._to_compute_dtype(x)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
@@ -845,6 +893,7 @@ class AutoencoderKLIVVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             `DecoderOutput` with `sample: (B, 3, 1 + 4(t - 1), 8h, 8w)`, not clamped (clamp to [-1, 1] for display).
         """
         check_latents(z, latent_channels=self.config.latent_channels, name="z")
+        z = self._to_compute_dtype(z)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])
         else:

@@ -38,7 +38,13 @@ from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
-from ._tiling import blend, check_latents, check_video, halo_tile_strides, tiled_with_shared_group_norm
+from ._tiling import (
+    check_latents,
+    check_video,
+    halo_tile_strides,
+    stitch_blended_tiles,
+    tiled_with_shared_group_norm,
+)
 
 __all__ = ["AutoencoderKLODVAE"]
 
@@ -82,22 +88,11 @@ class ODVAECausalConv3d(nn.Module):
         self.time_pad = kernel_size[0] - 1
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=(0, *padding[1:]))
 
-    def pad(self, x: torch.Tensor, silu_first: bool = False) -> torch.Tensor:
-        """Prepend the first frame `kt - 1` times; with `silu_first`, SiLU is applied in the same pass."""
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the first frame `kt - 1` times."""
         if not self.time_pad:
-            return F.silu(x) if silu_first else x
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = F.silu(x) if silu_first else x
-            return torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
-        batch, channels, frames, height, width = x.shape
-        padded = x.new_empty(batch, channels, self.time_pad + frames, height, width)
-        body = padded[:, :, self.time_pad :]
-        if silu_first:
-            torch.ops.aten.silu.out(x, out=body)
-        else:
-            body.copy_(x)
-        padded[:, :, : self.time_pad] = body[:, :, :1]
-        return padded
+            return x
+        return torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(x))
@@ -105,8 +100,6 @@ class ODVAECausalConv3d(nn.Module):
 
 class ODVAEResnetBlock2D(nn.Module):
     """Per-frame residual block on `(B*T, C, H, W)`: GroupNorm statistics per frame."""
-
-    per_frame = True
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
@@ -127,8 +120,6 @@ class ODVAEResnetBlock2D(nn.Module):
 class ODVAEResnetBlock3D(nn.Module):
     """Residual block with causal 3x3x3 convolutions; GroupNorm statistics over all frames of the clip."""
 
-    per_frame = False
-
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
         self.norm1 = _group_norm(in_channels, groups)
@@ -139,24 +130,18 @@ class ODVAEResnetBlock3D(nn.Module):
         self.nin_shortcut = ODVAECausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # `conv.conv(conv.pad(...))` rather than `conv(...)`: the normalised tensor is freed before the convolution.
-        h = self.conv1.conv(self.conv1.pad(self.norm1(x), silu_first=True))
-        if self.training and self.dropout.p > 0:
-            h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        else:
-            h = self.conv2.conv(self.conv2.pad(self.norm2(h), silu_first=True))
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return h.add_(shortcut)
+        return h + shortcut
 
 
 class ODVAEAttention(nn.Module):
     """Single-head self-attention over the H*W positions of each frame separately (the original `AttnBlock3DFix`).
 
     GroupNorm before it spans the whole clip. q, k, v and the output projection are 1x1x1 causal convolutions,
-    i.e. per-position linear maps; they are applied here as one fused matrix product.
+    i.e. per-position linear maps.
     """
-
-    per_frame = False
 
     def __init__(self, channels: int, groups: int = 32):
         super().__init__()
@@ -168,21 +153,19 @@ class ODVAEAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = x.shape
-        # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
-        h = self.norm(x).permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
-        weight = torch.cat([self.q.conv.weight, self.k.conv.weight, self.v.conv.weight]).flatten(1)
-        bias = torch.cat([self.q.conv.bias, self.k.conv.bias, self.v.conv.bias])
-        query, key, value = F.linear(h, weight, bias).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(query, key, value)
-        h = F.linear(h, self.proj_out.conv.weight.flatten(1), self.proj_out.conv.bias)
+        h = self.norm(x)
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:
+            # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
+            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+
+        h = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         h = h.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
-        return x + h
+        return x + self.proj_out(h)
 
 
 class ODVAEDownsample2D(nn.Module):
     """Per-frame 2x spatial downsampling: zero-pad right and bottom by one, then a stride-2 3x3 convolution."""
-
-    per_frame = True
 
     def __init__(self, channels: int):
         super().__init__()
@@ -198,8 +181,6 @@ class ODVAEDownsample3D(nn.Module):
     T -> ceil(T / 2), H -> floor(H / 2), W -> floor(W / 2). The replicated first frames include the zero border.
     """
 
-    per_frame = False
-
     def __init__(self, channels: int):
         super().__init__()
         self.conv = ODVAECausalConv3d(channels, channels, 3, stride=2, padding=0)
@@ -214,8 +195,6 @@ class ODVAETimeDownsampleRes(nn.Module):
     Both branches see the clip with two copies of the first frame prepended.
     """
 
-    per_frame = False
-
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, 3, stride=(2, 1, 1), padding=(0, 1, 1))
@@ -229,8 +208,6 @@ class ODVAETimeDownsampleRes(nn.Module):
 
 class ODVAEUpsample2D(nn.Module):
     """Nearest-neighbour 2x spatial upsampling per frame, then a causal (1, 3, 3) convolution."""
-
-    per_frame = False
 
     def __init__(self, channels: int):
         super().__init__()
@@ -256,8 +233,6 @@ class ODVAEUpsample3D(nn.Module):
     """Joint 2x upsampling in T, H and W (trilinear, frame 0 kept out of the time interpolation), then a causal
     3x3x3 convolution. T -> 1 + 2 (T - 1)."""
 
-    per_frame = False
-
     def __init__(self, channels: int):
         super().__init__()
         self.conv = ODVAECausalConv3d(channels, channels, 3, padding=1)
@@ -268,8 +243,6 @@ class ODVAEUpsample3D(nn.Module):
 
 class ODVAETimeUpsampleRes(nn.Module):
     """2x temporal upsampling (v1.1.0): `u = interp_t(x)`, then `a * u + (1 - a) * causal_conv(u)`."""
-
-    per_frame = False
 
     def __init__(self, channels: int):
         super().__init__()
@@ -283,32 +256,104 @@ class ODVAETimeUpsampleRes(nn.Module):
 
 
 class ODVAEFrameConv2d(nn.Conv2d):
-    """A 3x3 `nn.Conv2d` applied per frame (the v1.2.0 encoder stem)."""
+    """A 3x3 `nn.Conv2d` applied to every frame of `(B, C, T, H, W)` (the v1.2.0 encoder stem)."""
 
-    per_frame = True
-
-
-class ODVAECausalConvIn(ODVAECausalConv3d):
-    per_frame = False
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _from_frames(super().forward(_to_frames(x)), x.shape[0])
 
 
-def _resnet(kind: str, in_channels: int, out_channels: int, dropout: float, groups: int) -> nn.Module:
+def _checkpointed(owner: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`block(x)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded."""
+    if owner.gradient_checkpointing and torch.is_grad_enabled():
+        return owner._gradient_checkpointing_func(block, x)
+    return block(x)
+
+
+def _resnets(kind: str, in_channels: int, out_channels: int, count: int, dropout: float, groups: int) -> nn.ModuleList:
     block = {"resnet2d": ODVAEResnetBlock2D, "resnet3d": ODVAEResnetBlock3D}[kind]
-    return block(in_channels, out_channels, dropout, groups)
+    return nn.ModuleList(
+        [block(in_channels if i == 0 else out_channels, out_channels, dropout, groups) for i in range(count)]
+    )
 
 
-def _run_sequence(modules, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
-    """Run modules in order, folding frames into the batch only while per-frame (2D) modules run."""
-    batch = None
-    for module in modules:
-        if module.per_frame and batch is None:
-            batch = h.shape[0]
-            h = _to_frames(h)
-        elif not module.per_frame and batch is not None:
-            h = _from_frames(h, batch)
-            batch = None
-        h = checkpoint(module, h) if checkpoint is not None else module(h)
-    return h if batch is None else _from_frames(h, batch)
+class ODVAEDownBlock(nn.Module):
+    """One encoder level: its resnets (`block`), then its spatial (`downsample`) and temporal (`time_downsample`)
+    downsamplers where the level has them. 2D resnets and the 2D downsampler run per frame: the frames are folded
+    into the batch while they run."""
+
+    def __init__(
+        self,
+        block_type: str,
+        in_channels: int,
+        out_channels: int,
+        num_layers: int,
+        spatial_downsample: str | None,
+        temporal_downsample: str | None,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        self.per_frame = block_type == "resnet2d"
+        self.block = _resnets(block_type, in_channels, out_channels, num_layers, dropout, groups)
+        downsamplers = {"downsample2d": ODVAEDownsample2D, "downsample3d_time2x": ODVAEDownsample3D}
+        self.downsample = downsamplers[spatial_downsample](out_channels) if spatial_downsample else None
+        self.time_downsample = ODVAETimeDownsampleRes(out_channels) if temporal_downsample else None
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`."""
+        batch = x.shape[0]
+        h = _to_frames(x) if self.per_frame else x
+        for resnet in self.block:
+            h = _checkpointed(self, resnet, h)
+        if isinstance(self.downsample, ODVAEDownsample2D):
+            h = _from_frames(self.downsample(h if self.per_frame else _to_frames(h)), batch)
+        else:
+            h = _from_frames(h, batch) if self.per_frame else h
+            if self.downsample is not None:
+                h = self.downsample(h)
+        if self.time_downsample is not None:
+            h = self.time_downsample(h)
+        return h
+
+
+class ODVAEUpBlock(nn.Module):
+    """One decoder level: its resnets (`block`), then its spatial (`upsample`) and temporal (`time_upsample`)
+    upsamplers where the level has them. 2D resnets run per frame."""
+
+    def __init__(
+        self,
+        block_type: str,
+        in_channels: int,
+        out_channels: int,
+        num_layers: int,
+        spatial_upsample: str | None,
+        temporal_upsample: str | None,
+        dropout: float,
+        groups: int,
+    ):
+        super().__init__()
+        self.per_frame = block_type == "resnet2d"
+        self.block = _resnets(block_type, in_channels, out_channels, num_layers, dropout, groups)
+        upsamplers = {"upsample2d": ODVAEUpsample2D, "upsample3d_time2x": ODVAEUpsample3D}
+        self.upsample = upsamplers[spatial_upsample](out_channels) if spatial_upsample else None
+        self.time_upsample = ODVAETimeUpsampleRes(out_channels) if temporal_upsample else None
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor, resnets: bool = True, upsamplers: bool = True) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `resnets=False` / `upsamplers=False` run one part only
+        (exact tiling runs the resnets of the first upsampling level on whole frames, its upsamplers in tiles)."""
+        if resnets:
+            batch = x.shape[0]
+            x = _to_frames(x) if self.per_frame else x
+            for resnet in self.block:
+                x = _checkpointed(self, resnet, x)
+            x = _from_frames(x, batch) if self.per_frame else x
+        if upsamplers and self.upsample is not None:
+            x = self.upsample(x)
+        if upsamplers and self.time_upsample is not None:
+            x = self.time_upsample(x)
+        return x
 
 
 class ODVAEMidBlock(nn.Module):
@@ -317,9 +362,16 @@ class ODVAEMidBlock(nn.Module):
         self.block_1 = ODVAEResnetBlock3D(channels, channels, dropout, groups)
         self.attn_1 = ODVAEAttention(channels, groups)
         self.block_2 = ODVAEResnetBlock3D(channels, channels, dropout, groups)
+        self.gradient_checkpointing = False
 
-    def layers(self) -> list[nn.Module]:
-        return [self.block_1, self.attn_1, self.block_2]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _checkpointed(self, self.block_1, x)
+        x = _checkpointed(self, self.attn_1, x)
+        return _checkpointed(self, self.block_2, x)
+
+
+def _resnet_reach(block: nn.ModuleList, scale: int) -> int:
+    return 2 * scale * len(block)  # two 3x3 convolutions per resnet (the shortcut is 1x1)
 
 
 class ODVAEEncoder(nn.Module):
@@ -339,88 +391,69 @@ class ODVAEEncoder(nn.Module):
         groups: int,
     ):
         super().__init__()
-        if conv_in == "conv2d":
-            self.conv_in = ODVAEFrameConv2d(in_channels, block_out_channels[0], 3, padding=1)
-        else:
-            self.conv_in = ODVAECausalConvIn(in_channels, block_out_channels[0], 3, padding=1)
-        self.down = nn.ModuleList()
         channels = block_out_channels[0]
+        if conv_in == "conv2d":
+            self.conv_in = ODVAEFrameConv2d(in_channels, channels, 3, padding=1)
+        else:
+            self.conv_in = ODVAECausalConv3d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
         for level, out_channels in enumerate(block_out_channels):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
-            for _ in range(layers_per_block):
-                stage.block.append(_resnet(block_types[level], channels, out_channels, dropout, groups))
-                channels = out_channels
-            if spatial_downsample[level] == "downsample2d":
-                stage.downsample = ODVAEDownsample2D(channels)
-            elif spatial_downsample[level] == "downsample3d_time2x":
-                stage.downsample = ODVAEDownsample3D(channels)
-            if temporal_downsample[level] == "time_res":
-                stage.time_downsample = ODVAETimeDownsampleRes(channels)
-            self.down.append(stage)
+            self.down.append(
+                ODVAEDownBlock(
+                    block_types[level],
+                    channels,
+                    out_channels,
+                    layers_per_block,
+                    spatial_downsample[level],
+                    temporal_downsample[level],
+                    dropout,
+                    groups,
+                )
+            )
+            channels = out_channels
         self.mid = ODVAEMidBlock(channels, dropout, groups)
         self.norm_out = _group_norm(channels, groups)
         self.conv_out = ODVAECausalConv3d(channels, 2 * z_channels, 3, padding=1)
-        self.gradient_checkpointing = False
+        # Levels through the last spatial downsampler run above latent resolution (exact tiling runs them in tiles).
+        self.num_high_res_levels = 1 + max((i for i, kind in enumerate(spatial_downsample) if kind), default=-1)
 
-    def layers(self) -> list[nn.Module]:
-        """Every module of the trunk, in execution order (level downsamplers after their blocks)."""
-        layers = [self.conv_in]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
         for stage in self.down:
-            layers.extend(stage.block)
-            for name in ("downsample", "time_downsample"):
-                if hasattr(stage, name):
-                    layers.append(getattr(stage, name))
-        return layers + self.mid.layers()
+            h = stage(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
-    def _num_high_res_layers(self) -> int:
-        layers = self.layers()
-        downsamplers = (ODVAEDownsample2D, ODVAEDownsample3D)
-        return 1 + max((i for i, layer in enumerate(layers) if isinstance(layer, downsamplers)), default=0)
+    def forward_high(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)`: `conv_in` and the levels through the last
+        spatial downsampler, local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
+        h = self.conv_in(x)
+        for stage in self.down[: self.num_high_res_levels]:
+            h = stage(h)
+        return h
 
-    def high_res_layers(self) -> list[nn.Module]:
-        """`conv_in` and the down levels through the last spatial downsampler: every layer above latent
-        resolution. Local in space apart from their GroupNorms, so exact tiling can run them tile by tile."""
-        return self.layers()[: self._num_high_res_layers()]
-
-    def low_res_layers(self) -> list[nn.Module]:
-        """The layers after the last spatial downsampler (the last level's blocks, a v1.1.0 time downsampler,
-        the mid block with its attention): they run on whole latent-resolution frames."""
-        return self.layers()[self._num_high_res_layers() :]
+    def forward_low(self, h: torch.Tensor) -> torch.Tensor:
+        """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)`: the latent-resolution levels, the mid
+        block with its attention, `norm_out` and `conv_out`, on whole frames."""
+        for stage in self.down[self.num_high_res_levels :]:
+            h = stage(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
     def high_res_reach(self) -> int:
         """An upper bound, in input pixels, on how far beyond its own footprint (8x8 input pixels for a latent
         pixel) an output pixel of `forward_high` reads; `scale` is input pixels per feature pixel at each layer."""
-        reach, scale = 0, 1
-        for layer in self.high_res_layers():
-            if isinstance(layer, (ODVAEFrameConv2d, ODVAECausalConvIn, ODVAETimeDownsampleRes)):
-                reach += scale  # one 3x3 convolution (the time downsampler's is 3x3x3, padded 1 in space)
-            elif isinstance(layer, (ODVAEResnetBlock2D, ODVAEResnetBlock3D)):
-                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
-            elif isinstance(layer, (ODVAEDownsample2D, ODVAEDownsample3D)):
+        reach, scale = 1, 1  # conv_in: 3x3
+        for stage in self.down[: self.num_high_res_levels]:
+            reach += _resnet_reach(stage.block, scale)
+            if stage.downsample is not None:
                 # 3x3 stride 2 after one pixel of padding right/bottom: output j reads inputs 2j..2j+2, one input
                 # pixel past its own two (on the right / bottom side only; the halo is symmetric anyway).
                 reach += scale
                 scale *= 2
-            else:
-                raise TypeError(f"No receptive field known for {type(layer).__name__}.")
+            if stage.time_downsample is not None:
+                reach += scale  # its 3x3x3 convolution, padded 1 in space
         return reach
-
-    def forward_high(self, x: torch.Tensor, checkpoint=None) -> torch.Tensor:
-        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` of the high-resolution layers."""
-        return _run_sequence(self.high_res_layers(), x, checkpoint)
-
-    def forward_low(self, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
-        """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)` (`t' < t` only with a v1.1.0 time
-        downsampler in the last level): the latent-resolution layers, `norm_out` and `conv_out`."""
-        h = _run_sequence(self.low_res_layers(), h, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        checkpoint = (
-            self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
-        )
-        return self.forward_low(self.forward_high(x, checkpoint), checkpoint)
 
 
 class ODVAEDecoder(nn.Module):
@@ -440,50 +473,57 @@ class ODVAEDecoder(nn.Module):
     ):
         super().__init__()
         channels = block_out_channels[-1]
-        self.conv_in = ODVAECausalConvIn(z_channels, channels, 3, padding=1)
+        self.conv_in = ODVAECausalConv3d(z_channels, channels, 3, padding=1)
         self.mid = ODVAEMidBlock(channels, dropout, groups)
         stages = {}
         for level in reversed(range(len(block_out_channels))):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
-            for _ in range(layers_per_block + 1):
-                stage.block.append(_resnet(block_types[level], channels, block_out_channels[level], dropout, groups))
-                channels = block_out_channels[level]
-            if spatial_upsample[level] == "upsample2d":
-                stage.upsample = ODVAEUpsample2D(channels)
-            elif spatial_upsample[level] == "upsample3d_time2x":
-                stage.upsample = ODVAEUpsample3D(channels)
-            if temporal_upsample[level] == "time_res":
-                stage.time_upsample = ODVAETimeUpsampleRes(channels)
-            stages[level] = stage
+            stages[level] = ODVAEUpBlock(
+                block_types[level],
+                channels,
+                block_out_channels[level],
+                layers_per_block + 1,
+                spatial_upsample[level],
+                temporal_upsample[level],
+                dropout,
+                groups,
+            )
+            channels = block_out_channels[level]
         self.up = nn.ModuleList([stages[level] for level in range(len(block_out_channels))])
         self.norm_out = _group_norm(channels, groups)
         self.conv_out = ODVAECausalConv3d(channels, out_channels, 3, padding=1)
-        self.gradient_checkpointing = False
+        # The deepest level with a spatial upsampler: its resnets still run at latent resolution, its upsamplers and
+        # every level after it above (exact tiling runs those in tiles).
+        self.first_upsampling_level = max((i for i, kind in enumerate(spatial_upsample) if kind), default=-1)
 
-    def layers(self) -> list[nn.Module]:
-        layers = [self.conv_in, *self.mid.layers()]
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid(h)
         for stage in reversed(self.up):
-            layers.extend(stage.block)
-            for name in ("upsample", "time_upsample"):
-                if hasattr(stage, name):
-                    layers.append(getattr(stage, name))
-        return layers
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
-    def _num_low_res_layers(self) -> int:
-        layers = self.layers()
-        upsamplers = (ODVAEUpsample2D, ODVAEUpsample3D)
-        return next((i for i, layer in enumerate(layers) if isinstance(layer, upsamplers)), len(layers))
+    def forward_low(self, z: torch.Tensor) -> torch.Tensor:
+        """`(B, z_channels, t, h, w)` -> features `(B, C, t', h, w)`: `conv_in`, the mid block with its attention,
+        the levels before the first spatial upsampler and that level's resnets, on whole frames."""
+        h = self.mid(self.conv_in(z))
+        for level in reversed(range(self.first_upsampling_level + 1, len(self.up))):
+            h = self.up[level](h)
+        if self.first_upsampling_level >= 0:
+            h = self.up[self.first_upsampling_level](h, upsamplers=False)
+        return h
 
-    def low_res_layers(self) -> list[nn.Module]:
-        """`conv_in`, the mid block with its attention and the blocks before the first spatial upsampler: they run
-        on whole latent-resolution frames."""
-        return self.layers()[: self._num_low_res_layers()]
+    def forward_high(self, h: torch.Tensor) -> torch.Tensor:
+        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it,
+        local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
+        if self.first_upsampling_level >= 0:
+            h = self.up[self.first_upsampling_level](h, resnets=False)
+        for level in reversed(range(self.first_upsampling_level)):
+            h = self.up[level](h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
-    def high_res_layers(self) -> list[nn.Module]:
-        """The layers from the first spatial upsampler on (`norm_out` and `conv_out` follow them): local in space
-        apart from their GroupNorms, so exact tiling can run them tile by tile."""
-        return self.layers()[self._num_low_res_layers() :]
+    def high_res_stages(self) -> list[nn.Module]:
+        """The levels `forward_high` runs (the first upsampling level's resnets do not run there)."""
+        return [self.up[level] for level in reversed(range(self.first_upsampling_level + 1))]
 
     def high_res_reach(self) -> int:
         """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `forward_high`
@@ -494,39 +534,21 @@ class ODVAEDecoder(nn.Module):
         pixel per side) or, trilinear, by one coarse pixel (two fine pixels). The latent pixels read are then at
         most `ceil(reach / 8)` away from the output pixel's own.
         """
-        layers = self.high_res_layers()
-        scale = 2 ** sum(isinstance(layer, (ODVAEUpsample2D, ODVAEUpsample3D)) for layer in layers)
+        stages = self.high_res_stages()
+        scale = 2 ** sum(stage.upsample is not None for stage in stages)
         reach = 0
-        for layer in layers:
-            if isinstance(layer, ODVAEUpsample2D):
+        for index, stage in enumerate(stages):
+            if index > 0:
+                reach += _resnet_reach(stage.block, scale)
+            if isinstance(stage.upsample, ODVAEUpsample2D):
                 scale //= 2
                 reach += scale + scale  # nearest 2x (alignment), then a 3x3 convolution
-            elif isinstance(layer, ODVAEUpsample3D):
+            elif isinstance(stage.upsample, ODVAEUpsample3D):
                 scale //= 2
                 reach += 2 * scale + scale  # trilinear 2x (one coarse pixel), then a 3x3x3 convolution
-            elif isinstance(layer, ODVAETimeUpsampleRes):
+            if stage.time_upsample is not None:
                 reach += scale  # interpolation in time only, then a 3x3x3 convolution
-            elif isinstance(layer, (ODVAEResnetBlock2D, ODVAEResnetBlock3D)):
-                reach += 2 * scale  # two 3x3 convolutions (the shortcut is 1x1)
-            else:
-                raise TypeError(f"No receptive field known for {type(layer).__name__}.")
         return reach + scale  # conv_out: 3x3
-
-    def forward_low(self, z: torch.Tensor, checkpoint=None) -> torch.Tensor:
-        """`(B, z_channels, t, h, w)` -> features `(B, C, t', h, w)` of the latent-resolution layers (`t' > t` only
-        with a v1.1.0 time upsampler before the first spatial upsampler)."""
-        return _run_sequence(self.low_res_layers(), z, checkpoint)
-
-    def forward_high(self, h: torch.Tensor, checkpoint=None) -> torch.Tensor:
-        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the upsampling levels, `norm_out` and `conv_out`."""
-        h = _run_sequence(self.high_res_layers(), h, checkpoint)
-        return self.conv_out.conv(self.conv_out.pad(self.norm_out(h), silu_first=True))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        checkpoint = (
-            self._gradient_checkpointing_func if torch.is_grad_enabled() and self.gradient_checkpointing else None
-        )
-        return self.forward_high(self.forward_low(z, checkpoint), checkpoint)
 
 
 def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
@@ -539,7 +561,9 @@ def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
     return starts
 
 
-class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
+class AutoencoderKLODVAE(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
     r"""OD-VAE, the 4x8x8 causal video VAE of Open-Sora-Plan v1.2.0 (and, by config, the v1.1.0 CausalVideoVAE).
 
     Video `(B, 3, T, H, W)` in [-1, 1] with `T = 1 + 4k` (an image is `T = 1`) and H, W multiples of 8 ->
@@ -589,6 +613,18 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
     _supports_gradient_checkpointing = True
     _no_split_modules = ["ODVAEResnetBlock3D", "ODVAEResnetBlock2D", "ODVAEAttention"]
     _skip_layerwise_casting_patterns = ["norm"]
+    # Block-level group offloading: the level lists become groups; these modules (called directly by the exact
+    # tiles, not through their parent's forward) get their own, so that every layer is onloaded by a module it runs in.
+    _group_offload_block_modules = [
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
+        "conv_in",
+        "mid",
+        "norm_out",
+        "conv_out",
+    ]
 
     @register_to_config
     def __init__(
@@ -753,7 +789,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = False,
+        exact: bool | None = None,
     ) -> None:
         r"""Encode and decode in tiles: as the original's tiled mode does (default), or exactly (`exact=True`).
 
@@ -802,10 +838,13 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
                 a multiple of 8, at most the tile size.
             tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
                 most `tile_sample_min_num_frames - 1`.
-            exact (`bool`, defaults to `False`): exact mode (see above).
+            exact (`bool`, optional): `True` for exact mode (see above); `None` (a plain `enable_tiling()`) or
+                `False` give the default mode: the original's blended tiles, bounded memory, close to but not
+                equal to untiled.
         """
-        if not isinstance(exact, bool):
+        if exact is not None and not isinstance(exact, bool):
             raise ValueError(f"`exact` must be True or False, got {exact!r}.")
+        exact = bool(exact)
         values = {
             "tile_sample_min_height": tile_sample_min_height,
             "tile_sample_min_width": tile_sample_min_width,
@@ -852,8 +891,8 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         Released v1.2.0 layout (`scale` = pixels per feature pixel, `r` = levels' resnets, 2 per encoder level,
         3 per decoder level, two 3x3 convolutions each):
         - encode: conv_in 1 + level 0 (2 r x 2 + downsample 1) + level 1 (2 r x 2 + 1) x 2 + level 2 (same) x 4
-          = 1 + 5 + 10 + 20 = 36 px -> 40 px (5 latent pixels); v1.1.0: 36 + 4 (its level-1 time downsampler,
-          3x3 at scale 4) = 40 px.
+          = 1 + 5 + 10 + 20 = 36 px -> 40 px (5 latent pixels); v1.1.0: 36 + 4 + 8 (its level-1 and level-2
+          time downsamplers, 3x3 at scales 4 and 8) = 48 px (6 latent pixels).
         - decode: level 3 upsampler (trilinear 2 + conv 1) x 4 + level 2 (3 r x 2) x 4 + its upsampler (2 + 1) x 2
           + level 1 (6) x 2 + its upsampler (nearest 1 + conv 1) x 1 + level 0 (6) x 1 + conv_out 1
           = 12 + 24 + 6 + 12 + 2 + 6 + 1 = 63 px -> 8 latent pixels.
@@ -896,6 +935,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             spatial_multiple=self.config.spatial_compression_ratio,
             name="x",
         )
+        x = self._to_compute_dtype(x)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(item) for item in x.split(1)])
         else:
@@ -934,6 +974,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
             (not clamped).
         """
         check_latents(z, latent_channels=self.config.latent_channels)
+        z = self._to_compute_dtype(z)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(item) for item in z.split(1)])
         else:
@@ -957,35 +998,18 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         return torch.cat(chunks, dim=2)
 
     def _tiled_encode_spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """Blended tiles every `stride` pixels (edge tiles are smaller), as the original."""
         spatial = self.config.spatial_compression_ratio
         tile_h, tile_w = self.tile_sample_min_height, self.tile_sample_min_width
-        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        blend_h = (tile_h - stride_h) // spatial
-        blend_w = (tile_w - stride_w) // spatial
-        keep_h, keep_w = stride_h // spatial, stride_w // spatial
-        rows, previous = [], None
-        for top in range(0, x.shape[3], stride_h):
-            row = [
-                self._encode_moments(x[:, :, :, top : top + tile_h, left : left + tile_w])
-                for left in range(0, x.shape[4], stride_w)
-            ]
-            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
-            previous = row
-        return torch.cat(rows, dim=3)
-
-    @staticmethod
-    def _blend_row(row, previous, blend_h: int, blend_w: int, keep_h: int, keep_w: int) -> torch.Tensor:
-        """Blend each tile with the (already blended) tile above, then with the one on its left; crop; concatenate.
-
-        `row` is updated in place with the blended, uncropped tiles (the next row blends with those).
-        """
-        for index, tile in enumerate(row):
-            if previous is not None:
-                tile = blend(previous[index], tile, blend_h, dim=3)
-            if index > 0:
-                tile = blend(row[index - 1], tile, blend_w, dim=4)
-            row[index] = tile
-        return torch.cat([tile[:, :, :, :keep_h, :keep_w] for tile in row], dim=4)
+        tops, lefts = (
+            range(0, x.shape[3], self.tile_sample_stride_height),
+            range(0, x.shape[4], self.tile_sample_stride_width),
+        )
+        tiles = [
+            [self._encode_moments(x[:, :, :, top : top + tile_h, left : left + tile_w]) for left in lefts]
+            for top in tops
+        ]
+        return stitch_blended_tiles(tiles, [t // spatial for t in tops], [w // spatial for w in lefts])
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
         r"""Decode `z` chunk by chunk in time and tile by tile in space; memory stays flat as the clip grows
@@ -1003,35 +1027,28 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         return torch.cat(chunks, dim=2)
 
     def _tiled_decode_spatial(self, z: torch.Tensor) -> torch.Tensor:
+        """Blended tiles every `stride / 8` latent pixels (edge tiles are smaller), as the original."""
         spatial = self.config.spatial_compression_ratio
         tile_h, tile_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
-        stride_h = self.tile_sample_stride_height // spatial
-        stride_w = self.tile_sample_stride_width // spatial
-        blend_h = self.tile_sample_min_height - self.tile_sample_stride_height
-        blend_w = self.tile_sample_min_width - self.tile_sample_stride_width
-        keep_h, keep_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        rows, previous = [], None
-        for top in range(0, z.shape[3], stride_h):
-            row = [
-                self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w])
-                for left in range(0, z.shape[4], stride_w)
-            ]
-            rows.append(self._blend_row(row, previous, blend_h, blend_w, keep_h, keep_w))
-            previous = row
-        return torch.cat(rows, dim=3)
+        tops = range(0, z.shape[3], self.tile_sample_stride_height // spatial)
+        lefts = range(0, z.shape[4], self.tile_sample_stride_width // spatial)
+        tiles = [
+            [self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w]) for left in lefts]
+            for top in tops
+        ]
+        return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""
-        layers = self.encoder.high_res_layers()
-        # No gradient checkpointing inside the tiles: its recomputation would run the GroupNorms unshared.
+        encoder = self.encoder
         h = tiled_with_shared_group_norm(
-            lambda tile: _run_sequence(layers, tile),
+            encoder.forward_high,
             x,
-            layers,
+            [encoder.conv_in, *encoder.down[: encoder.num_high_res_levels]],
             core=(self.tile_sample_min_height, self.tile_sample_min_width),
             halo=self.tile_halo["encode"],
         )
-        moments = self.encoder.forward_low(h)
+        moments = encoder.forward_low(h)
         return moments if self.quant_conv is None else self.quant_conv(moments)
 
     def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -1043,7 +1060,7 @@ class AutoencoderKLODVAE(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginal
         return tiled_with_shared_group_norm(
             self.decoder.forward_high,
             h,
-            [*self.decoder.high_res_layers(), self.decoder.norm_out],
+            [*self.decoder.high_res_stages(), self.decoder.norm_out],
             core=(self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial),
             halo=self.tile_halo["decode"],
         )

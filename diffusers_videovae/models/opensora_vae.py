@@ -37,7 +37,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_latents, check_video, halo_tile_strides, tile_starts, tiled_with_shared_group_norm
+from ._tiling import (
+    check_latents,
+    check_video,
+    halo_tile_strides,
+    stitch_blended_tiles,
+    tile_starts,
+    tiled_with_shared_group_norm,
+)
 
 SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
 SDXL_UP_BLOCKS = ("UpDecoderBlock2D",) * 4
@@ -103,6 +110,21 @@ class OpenSoraResidualBlock(nn.Module):
         return h.add_(x) if not torch.is_grad_enabled() else h + x
 
 
+def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
+    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
+    diffusers' `Encoder` / `Decoder` run their blocks)."""
+    if torch.is_grad_enabled() and owner.gradient_checkpointing:
+        return owner._gradient_checkpointing_func(block, *args)
+    return block(*args)
+
+
+def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
+    batch, channels, frames, height, width = x.shape
+    x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
+    return x.reshape(batch, channels // 2, 2 * frames, height, width)
+
+
 class OpenSoraTemporalDownBlock(nn.Module):
     """`num_layers` residual blocks, then (optionally) a causal 3x3x3 conv with temporal stride 2 (with bias)."""
 
@@ -117,6 +139,12 @@ class OpenSoraTemporalDownBlock(nn.Module):
         self.downsampler = (
             OpenSoraCausalConv3d(out_channels, out_channels, 3, temporal_stride=2) if downsample else None
         )
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = _checkpointed(self, resnet, x)
+        return x if self.downsampler is None else self.downsampler(x)
 
 
 class OpenSoraTemporalUpBlock(nn.Module):
@@ -134,21 +162,12 @@ class OpenSoraTemporalUpBlock(nn.Module):
             ]
         )
         self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
+        self.gradient_checkpointing = False
 
-
-def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
-    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
-    diffusers' `Encoder` / `Decoder` run their blocks)."""
-    if torch.is_grad_enabled() and owner.gradient_checkpointing:
-        return owner._gradient_checkpointing_func(block, *args)
-    return block(*args)
-
-
-def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
-    """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
-    batch, channels, frames, height, width = x.shape
-    x = x.reshape(batch, channels // 2, 2, frames, height, width).transpose(2, 3)
-    return x.reshape(batch, channels // 2, 2 * frames, height, width)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            x = _checkpointed(self, resnet, x)
+        return x if self.upsampler is None else _depth_to_time(self.upsampler(x))
 
 
 class OpenSoraTemporalEncoder(nn.Module):
@@ -183,10 +202,7 @@ class OpenSoraTemporalEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for block in self.down_blocks:
-            for resnet in block.resnets:
-                x = _checkpointed(self, resnet, x)
-            if block.downsampler is not None:
-                x = block.downsampler(x)
+            x = block(x)
         for resnet in self.mid_resnets:
             x = _checkpointed(self, resnet, x)
         return self.conv_out(_silu(self.norm_out(x)))
@@ -229,10 +245,7 @@ class OpenSoraTemporalDecoder(nn.Module):
         for resnet in self.mid_resnets:
             x = _checkpointed(self, resnet, x)
         for block in self.up_blocks:
-            for resnet in block.resnets:
-                x = _checkpointed(self, resnet, x)
-            if block.upsampler is not None:
-                x = _depth_to_time(block.upsampler(x))
+            x = block(x)
         return self.conv_out(_silu(self.norm_out(x)))
 
 
@@ -271,24 +284,21 @@ class OpenSoraTemporalVAE(nn.Module):
         return x[:, :, x.shape[2] - num_frames :]
 
 
-class OpenSoraNearestUpsampleConv2d(nn.Module):
-    """Nearest x2 upsampling followed by a 3x3 conv, computed as four 2x2 convs on the low-resolution input.
+class OpenSoraUpsampleConv2d(nn.Conv2d):
+    """The 3x3 convolution of an `Upsample2D` layer, taking the LOW-resolution input: nearest x2 upsampling then
+    this convolution, computed as four 2x2 convolutions on the low-resolution input.
 
-    Stands in for the `Upsample2D` layers of the spatial decoder, with the same `conv` weights and keys. Each
-    output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that land
-    on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
-    (equal up to float rounding). While gradients are recorded it runs the plain two-step form.
-
-    The folded kernels cost a pass over the weights; `AutoencoderKLOpenSora.decode` folds them once per call
-    (`phase_kernels`) instead of once per frame.
+    Each output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that
+    land on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
+    (equal up to float rounding). The kernels are folded from this module's own weight on every call (a pass over
+    the weights, small next to the convolution), so hooks that cast or move the weight apply. While gradients are
+    recorded it runs the plain two-step form.
     """
 
     PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.conv = conv
-        self.phase_kernels: list[torch.Tensor] | None = None
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__(channels, out_channels, 3, padding=1)
 
     @staticmethod
     def _fold(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
@@ -296,24 +306,32 @@ class OpenSoraNearestUpsampleConv2d(nn.Module):
         pair = (first, middle + last) if phase == 0 else (first + middle, last)
         return torch.stack(pair, dim)
 
-    def fold_kernels(self) -> list[torch.Tensor]:
-        """The 2x2 kernel `(C_out, C_in, 2, 2)` of each output phase `(row, col)`, in `PHASES` order."""
-        with torch.no_grad():
-            return [self._fold(self._fold(self.conv.weight, row, 2), col, 3) for row, col in self.PHASES]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: (N, C, h, w)` -> `(N, C_out, 2h, 2w)`."""
         if torch.is_grad_enabled():
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         batch, _, height, width = x.shape
-        kernels = self.phase_kernels if self.phase_kernels is not None else self.fold_kernels()
         padded = F.pad(x, (1, 1, 1, 1))
         # Phase (row, col) of output pixel (2i + row, 2j + col) reads padded rows i + row .. i + row + 1.
-        out = x.new_empty(batch, self.conv.out_channels, height, 2, width, 2)
-        for (row, col), kernel in zip(self.PHASES, kernels):
+        out = x.new_empty(batch, self.out_channels, height, 2, width, 2)
+        for row, col in self.PHASES:
             # One phase at a time: a quarter of the output is the only temporary.
-            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.conv.bias)
+            kernel = self._fold(self._fold(self.weight, row, 2), col, 3)
+            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.bias)
             out[:, :, :, row, :, col] = phase
         return out.view(batch, -1, 2 * height, 2 * width)
+
+
+class OpenSoraNearestUpsample2D(nn.Module):
+    """Stands in for the `Upsample2D` layers of the spatial decoder (same `conv` keys): nearest x2, then a 3x3
+    convolution, both done by `conv` (`OpenSoraUpsampleConv2d`) on the low-resolution input."""
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.conv = OpenSoraUpsampleConv2d(channels, out_channels)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.conv(x)
 
 
 class OpenSoraPosterior(DiagonalGaussianDistribution):
@@ -341,7 +359,9 @@ class OpenSoraPosterior(DiagonalGaussianDistribution):
         return self.mean + self.std * torch.cat(noise, dim=2)
 
 
-class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin):
+class AutoencoderKLOpenSora(
+    ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
+):
     r"""The Open-Sora 1.2 video VAE (`VideoAutoencoderPipeline`): SDXL `AutoencoderKL` per frame + temporal VAE.
 
     `sample (B, 3, T, H, W)` in [-1, 1], any `T >= 1`, `H` and `W` multiples of 8 -> latents
@@ -390,6 +410,20 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
     _supports_gradient_checkpointing = True
     _no_split_modules = ["OpenSoraResidualBlock"]
     _skip_layerwise_casting_patterns = ["norm"]
+    # Block-level group offloading: module lists become groups; these modules (called directly, not through their
+    # parent's forward) get their own, so that every layer is onloaded by a module it runs in.
+    _group_offload_block_modules = [
+        "spatial_vae",
+        "temporal_vae",
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
+        "conv_in",
+        "mid_block",
+        "conv_norm_out",
+        "conv_out",
+    ]
 
     @register_to_config
     def __init__(
@@ -420,8 +454,22 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         temporal_compression_ratio: int | None = None,
     ):
         super().__init__()
+        levels = len(block_out_channels)
+        if len(down_block_types) != levels or len(up_block_types) != levels:
+            raise ValueError(
+                f"block_out_channels has {levels} levels, but down_block_types has {len(down_block_types)} and "
+                f"up_block_types {len(up_block_types)}: give one block type per level in each."
+            )
         if len(temporal_downsample) != len(temporal_channel_multipliers) - 1:
-            raise ValueError("temporal_downsample needs one entry per temporal level but the last.")
+            raise ValueError(
+                f"temporal_downsample has {len(temporal_downsample)} entries; it needs one per temporal level but "
+                f"the last ({len(temporal_channel_multipliers) - 1}, from temporal_channel_multipliers)."
+            )
+        if len(latents_mean) != latent_channels or len(latents_std) != latent_channels:
+            raise ValueError(
+                f"latents_mean ({len(latents_mean)} values) and latents_std ({len(latents_std)}) need one value per "
+                f"latent channel (latent_channels={latent_channels})."
+            )
         if spatial_micro_batch_size < 1:
             raise ValueError(f"spatial_micro_batch_size must be >= 1, got {spatial_micro_batch_size}.")
         self.spatial_vae = AutoencoderKL(
@@ -438,7 +486,8 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         )
         for block in self.spatial_vae.decoder.up_blocks:
             if block.upsamplers is not None:
-                block.upsamplers[0] = OpenSoraNearestUpsampleConv2d(block.upsamplers[0].conv)
+                conv = block.upsamplers[0].conv
+                block.upsamplers[0] = OpenSoraNearestUpsample2D(conv.in_channels, conv.out_channels)
         self.temporal_vae = OpenSoraTemporalVAE(
             spatial_latent_channels,
             temporal_latent_embed_dim,
@@ -481,7 +530,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool = False,
+        exact: bool | None = None,
     ) -> None:
         r"""Encode and decode in spatial tiles (both stages), so that memory depends on the tile, not the frame.
 
@@ -514,10 +563,12 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             tile_sample_stride_height / tile_sample_stride_width (`int`, default 192): tile step in pixels
                 (multiple of 8, at most the tile size); the overlap `tile - stride` is blended. Ignored if `exact`
                 (set to the tile size).
-            exact (`bool`, default False): shared-statistics tiles equal to untiled (see above).
+            exact (`bool`, optional): `True` for shared-statistics tiles equal to untiled (see above); `None` (a
+                plain `enable_tiling()`) or `False` give blended tiles: bounded memory, approximate.
         """
-        if not isinstance(exact, bool):
+        if exact is not None and not isinstance(exact, bool):
             raise ValueError(f"`exact` must be True or False, got {exact!r}.")
+        exact = bool(exact)
         if tile_sample_min_num_frames is not None or tile_sample_stride_num_frames is not None:
             raise ValueError(
                 "Open-Sora's temporal chunks (`micro_frame_size` frames, independent and unblended) are part of the "
@@ -707,6 +758,12 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             start += n
         return torch.cat(moments, dim=2)
 
+    def _encode_maybe_tiled(self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None):
+        height, width = x.shape[-2:]
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            return self.tiled_encode(x, sample_spatial, generator)
+        return self._encode(x, sample_spatial, generator)
+
     @apply_forward_hook
     def encode(
         self,
@@ -730,6 +787,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             `.sample(generator)` draws one noise tensor per temporal chunk (the original's order).
         """
         check_video(x, in_channels=self.config.in_channels, spatial_multiple=self.spatial_compression_ratio, name="x")
+        x = self._to_compute_dtype(x)
         chunk_sizes = [math.ceil(n / self.temporal_compression_ratio) for n in self._chunk_frames(x.shape[2])]
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode_maybe_tiled(part, sample_spatial, generator) for part in x.split(1)])
@@ -739,12 +797,6 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         if not return_dict:
             return (posterior,)
         return AutoencoderKLOutput(latent_dist=posterior)
-
-    def _encode_maybe_tiled(self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None):
-        height, width = x.shape[-2:]
-        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
-            return self.tiled_encode(x, sample_spatial, generator)
-        return self._encode(x, sample_spatial, generator)
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
@@ -808,6 +860,15 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             frame += n
         return out
 
+    def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        factor = self.spatial_compression_ratio
+        height, width = z.shape[-2:]
+        if self.use_tiling and (
+            height * factor > self.tile_sample_min_height or width * factor > self.tile_sample_min_width
+        ):
+            return self.tiled_decode(z, num_frames)
+        return self._decode(z, num_frames)
+
     @apply_forward_hook
     def decode(
         self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True
@@ -824,6 +885,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             `sample`: `(B, 3, num_frames, 8h, 8w)`, roughly in [-1, 1] (not clamped).
         """
         check_latents(z, latent_channels=self.config.latent_channels)
+        z = self._to_compute_dtype(z)
         low, high = self.num_frames_range(z.shape[2])
         if num_frames is None:
             num_frames = low
@@ -832,54 +894,15 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
             )
-        upsamplers = [m for m in self.spatial_vae.decoder.modules() if isinstance(m, OpenSoraNearestUpsampleConv2d)]
-        if not torch.is_grad_enabled():  # fold their kernels once for all frames
-            for upsampler in upsamplers:
-                upsampler.phase_kernels = upsampler.fold_kernels()
-        try:
-            if self.use_slicing and z.shape[0] > 1:
-                decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
-            else:
-                decoded = self._decode_maybe_tiled(z, num_frames)
-        finally:
-            for upsampler in upsamplers:
-                upsampler.phase_kernels = None
+        if self.use_slicing and z.shape[0] > 1:
+            decoded = torch.cat([self._decode_maybe_tiled(part, num_frames) for part in z.split(1)])
+        else:
+            decoded = self._decode_maybe_tiled(z, num_frames)
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
 
-    def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        factor = self.spatial_compression_ratio
-        height, width = z.shape[-2:]
-        if self.use_tiling and (
-            height * factor > self.tile_sample_min_height or width * factor > self.tile_sample_min_width
-        ):
-            return self.tiled_decode(z, num_frames)
-        return self._decode(z, num_frames)
-
     # -- tiling -----------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _stitch(tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int) -> torch.Tensor:
-        """Blend a grid of overlapping tiles (tile (i, j) starts at `scale * (starts_h[i], starts_w[j])`)."""
-        rows = []
-        for row in tiles:
-            pieces = []
-            for j, tile in enumerate(row):
-                if j > 0:
-                    overlap = scale * (starts_w[j - 1] - starts_w[j]) + row[j - 1].shape[-1]
-                    tile = row[j] = blend(row[j - 1], tile, overlap, dim=-1)
-                keep = scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else tile.shape[-1]
-                pieces.append(tile[..., :keep])
-            rows.append(torch.cat(pieces, dim=-1))
-        out = []
-        for i, row in enumerate(rows):
-            if i > 0:
-                overlap = scale * (starts_h[i - 1] - starts_h[i]) + rows[i - 1].shape[-2]
-                row = rows[i] = blend(rows[i - 1], row, overlap, dim=-2)
-            keep = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(rows) else row.shape[-2]
-            out.append(row[..., :keep, :])
-        return torch.cat(out, dim=-2)
 
     def tiled_encode(
         self, x: torch.Tensor, sample_spatial: bool = False, generator: torch.Generator | None = None
@@ -903,7 +926,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
             ]
             for h in starts_h
         ]
-        return self._stitch(tiles, starts_h, starts_w, 1)
+        return stitch_blended_tiles(tiles, starts_h, starts_w)
 
     def tiled_decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w), decoded in spatial tiles."""
@@ -916,7 +939,7 @@ class AutoencoderKLOpenSora(ModelMixin, AutoencoderMixin, ConfigMixin, FromOrigi
         tiles = [
             [self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for w in starts_w] for h in starts_h
         ]
-        return self._stitch(tiles, starts_h, starts_w, factor)
+        return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
 
     def forward(
         self,
