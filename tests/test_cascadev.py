@@ -636,7 +636,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(model, cases):
     plain = dit.blocks[1].attn.qkv.weight.grad.clone()
     dit.zero_grad()
     dit.enable_gradient_checkpointing()
+    calls = []
+    checkpoint = dit._gradient_checkpointing_func
+    dit._gradient_checkpointing_func = lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs)
     dit(x, t).sample.square().mean().backward()
+    assert len(calls) == len(dit.blocks)  # every DiT block ran under checkpointing
     assert_close(dit.blocks[1].attn.qkv.weight.grad, plain, 1e-6, "checkpointed gradient")
 
 
