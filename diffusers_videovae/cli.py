@@ -34,7 +34,6 @@ import torch
 from . import __version__
 from .loaders import TORCH_DTYPES
 
-BUILTIN_MODELS = {"ivvae-demo": "the small IV-VAE demo model shipped in the package"}
 TILING_HELP = (
     "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
     "GroupNorms see one tile); exact: tiles that share GroupNorm statistics and read halos, equal to untiled up to "
@@ -63,26 +62,16 @@ def resolve_device(name: str, threads: int | None = None) -> torch.device:
 
 
 def _model_spec(spec: str | None) -> str:
-    """A local path or Hub id for `-m` (the demo model when absent); fails at once for names that are none."""
-    from .loaders import DEMO_MODEL_DIR
+    """`-m` as a path or Hub id (the packaged demo model when absent); impossible names fail at once (`load_model`'s
+    own name resolution, which never asks the Hub for them)."""
+    from .loaders import DEMO_MODEL_DIR, resolve_model_name
 
-    if spec is None or spec in BUILTIN_MODELS:
-        if not (DEMO_MODEL_DIR / "config.json").exists():
-            raise CLIError(
-                "No model given and the demo model is not installed in this package "
-                f"({DEMO_MODEL_DIR}); pass one with -m (a Hub id, a diffusers folder, or an original checkpoint)."
-            )
-        return str(DEMO_MODEL_DIR)
-    path = Path(spec)
-    if path.exists():
-        return spec
-    builtin = ", ".join(BUILTIN_MODELS)
-    looks_local = spec.startswith((".", "/", "~")) or path.suffix in {".pth", ".pt", ".ckpt", ".safetensors"}
-    if looks_local or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+    if spec is None and not (DEMO_MODEL_DIR / "config.json").exists():
         raise CLIError(
-            f"Model not found: {spec} is not a file or folder here, nor a Hub id (owner/name); built-in: {builtin}."
+            "No model given and the demo model is not installed in this package "
+            f"({DEMO_MODEL_DIR}); pass one with -m (a Hub id, a diffusers folder, or an original checkpoint)."
         )
-    return spec
+    return str(resolve_model_name(spec or "ivvae-demo"))
 
 
 def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.nn.Module:

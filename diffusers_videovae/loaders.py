@@ -25,7 +25,14 @@ import torch
 
 from .checkpoints._common import TORCH_DTYPES, load_state_dict_file
 
-__all__ = ["BUILTIN_MODELS", "DEMO_MODEL_DIR", "TORCH_DTYPES", "FromOriginalCheckpointMixin", "load_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEMO_MODEL_DIR",
+    "TORCH_DTYPES",
+    "FromOriginalCheckpointMixin",
+    "load_model",
+    "resolve_model_name",
+]
 
 # The small demo model shipped inside the package (trained by the project; see model_cards/ivvae-demo.md).
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "ivvae-demo"
@@ -92,7 +99,7 @@ def load_model(
     """
     from . import checkpoints
 
-    path = _resolve_name(model)
+    path = resolve_model_name(model)
     if path.exists():
         model = path
     if path.is_dir() and not _is_diffusers_folder(path / (subfolder or "")):
@@ -136,7 +143,7 @@ def load_model(
     return model_class.from_pretrained(str(model), **kwargs).eval()
 
 
-def _resolve_name(model: str | os.PathLike) -> Path:
+def resolve_model_name(model: str | os.PathLike) -> Path:
     """`model` as a path: a built-in name becomes its folder; a name nothing can resolve raises a clear error."""
     name = os.fspath(model)
     path = Path(name)

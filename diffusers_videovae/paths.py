@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["OutputPathError", "check_output_dir", "check_output_file", "publish", "staging_path"]
+__all__ = ["OutputPathError", "check_output_dir", "check_output_file", "file_mode", "publish", "staging_path"]
 
 
 class OutputPathError(OSError):
@@ -71,10 +71,15 @@ def staging_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def publish(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
-    """Give `staging` the permissions of a file created under the user's umask, then rename it to `final`."""
+def file_mode() -> int:
+    """The permissions any tool gives a new file under the user's umask (`0o666 & ~umask`)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(staging, 0o666 & ~umask)
+    return 0o666 & ~umask
+
+
+def publish(staging: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Give `staging` the permissions of a file created under the user's umask, then rename it to `final`."""
+    os.chmod(staging, file_mode())
     os.replace(staging, final)
     return Path(final)

@@ -477,11 +477,14 @@ def train(args: argparse.Namespace) -> Path:
     """Run `videovae train`; returns the folder of the trained model."""
     from accelerate.utils import set_seed
 
+    from .checkpoints._common import check_output_dir as check_model_dir
     from .paths import check_output_dir
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    # The trained model replaces `model/` at the end only when it holds a previous model of ours: say so now.
+    check_model_dir(output_dir / "model", overwrite=True)
     accelerator = _build_accelerator(args)
     set_seed(args.seed)
     vae, trainable = _prepare_model(args)

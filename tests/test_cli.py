@@ -280,7 +280,7 @@ def test_a_bad_input_file_is_one_line_without_traceback(capsys, tiny_model, tmp_
 def test_missing_model_is_reported(capsys, small_clip, tmp_path):
     code, _, err = run(capsys, "reconstruct", small_clip, "-m", tmp_path / "nowhere", "-o", tmp_path / "r.mp4")
     assert code == 1
-    assert "Model not found" in err
+    assert f"{tmp_path / 'nowhere'}' is not an existing folder or file" in err
 
 
 def test_without_model_and_without_demo_model_asks_for_one(capsys, small_clip, tmp_path, monkeypatch):
@@ -589,7 +589,7 @@ def test_a_model_name_that_is_nothing_fails_at_once_naming_the_built_in_models(c
     monkeypatch.setattr(loaders, "load_model", refuse)
     code, _, err = run(capsys, "info", "demo")
     assert code == 1
-    assert "demo is not a file or folder here, nor a Hub id (owner/name); built-in: ivvae-demo" in err
+    assert "'demo' is not an existing folder or file, nor a Hub repo id (owner/name). Built-in models: ivvae-demo" in err
 
 
 def test_the_built_in_demo_model_has_a_name(capsys):

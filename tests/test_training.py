@@ -162,6 +162,19 @@ def test_crop_not_a_multiple_of_the_spatial_compression_is_refused(workspace, tm
         training.train(args_for(workspace, tmp_path / "bad", "--max-steps", "1", "--height", "36"))
 
 
+def test_a_model_folder_holding_foreign_files_is_refused_before_training(workspace, tmp_path, monkeypatch):
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "notes.txt").write_text("the user's notes")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built before the output folder was checked")
+
+    monkeypatch.setattr(training, "_prepare_model", refuse)
+    with pytest.raises(FileExistsError, match=r"Refusing to replace .*model: .*notes\.txt"):
+        training.train(args_for(workspace, tmp_path / "run", "--max-steps", "1"))
+    assert (tmp_path / "run" / "model" / "notes.txt").read_text() == "the user's notes"
+
+
 def test_unknown_part_to_train_is_refused(workspace, tmp_path):
     with pytest.raises(ValueError, match="No parameter .* matches 'decodr'"):
         training.train(args_for(workspace, tmp_path / "bad", "--max-steps", "1", "--train-only", "decodr"))

@@ -41,6 +41,9 @@ from typing import Any
 
 import torch
 
+from ..paths import check_output_dir as check_writable_dir
+from ..paths import file_mode
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -377,13 +380,7 @@ def check_output_dir(
             )
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"Output {output_dir} exists and is a file, not a folder; choose another path.")
-    for parent in output_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"Cannot create {output_dir}: {parent} is a file, not a folder.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise PermissionError(f"Cannot create {output_dir}: the folder {parent} is not writable.")
-            break
+    check_writable_dir(output_dir, "output folder")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(
@@ -467,11 +464,10 @@ def _make_sibling_dir(output_dir: Path, kind: str) -> Path:
 
 def _apply_umask(staging: Path) -> None:
     """Give the files we staged the modes of any file the user creates (some writers make them owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    mode = file_mode()
     for item in staging.rglob("*"):
         if item.is_file() and not item.is_symlink():
-            item.chmod(0o666 & ~umask)
+            item.chmod(mode)
 
 
 def _remove_previous_model(folder: Path) -> None:

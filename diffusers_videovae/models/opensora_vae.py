@@ -498,7 +498,7 @@ class AutoencoderKLOpenSora(
             tuple(temporal_downsample),
             temporal_num_groups,
         )
-        # Derived values, stored in the config so that pipelines and `video.input_rule` can read them.
+        # Derived values, stored in the config so that pipelines and `input_rule` can read them.
         derived = {
             "spatial_compression_ratio": 2 ** (len(block_out_channels) - 1),
             "temporal_compression_ratio": self.temporal_vae.time_factor,
