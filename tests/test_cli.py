@@ -589,7 +589,9 @@ def test_a_model_name_that_is_nothing_fails_at_once_naming_the_built_in_models(c
     monkeypatch.setattr(loaders, "load_model", refuse)
     code, _, err = run(capsys, "info", "demo")
     assert code == 1
-    assert "'demo' is not an existing folder or file, nor a Hub repo id (owner/name). Built-in models: ivvae-demo" in err
+    assert (
+        "'demo' is not an existing folder or file, nor a Hub repo id (owner/name). Built-in models: ivvae-demo" in err
+    )
 
 
 def test_the_built_in_demo_model_has_a_name(capsys):
