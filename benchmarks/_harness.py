@@ -90,5 +90,30 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+SIDE_BY_SIDE_COLUMNS = ["ours s", "ours CPU s", "ours peak"]
+ORIGINAL_COLUMNS = ["original s", "original CPU s", "original peak", "speed-up", "max abs diff"]
+
+
+def side_by_side_row(summary: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Table cells of one measurement: ours, and the original beside it when it ran (speed-up, output difference).
+
+    `summary[impl]` holds `seconds`, `cpu` (CPU seconds), `peak` (formatted) and `output` (a tensor).
+    """
+    ours = summary["ours"]
+    row = {"ours s": f"{ours['seconds']:.2f}", "ours CPU s": f"{ours['cpu']:.1f}", "ours peak": ours["peak"]}
+    if "original" in summary:
+        original = summary["original"]
+        row.update(
+            {
+                "original s": f"{original['seconds']:.2f}",
+                "original CPU s": f"{original['cpu']:.1f}",
+                "original peak": original["peak"],
+                "speed-up": f"{original['seconds'] / ours['seconds']:.2f}x",
+                "max abs diff": f"{abs(ours['output'] - original['output']).max():.1e}",
+            }
+        )
+    return row
+
+
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"

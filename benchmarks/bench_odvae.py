@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table, gib, measure  # noqa: E402
+from _harness import ORIGINAL_COLUMNS, SIDE_BY_SIDE_COLUMNS, format_table, gib, measure, side_by_side_row  # noqa: E402
 
 TINY = dict(block_out_channels=(32, 64, 32, 32), layers_per_block=2)
 _STUBS = (
@@ -235,28 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                         raise SystemExit(f"{impl} {label}: {result['error']}")
                     runs[impl].append(result)
             summary = {impl: _summary(results) for impl, results in runs.items()}
-            ours = summary["ours"]
-            row = {
-                "case": label,
-                "ours s": f"{ours['seconds']:.2f}",
-                "ours CPU s": f"{ours['cpu']:.1f}",
-                "ours peak": ours["peak"],
-            }
-            if "original" in summary:
-                original = summary["original"]
-                row.update(
-                    {
-                        "original s": f"{original['seconds']:.2f}",
-                        "original CPU s": f"{original['cpu']:.1f}",
-                        "original peak": original["peak"],
-                        "speed-up": f"{original['seconds'] / ours['seconds']:.2f}x",
-                        "max abs diff": f"{abs(ours['output'] - original['output']).max():.1e}",
-                    }
-                )
-            rows.append(row)
-        columns = ["case", "ours s", "ours CPU s", "ours peak"]
-        if args.original_repo:
-            columns += ["original s", "original CPU s", "original peak", "speed-up", "max abs diff"]
+            rows.append({"case": label, **side_by_side_row(summary)})
+        columns = ["case", *SIDE_BY_SIDE_COLUMNS, *(ORIGINAL_COLUMNS if args.original_repo else [])]
         print(
             f"\nOD-VAE, {'tiny' if args.quick else 'full-size v1.2.0'} config, random weights, fp32, CPU, "
             f"{torch.get_num_threads() if args.threads is None else args.threads} threads, median of {args.repeats}\n"

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table, gib, measure  # noqa: E402
+from _harness import ORIGINAL_COLUMNS, SIDE_BY_SIDE_COLUMNS, format_table, gib, measure, side_by_side_row  # noqa: E402
 
 # A small layout with the released grammar (fusion at two levels, a mid fusion), for --quick.
 TINY = dict(
@@ -353,28 +353,8 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for impl, results in runs.items()
             }
-            ours = summary["ours"]
-            row = {
-                "task": f"{task} 1x3x16x{side}x{side}",
-                "ours s": f"{ours['seconds']:.2f}",
-                "ours CPU s": f"{ours['cpu']:.1f}",
-                "ours peak": ours["peak"],
-            }
-            if "original" in summary:
-                original = summary["original"]
-                row.update(
-                    {
-                        "original s": f"{original['seconds']:.2f}",
-                        "original CPU s": f"{original['cpu']:.1f}",
-                        "original peak": original["peak"],
-                        "speed-up": f"{original['seconds'] / ours['seconds']:.2f}x",
-                        "max abs diff": f"{abs(ours['output'] - original['output']).max():.1e}",
-                    }
-                )
-            rows.append(row)
-        columns = ["task", "ours s", "ours CPU s", "ours peak"]
-        if args.original_repo:
-            columns += ["original s", "original CPU s", "original peak", "speed-up", "max abs diff"]
+            rows.append({"task": f"{task} 1x3x16x{side}x{side}", **side_by_side_row(summary)})
+        columns = ["task", *SIDE_BY_SIDE_COLUMNS, *(ORIGINAL_COLUMNS if args.original_repo else [])]
         print(
             f"\nReducio-VAE, {'tiny' if args.quick else 'full-size ft4'} config, random weights, fp32, CPU, "
             f"{args.threads} threads, median of {args.repeats}\n"
