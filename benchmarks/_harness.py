@@ -7,10 +7,14 @@ memory count, but allocations made before the call (e.g. while building the mode
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -117,3 +121,29 @@ def side_by_side_row(summary: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.2f} GiB"
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of the named packages (and their submodules) give empty modules of class `module_class`."""
+
+    def __init__(self, names: tuple[str, ...], module_class: type[types.ModuleType]):
+        self.names = names
+        self.module_class = module_class
+
+    def find_spec(self, fullname, path, target=None):
+        if any(fullname == name or fullname.startswith(name + ".") for name in self.names):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = self.module_class(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def stub_imports(names: tuple[str, ...], module_class: type[types.ModuleType]) -> None:
+    """Let an original repository import packages it needs only for I/O, logging or training, without them."""
+    sys.meta_path.insert(0, _StubFinder(names, module_class))

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.abc
-import importlib.machinery
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import ORIGINAL_COLUMNS, SIDE_BY_SIDE_COLUMNS, format_table, gib, measure, side_by_side_row  # noqa: E402
+from _harness import (  # noqa: E402
+    ORIGINAL_COLUMNS,
+    SIDE_BY_SIDE_COLUMNS,
+    format_table,
+    gib,
+    measure,
+    side_by_side_row,
+    stub_imports,
+)
 
 TINY = dict(block_out_channels=(32, 64, 32, 32), layers_per_block=2)
 _STUBS = (
@@ -51,23 +57,6 @@ class _Anything(types.ModuleType):
         return type(name, (), {"__init__": lambda self, *args, **kwargs: None})
 
 
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Empty modules for the original's imports that only serve video I/O, logging or training."""
-
-    def find_spec(self, fullname, path, target=None):
-        if any(fullname == stub or fullname.startswith(stub + ".") for stub in _STUBS):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _Anything(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def original_class(repo: str):
     """`CausalVAEModel` from an Open-Sora-Plan v1.2.0 checkout, without running the packages' heavy `__init__`s."""
     import diffusers.configuration_utils  # noqa: F401  (imported before the stand-ins exist)
@@ -76,7 +65,7 @@ def original_class(repo: str):
     root = Path(repo) / "opensora"
     if not (root / "models" / "causalvideovae" / "model" / "causal_vae" / "modeling_causalvae.py").exists():
         raise SystemExit(f"{repo} is not an Open-Sora-Plan v1.2.0 checkout (no opensora/models/causalvideovae).")
-    sys.meta_path.insert(0, _StubFinder())
+    stub_imports(_STUBS, _Anything)
     for name in (
         "",
         "models",

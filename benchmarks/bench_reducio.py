@@ -27,8 +27,6 @@ harness (SPEC.md). It needs `einops` and Pillow.
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import statistics
 import sys
 import tempfile
@@ -39,7 +37,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import ORIGINAL_COLUMNS, SIDE_BY_SIDE_COLUMNS, format_table, gib, measure, side_by_side_row  # noqa: E402
+from _harness import (  # noqa: E402
+    ORIGINAL_COLUMNS,
+    SIDE_BY_SIDE_COLUMNS,
+    format_table,
+    gib,
+    measure,
+    side_by_side_row,
+    stub_imports,
+)
 
 # A small layout with the released grammar (fusion at two levels, a mid fusion), for --quick.
 TINY = dict(
@@ -94,26 +100,11 @@ class _Stub(types.ModuleType):
         )
 
 
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        if any(fullname == stub or fullname.startswith(stub + ".") for stub in _STUBS):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _Stub(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def original_class(repo: str):
     """`ReducioVAE` from a microsoft/Reducio-VAE checkout."""
     if not (Path(repo) / "ldm" / "models" / "reducio_vae.py").exists():
         raise SystemExit(f"{repo} is not a Reducio-VAE checkout (no ldm/models/reducio_vae.py).")
-    sys.meta_path.insert(0, _StubFinder())
+    stub_imports(_STUBS, _Stub)
     sys.path.insert(0, str(Path(repo)))
     from ldm.models.reducio_vae import ReducioVAE
 
