@@ -114,6 +114,51 @@ def test_layerwise_casting_computes_with_every_cast_weight(name, storage_dtype):
             assert float((actual - reference).norm() / reference.norm()) < 0.05
 
 
+# The encoding half of each model: what a decoder fine-tune keeps frozen, and may store in float8.
+ENCODER_PARTS = {
+    "ivvae": ("encoder", "quant_conv"),
+    "odvae": ("encoder", "quant_conv"),
+    "opensora": ("spatial_vae.encoder", "spatial_vae.quant_conv", "temporal_vae.encoder", "temporal_vae.quant_conv"),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decoder_training_step_with_a_float8_encoder(name):
+    """diffusers' casting hooks put weights back into storage after each forward, so no backward pass can go
+    through a cast layer (diffusers' own AutoencoderKL fails alike). A decoder fine-tune with the frozen encoder
+    stored in float8 has no backward through it: the step runs and gives the gradients of the rounded encoder."""
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+
+    model, x = tiny(name).train(), tiny_video(name)
+    reference = copy.deepcopy(model)
+    for part in ENCODER_PARTS[name]:
+        with torch.no_grad():  # what the hook stores in float8: every conv / linear layer, norms left out
+            for layer_name, layer in reference.get_submodule(part).named_modules():
+                if isinstance(layer, _GO_LC_SUPPORTED_PYTORCH_LAYERS) and "norm" not in layer_name:
+                    for parameter in layer.parameters():
+                        parameter.copy_(parameter.to(torch.float8_e4m3fn).float())
+        apply_layerwise_casting(
+            model.get_submodule(part),
+            storage_dtype=torch.float8_e4m3fn,
+            compute_dtype=torch.float32,
+            skip_modules_pattern=("norm",),
+        )
+    gradients = []
+    for vae in (model, reference):
+        for part in ENCODER_PARTS[name]:
+            vae.get_submodule(part).requires_grad_(False)
+        vae.zero_grad()
+        reconstruction, _ = vae.autoencode(x)
+        (reconstruction - x).abs().mean().backward()
+        gradients.append({n: p.grad for n, p in vae.named_parameters() if p.requires_grad})
+    assert any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    for key, grad in gradients[0].items():
+        assert torch.isfinite(grad).all(), key
+        assert_close(grad, gradients[1][key], 1e-5, key)
+
+
 # --- group offloading ----------------------------------------------------------------------------------------------
 
 
