@@ -26,8 +26,11 @@ Output folder:
     failed.json                clips and videos that could not be encoded, with the reason (the run goes on)
 
 A second run with the same arguments skips every clip already in a shard, so an interrupted run resumes without
-losing or duplicating a clip. Latents are the RAW posterior mean (`encode(x).latent_dist.mean`), plus the log
-variance with `--store-logvar`; `index.json` records the normalisation pipelines apply (`latent_normalization`).
+losing or duplicating a clip. Each clip stores the RAW posterior mean (`encode(x).latent_dist.mean`, entry
+`tensor`), its normalised form (`model.normalize_latents(mean)`, entry `normalized`: what a diffusion model trains
+on, e.g. Reducio's layer-normalised latents, which cannot be rebuilt from constants), the log variance with
+`--store-logvar`, and the tensors the model's `decode` needs besides latents (`decode_conditions`, e.g. Reducio's
+content frames, entry `conditions`); `index.json` records the normalisation (`latent_normalization`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class ClipEntry:
     latent_shape: list[int]
     shard: str = ""
     tensor: str = ""
+    normalized: str = ""
+    """Tensor name of the normalised latents (`normalize_latents` of the mean: what a diffusion model trains on)."""
     conditions: dict[str, str] = field(default_factory=dict)
     """Decode condition name -> tensor name in the shard (empty for models whose decode needs only latents)."""
 
@@ -233,7 +238,10 @@ def _encode_clip(vae, clip: torch.Tensor, key: str, args: argparse.Namespace) ->
         clip = clip.to(device=device, dtype=next(vae.parameters()).dtype)
         posterior = vae.encode(clip).latent_dist
         conditions = vae.decode_conditions(clip)
-    tensors = {f"{name}.mean": posterior.mean[0].to("cpu", dtype)}
+    tensors = {
+        f"{name}.mean": posterior.mean[0].to("cpu", dtype),
+        f"{name}.normalized": vae.normalize_latents(posterior.mean)[0].to("cpu", dtype),
+    }
     if args.store_logvar:
         tensors[f"{name}.logvar"] = posterior.logvar[0].to("cpu", dtype)
     for condition, value in conditions.items():
@@ -272,10 +280,11 @@ def _cache_source(vae, source, args, done: set[str], writer: _ShardWriter, faile
                 traceback.print_exc()
             continue
         name = _tensor_name(key)
-        suffixes = {tensor.split(".", 1)[1] for tensor in tensors} - {"mean", "logvar"}
+        suffixes = {tensor.split(".", 1)[1] for tensor in tensors} - {"mean", "logvar", "normalized"}
         entry = ClipEntry(
             key, str(source.path), frame_start, frame_end, height, width, list(tensors[f"{name}.mean"].shape),
-            tensor=f"{name}.mean", conditions={suffix: f"{name}.{suffix}" for suffix in sorted(suffixes)},
+            tensor=f"{name}.mean", normalized=f"{name}.normalized",
+            conditions={suffix: f"{name}.{suffix}" for suffix in sorted(suffixes)},
         )  # fmt: skip
         writer.add(entry, tensors)
         done.add(key)
@@ -294,7 +303,7 @@ def _write_index(output_dir: Path, vae, args: argparse.Namespace, model_id: str)
         "version": INDEX_VERSION,
         "model_id": model_id,
         "model_class": type(vae).__name__,
-        "latent": "raw posterior mean" + (" and logvar" if args.store_logvar else ""),
+        "latent": "raw posterior mean, its normalised form" + (" and logvar" if args.store_logvar else ""),
         "latent_normalization": vae.latent_normalization,
         "dtype": args.dtype,
         "num_clips": len(clips),

@@ -105,7 +105,7 @@ def test_resumed_run_skips_the_clips_already_cached(resumed):
     for shard in shards:
         with safe_open(str(shard), framework="pt") as handle:
             stored.extend(handle.keys())
-    assert len(stored) == len(set(stored)) == 9
+    assert len(stored) == len(set(stored)) == 2 * 9  # each clip's mean and its normalised form
 
 
 def test_corrupt_video_is_reported_and_does_not_stop_the_run(resumed):
@@ -126,8 +126,13 @@ def test_stored_latents_are_the_posterior_means_of_the_clips(dataset, resumed):
         expected = model.encode(video[:, :, clip["frame_start"] : clip["frame_end"]]).latent_dist.mean[0]
     with safe_open(str(resumed["output"] / clip["shard"]), framework="pt") as handle:
         stored = handle.get_tensor(clip["tensor"])
+        normalized = handle.get_tensor(clip["normalized"])
     assert list(stored.shape) == clip["latent_shape"] == [4, 2, 4, 6]
     torch.testing.assert_close(stored, expected, rtol=0, atol=1e-5)
+    # What a diffusion model trains on: the config's (z - shift_factor) * scaling_factor of the mean.
+    config = json.loads((dataset / "model" / "config.json").read_text())
+    expected_normalized = (expected - config["shift_factor"]) * config["scaling_factor"]
+    torch.testing.assert_close(normalized, expected_normalized, rtol=0, atol=1e-5)
 
 
 def test_index_records_the_model_and_its_latent_normalisation(dataset, resumed):
