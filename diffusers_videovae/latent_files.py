@@ -13,7 +13,8 @@
 # limitations under the License.
 """Latents files (`videovae encode` / `videovae decode`): raw latents plus everything decoding them needs.
 
-A latents file is a safetensors file holding `latents` (the raw posterior mode, `(1, C, t, h, w)`), one tensor per
+A latents file is a safetensors file holding `latents` (the raw posterior mode, `(1, C, t, h, w)`),
+`latents_normalized` (`model.normalize_latents(latents)`: what a diffusion model trains on), one tensor per
 decode condition of the model (`condition.<name>`, e.g. Reducio's content frames; none for most models), and
 metadata: the model, its class and config hash, the latent normalisation, fps and the clip's `(T, H, W)`.
 
@@ -93,7 +94,10 @@ def save_latents(
     """Write a latents file atomically (temporary name, then rename), with the user's umask."""
     from safetensors.torch import save_file
 
-    tensors = {"latents": latents.float().cpu().contiguous()}
+    tensors = {
+        "latents": latents.float().cpu().contiguous(),
+        "latents_normalized": model.normalize_latents(latents).float().cpu().contiguous(),
+    }
     for name, tensor in conditions.items():
         tensors[_CONDITION_PREFIX + name] = tensor.cpu().contiguous()
     metadata = {
@@ -102,7 +106,7 @@ def save_latents(
         "class_name": type(model).__name__,
         "config_hash": config_hash(model),
         "scaling": json.dumps(model.latent_normalization),
-        "latents": "raw posterior mode; normalise for a pipeline with the `scaling` constants",
+        "latents": "raw posterior mode; `latents_normalized` is what a diffusion model trains on (`scaling`)",
         "conditions": json.dumps(sorted(conditions)),
         "fps": repr(float(fps)),
         "num_frames": str(num_frames),

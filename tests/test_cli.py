@@ -319,7 +319,11 @@ def test_encode_stores_the_posterior_mode(capsys, tiny_model, small_clip, tmp_pa
     model = loaders.load_model(tiny_model)
     with torch.no_grad():
         expected = model.encode(read_video(small_clip)[0]).latent_dist.mode()
-    assert torch.equal(load_file(str(tmp_path / "z.safetensors"))["latents"], expected)
+    stored = load_file(str(tmp_path / "z.safetensors"))
+    assert torch.equal(stored["latents"], expected)
+    # ... and what a diffusion model trains on, with the config's constants: (z - shift_factor) * scaling_factor.
+    normalized = (expected - model.config.shift_factor) * model.config.scaling_factor
+    torch.testing.assert_close(stored["latents_normalized"], normalized, rtol=0, atol=1e-6)
 
 
 def test_decode_writes_the_video_at_the_recorded_fps(capsys, tiny_model, small_clip, tmp_path):
