@@ -527,3 +527,27 @@ def test_tiled_decode_also_takes_whole_frame_features():
     assert from_whole.shape == from_tiles.shape == video.shape
     assert_close(from_whole[..., 24:32], tile[..., 8:16], 1e-5, "tile 1")
     assert (from_whole - from_tiles).abs().max() > 1e-3  # the original's tiled features are other numbers
+
+
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+def test_videovae_train_fine_tunes_the_decoder_with_the_encoders_frozen(tmp_path):
+    """The natural recipe: content encoder and video encoder frozen, the decoder learns (two steps on a 16-frame clip)."""
+    from safetensors.torch import load_file
+
+    from diffusers_videovae import training
+    from diffusers_videovae.video import synthetic_clip, write_video
+
+    _tiny().save_pretrained(tmp_path / "model")
+    write_video(tmp_path / "clip.mp4", synthetic_clip(16, 32, 32, seed=0), fps=10, crf=10)
+    before = load_file(str(tmp_path / "model" / "diffusion_pytorch_model.safetensors"))
+    argv = ["--data", str(tmp_path / "clip.mp4"), "-m", str(tmp_path / "model"), "--output-dir", str(tmp_path / "run")]
+    argv += ["--num-frames", "16", "--height", "32", "--width", "32", "--max-steps", "2", "--lr", "1e-3"]
+    argv += ["--train-only", "decoder", "--num-threads", "1"]
+    assert training.main(argv) == 0
+    after = load_file(str(tmp_path / "run" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert after.keys() == before.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed)
+    assert not any(key.startswith(("encoder", "content_encoder", "quant_conv")) for key in changed)
