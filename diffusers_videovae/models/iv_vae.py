@@ -82,14 +82,9 @@ class IVVAESepRMSNorm(nn.Module):
         halves = x.unflatten(2, (2, self.half_width))
         # scale / norm is 1/w the size of x: one full-size multiplication instead of a division and another one.
         factor = self.scale / torch.linalg.vector_norm(halves, dim=3, keepdim=True).clamp_min(NORM_EPS)
+        out = (halves * factor).flatten(2, 3)
         gamma = self.gamma.view(-1, 1, 1)
-        if not _inference() or torch.compiler.is_compiling():  # autograd and dynamo do not take a strided `out=`
-            return (halves * factor).flatten(2, 3) * gamma
-        # The multiplication writes channels-last (the layout the convolutions after it run fastest on) at no cost.
-        batch, num_frames, channels, height, width = x.shape
-        out = x.new_empty(batch, num_frames, height, width, channels).permute(0, 1, 4, 2, 3)
-        torch.mul(halves, factor, out=out.unflatten(2, (2, self.half_width)))
-        return out.mul_(gamma)
+        return out.mul_(gamma) if _inference() else out * gamma
 
 
 class IVVAERMSNorm(nn.Module):
@@ -129,15 +124,14 @@ class IVVAECausalConv3d(nn.Conv3d):
                 f"IVVAECausalConv3d needs a multiple of {size} frames and the previous frame after the first "
                 f"call; got {num_frames} frames and previous={'missing' if previous is None else 'given'}."
             )
-        # Channels-last taps (the copy is made anyway): oneDNN convolves them without reordering them first.
-        taps = x.new_empty(batch, num_frames, height, width, 3, channels).permute(0, 1, 4, 5, 2, 3)
+        taps = x.new_empty(batch, num_frames, 3, channels, height, width)
         taps[:, 0, 0] = x[:, 0] if num_frames == 1 else previous
         taps[:, 1:, 0] = x[:, :-1]
         taps[:, :, 1] = x
         taps[:, :-1, 2] = x[:, 1:]
         taps[:, size - 1 :: size, 2] = 0
         weight = self.weight.transpose(1, 2).reshape(self.out_channels, 3 * channels, 3, 3)
-        out = F.conv2d(taps.flatten(2, 3).flatten(0, 1), weight, self.bias, padding=1)
+        out = F.conv2d(taps.view(batch * num_frames, 3 * channels, height, width), weight, self.bias, padding=1)
         return out.view(batch, num_frames, self.out_channels, height, width)
 
 
@@ -157,12 +151,8 @@ class IVVAESepConv3d(nn.Module):
         self.conv_3d = IVVAECausalConv3d(in_channels, out_half_width, group_size)
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-        """`x: (B, T, C_in, H, W)`, `previous: (B, C_in, H, W)` -> `(B, T, 2 * out_half_width, H, W)`, channels-last
-        in memory (the layout in which oneDNN's convolutions run fastest here; the next block keeps it)."""
-        frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # a no-op after the first block
-        half_2d = self.conv_2d(frames)
-        half_3d = self.conv_3d(frames.unflatten(0, x.shape[:2]), previous).flatten(0, 1)
-        return torch.cat([half_2d, half_3d], dim=1).unflatten(0, x.shape[:2])
+        """`x: (B, T, C_in, H, W)`, `previous: (B, C_in, H, W)` -> `(B, T, 2 * out_half_width, H, W)`."""
+        return torch.cat([_frames_conv(self.conv_2d, x), self.conv_3d(x, previous)], dim=2)
 
 
 class IVVAEResidualBlock(nn.Module):
@@ -363,7 +353,7 @@ def _run_cached_blocks(
             x, cache1, cache2 = _checkpointed(owner, block, x, *previous)
             new_cache += [cache1, cache2]
         elif isinstance(block, IVVAEUpsample):
-            x = block(x.contiguous(), first_chunk=first_chunk)  # residual blocks leave x channels-last
+            x = block(x, first_chunk=first_chunk)
         else:
             x = _checkpointed(owner, block, x)
     return x
