@@ -84,9 +84,9 @@ MODELS = {
         ),
     ),
     "reducio": ModelEntry("AutoencoderKLReducio", "diffusers_videovae.models.reducio_vae", {}),
-    "cascadev": ModelEntry("AutoencoderCascadeV", "diffusers_videovae.models.cascadev_vae", {}),
+    "cascadev": ModelEntry("AutoencoderCascadeV", "diffusers_videovae.models.cascadev", {}),
 }
-CHECKPOINT_MODULES = {"ivvae": "ivvae", "odvae": "odvae", "opensora": "opensora", "reducio": "reducio"}
+CHECKPOINT_MODULES = {name: name for name in ("ivvae", "odvae", "opensora", "reducio", "cascadev")}
 
 
 # --- models --------------------------------------------------------------------------------------------------------
