@@ -3,6 +3,10 @@
 Peak memory is the peak resident set size (VmHWM) of the child process during the measured call only: the
 high-water mark is reset (Linux `/proc/self/clear_refs`) after the set-up, so weights and inputs already in
 memory count, but allocations made before the call (e.g. while building the model) do not inflate it.
+
+The roofline helpers at the end work in the calling process instead (`bench_roofline.py`): the FLOPs of a call and
+its convolution configurations (`count_flops`, `ConvRecorder`), stand-alone probes of one convolution or an sgemm
+(`conv_probe`, `matmul_probe`), self time per op type (`profile_op_types`) and `timed`.
 """
 
 from __future__ import annotations
