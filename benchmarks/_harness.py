@@ -3,6 +3,10 @@
 Peak memory is the peak resident set size (VmHWM) of the child process during the measured call only: the
 high-water mark is reset (Linux `/proc/self/clear_refs`) after the set-up, so weights and inputs already in
 memory count, but allocations made before the call (e.g. while building the model) do not inflate it.
+
+The roofline helpers at the end work in the calling process instead (`bench_roofline.py`): the FLOPs of a call and
+its convolution configurations (`count_flops`, `ConvRecorder`), stand-alone probes of one convolution or an sgemm
+(`conv_probe`, `matmul_probe`), self time per op type (`profile_op_types`) and `timed`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,14 @@ import statistics
 import sys
 import time
 import types
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
 def _read_hwm_bytes() -> int:
@@ -147,3 +157,149 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def stub_imports(names: tuple[str, ...], module_class: type[types.ModuleType]) -> None:
     """Let an original repository import packages it needs only for I/O, logging or training, without them."""
     sys.meta_path.insert(0, _StubFinder(names, module_class))
+
+
+# --- roofline measurements: FLOPs, convolutions, op types, interleaved timing (in-process) ------------------------
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    """One `aten.convolution` configuration: the shapes and settings that fix its cost."""
+
+    input_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    transposed: bool
+    output_padding: tuple[int, ...]
+    groups: int
+    channels_last: bool = False
+
+    @property
+    def kind(self) -> str:
+        return f"{len(self.weight_shape) - 2}d"
+
+    def describe(self) -> str:
+        kernel = "x".join(map(str, self.weight_shape[2:]))
+        extras = [f"stride {self.stride}"] if any(s != 1 for s in self.stride) else []
+        extras += [f"dilation {self.dilation}"] if any(d != 1 for d in self.dilation) else []
+        extras += ["transposed"] if self.transposed else []
+        extras += [f"groups {self.groups}"] if self.groups != 1 else []
+        extras += ["channels-last"] if self.channels_last else []
+        return (
+            f"conv{self.kind} {self.weight_shape[1] * self.groups}->{self.weight_shape[0]} k{kernel} on "
+            f"{'x'.join(map(str, self.input_shape))}" + (f" ({', '.join(extras)})" if extras else "")
+        )
+
+    def run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.convolution(
+            x,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.transposed,
+            self.output_padding,
+            self.groups,
+        )
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    if x.dim() not in (4, 5) or x.is_contiguous():
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+
+
+class ConvRecorder(TorchDispatchMode):
+    """Records every `aten.convolution` call of the code it wraps: FLOPs per configuration (`ConvCall`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops: dict[ConvCall, int] = defaultdict(int)
+        self.calls: dict[ConvCall, int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            x, weight, _, stride, padding, dilation, transposed, output_padding, groups = args
+            key = ConvCall(
+                tuple(x.shape),
+                tuple(weight.shape),
+                tuple(stride),
+                tuple(padding),
+                tuple(dilation),
+                bool(transposed),
+                tuple(output_padding),
+                int(groups),
+                _channels_last(x),
+            )
+            self.flops[key] += conv_flop_count(list(x.shape), list(weight.shape), list(out.shape), bool(transposed))
+            self.calls[key] += 1
+        return out
+
+    def dominant(self, kind: str, min_share: float = 0.05) -> ConvCall | None:
+        """The configuration of this kind ("2d" or "3d") that carries the most FLOPs, or None when there is none
+        carrying at least `min_share` of all convolution FLOPs (a 1x1x1 projection is no measure of the machine)."""
+        candidates = [call for call in self.flops if call.kind == kind]
+        if not candidates:
+            return None
+        best = max(candidates, key=lambda call: self.flops[call])
+        return best if self.flops[best] >= min_share * sum(self.flops.values()) else None
+
+
+def count_flops(function: Callable[[], Any], keep_output: bool = False):
+    """`(total FLOPs, convolutions)` of one call of `function` (also a warm-up); with `keep_output`,
+    `(total FLOPs, convolutions, output)`."""
+    recorder = ConvRecorder()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, recorder:
+        output = function()
+    return (counter.get_total_flops(), recorder, output) if keep_output else (counter.get_total_flops(), recorder)
+
+
+_CONV_OPS = ("conv", "mkldnn_convolution", "slow_conv", "_nnpack")
+
+
+def _op_type(name: str) -> str:
+    short = name.removeprefix("aten::")
+    return "conv" if any(tag in short for tag in _CONV_OPS) else short
+
+
+def profile_op_types(function: Callable[[], Any]) -> dict[str, float]:
+    """Self CPU seconds per op type over one call of `function` (convolution kernels grouped as `conv`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    seconds: dict[str, float] = defaultdict(float)
+    for event in profiler.key_averages():
+        seconds[_op_type(event.key)] += event.self_cpu_time_total / 1e6
+    return dict(seconds)
+
+
+def timed(function: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        function()
+    return time.perf_counter() - start
+
+
+def conv_probe(call: ConvCall, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], int]:
+    """A stand-alone run of one convolution configuration on random tensors (same memory format), and its FLOPs."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(call.input_shape, generator=generator, dtype=dtype)
+    weight = torch.randn(call.weight_shape, generator=generator, dtype=dtype)
+    if call.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    out_shape = call.run(x[:1], weight).shape
+    flops = conv_flop_count(
+        list(call.input_shape), list(call.weight_shape), [x.shape[0], *out_shape[1:]], call.transposed
+    )
+    return (lambda: call.run(x, weight)), flops
+
+
+def matmul_probe(size: int) -> tuple[Callable[[], Any], int]:
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    return (lambda: a @ b), 2 * size**3

@@ -1,0 +1,67 @@
+"""The roofline benchmark: what it counts, and that its smoke run reports every model, landed or not."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_roofline  # noqa: E402
+from _harness import count_flops  # noqa: E402
+
+
+def test_flop_count_and_dominant_convolution_of_a_known_layer():
+    conv2d = torch.nn.Conv2d(4, 6, 3, padding=1)
+    conv3d = torch.nn.Conv3d(2, 2, 1)
+    x, y = torch.randn(2, 4, 8, 8), torch.randn(1, 2, 1, 2, 2)
+
+    flops, convolutions = count_flops(lambda: (conv2d(x), conv3d(y)))
+
+    # 2 FLOPs per multiply-add: 2 images x 8 x 8 outputs x 6 channels x (4 x 3 x 3) taps; the 1x1x1 conv: 2 x 4 x 2 x 2.
+    assert flops == 2 * (2 * 8 * 8 * 6 * 4 * 9) + 2 * (4 * 2 * 2)
+    dominant = convolutions.dominant("2d")
+    assert (dominant.input_shape, dominant.weight_shape, dominant.padding) == ((2, 4, 8, 8), (6, 4, 3, 3), (1, 1))
+    assert convolutions.dominant("3d") is None  # 0.02% of the FLOPs: no measure of the machine's peak
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    """One smoke run (tiny IV-VAE, float32 and bfloat16) plus a model that cannot be imported."""
+    patch = pytest.MonkeyPatch()
+    patch.setitem(
+        bench_roofline.MODELS,
+        "ghost",
+        bench_roofline.ModelEntry("AutoencoderKLGhost", "diffusers_videovae.models.no_such_model", {}),
+    )
+    threads = torch.get_num_threads()
+    try:
+        yield bench_roofline.main(["--quick", "--models", "ivvae", "ghost", "--dtypes", "float32", "bfloat16"])
+    finally:
+        torch.set_num_threads(threads)
+        patch.undo()
+
+
+def test_quick_run_reports_each_call_and_names_models_that_are_not_available(quick_run):
+    rows = {(row["model"], row["call"]): row for row in quick_run["roofline"]}
+    assert set(rows) == {("ivvae", "encode"), ("ivvae", "decode")}
+    for row in rows.values():
+        assert float(row["GFLOP"]) > 0 and float(row["median s"]) > 0
+        assert float(row["conv2d peak GFLOP/s"]) > 0
+        assert row["achieved / peak"].endswith("%") and row["conv time"].endswith("%")
+        assert "conv " in row["top ops (self time)"]
+    assert [entry["model"] for entry in quick_run["missing"]] == ["ghost"]
+    assert "not importable" in quick_run["missing"][0]["top ops (self time)"]
+
+
+def test_bfloat16_is_compared_with_float32(quick_run):
+    variants = {(row["call"], row["variant"]): row for row in quick_run["variants"]}
+    assert set(variants) == {("encode", "bfloat16"), ("decode", "bfloat16")}
+    for row in variants.values():
+        # bfloat16 keeps 8 bits of mantissa: the outputs differ, but far less than the signal.
+        assert 0 < float(row["max abs diff"]) < 0.5
+        assert 25 < float(row["PSNR dB"]) < 90
+        assert row["NaN/inf"] == "no"
