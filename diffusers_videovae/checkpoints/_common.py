@@ -41,9 +41,6 @@ from typing import Any
 
 import torch
 
-from ..paths import check_output_dir as check_writable_dir
-from ..paths import file_mode
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -380,6 +377,8 @@ def check_output_dir(
             )
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"Output {output_dir} exists and is a file, not a folder; choose another path.")
+    from ..paths import check_output_dir as check_writable_dir
+
     check_writable_dir(output_dir, "output folder")
     if output_dir.is_dir() and any(output_dir.iterdir()):
         if not overwrite:
@@ -464,6 +463,8 @@ def _make_sibling_dir(output_dir: Path, kind: str) -> Path:
 
 def _apply_umask(staging: Path) -> None:
     """Give the files we staged the modes of any file the user creates (some writers make them owner-only)."""
+    from ..paths import file_mode
+
     mode = file_mode()
     for item in staging.rglob("*"):
         if item.is_file() and not item.is_symlink():
