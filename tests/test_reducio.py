@@ -455,6 +455,25 @@ def test_gradient_checkpointing_runs_and_gives_the_same_gradients():
         assert_close(dict(model.named_parameters())[name].grad, grad, 1e-5, name)
 
 
+def test_inputs_are_cast_to_the_model_dtype():
+    """The package's dtype rule: a floating input of another dtype is cast to the model's compute dtype."""
+    model, video = _tiny(), _video(height=16, width=16)
+    with torch.no_grad():
+        expected = model(video).sample
+        sample = model(video.double()).sample  # float64 clip (and so content frame)
+        assert sample.dtype == torch.float32
+        assert_close(sample, expected, 1e-6, "sample of a float64 input")
+        latents = model.normalize_latents(model.encode(video).latent_dist.mode())
+        decoded = model.decode(latents.double(), content_frame=video[:, :, 7].double()).sample  # float64 latents
+        assert decoded.dtype == torch.float32
+        assert_close(decoded, expected, 1e-6, "decode of float64 latents")
+        model.to(torch.bfloat16)
+        sample = model(video).sample  # float32 input to a bfloat16 model
+    assert sample.dtype == torch.bfloat16
+    assert torch.isfinite(sample).all()
+    assert float((sample.float() - expected).norm() / expected.norm()) < 0.5
+
+
 # --- diffusers features -----------------------------------------------------------------------------------------
 
 

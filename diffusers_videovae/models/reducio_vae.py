@@ -968,6 +968,7 @@ class AutoencoderKLReducio(
             to [-30, 20]. Pass `normalize_latents(z)` of a sample or mode to `decode` and to Reducio-DiT.
         """
         self._check_video(x, "x")
+        x = self._to_compute_dtype(x)
         segment = int(self.config.num_frames)
         items = x.split(1) if self.use_slicing and x.shape[0] > 1 else (x,)
         moments = torch.cat(
@@ -992,6 +993,7 @@ class AutoencoderKLReducio(
             tile: a `ReducioTiledContent` holding the feature tuple of every tile (see `enable_tiling`).
         """
         self._check_frame(frame, "frame")
+        frame = self._to_compute_dtype(frame)
         if self._tiles_needed(frame.shape[-2], frame.shape[-1]):
             return self.tiled_encode_content(frame)
         if self.use_slicing and frame.shape[0] > 1:
@@ -1093,6 +1095,7 @@ class AutoencoderKLReducio(
         self._check_conditions(z, content_frame, content_features, count)
         if content_frame is not None:
             self._check_frame(content_frame if content_frame.ndim == 4 else content_frame[:, :, 0], "content_frame")
+        z = self._to_compute_dtype(z)  # the content frame is cast by `encode_content`
         outputs = []
         for index in range(count):
             features = self._segment_features(content_frame, content_features, index, count)
