@@ -246,10 +246,15 @@ class _StatisticsTaken(Exception):
     """Ends a tile's pass once the GroupNorm being measured has seen its input."""
 
 
-def _group_moments(x: torch.Tensor, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(count, mean, sum of squared deviations) per (sample, group) of `x` (N, C, ...), accumulated in float64."""
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def group_moments(x: torch.Tensor, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count, mean, sum of squared deviations) per (sample, group) of `x` (N, C, ...): moments computed in at least
+    float32 (float64 for float64 input), returned in float64 (float32 on MPS) for merging."""
     grouped = x.reshape(x.shape[0], groups, -1)
-    var, mean = torch.var_mean(grouped.float(), dim=-1, correction=0)
+    var, mean = torch.var_mean(grouped.to(_at_least_float32(x.dtype)), dim=-1, correction=0)
     count = grouped.shape[-1]
     wide = torch.float32 if x.device.type == "mps" else torch.float64
     return count, mean.to(wide), var.to(wide) * count
@@ -265,7 +270,7 @@ def _merge_moments(a, b):
     return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta.square() * (n_a * n_b / n)
 
 
-def _normalize(
+def normalize_groups(
     x: torch.Tensor,
     num_groups: int,
     weight: torch.Tensor | None,
@@ -276,13 +281,14 @@ def _normalize(
     """GroupNorm of `x` (N, C, ...) with the given per-(sample, group) mean and 1 / std, and affine `weight`/`bias`."""
     batch, channels = x.shape[:2]
     per_group = channels // num_groups
-    scale = rstd.float().repeat_interleave(per_group, dim=1)
-    shift = -mean.float().repeat_interleave(per_group, dim=1) * scale
+    wide = _at_least_float32(x.dtype)
+    scale = rstd.to(wide).repeat_interleave(per_group, dim=1)
+    shift = -mean.to(wide).repeat_interleave(per_group, dim=1) * scale
     if weight is not None:
-        scale = scale * weight.float()
-        shift = shift * weight.float()
+        scale = scale * weight.to(wide)
+        shift = shift * weight.to(wide)
     if bias is not None:
-        shift = shift + bias.float()
+        shift = shift + bias.to(wide)
     shape = (batch, channels) + (1,) * (x.ndim - 2)
     return (x * scale.to(x.dtype).view(shape)).add_(shift.to(x.dtype).view(shape))
 
@@ -309,7 +315,7 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
         values = dict(zip(names, args), **kwargs)
         h, groups = values["input"], values["num_groups"]
         if module in self.statistics:
-            return _normalize(h, groups, values.get("weight"), values.get("bias"), *self.statistics[module])
+            return normalize_groups(h, groups, values.get("weight"), values.get("bias"), *self.statistics[module])
         if self.state["target"] not in (None, module):
             raise RuntimeError("GroupNorms ran in a different order in different tiles.")
         self.state["target"] = module
@@ -317,7 +323,7 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
         scale_h = Fraction(h.shape[-2], row.end - row.start)
         scale_w = Fraction(h.shape[-1], column.end - column.start)
         part = h[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
-        self.state["moments"] = _merge_moments(self.state["moments"], _group_moments(part, groups))
+        self.state["moments"] = _merge_moments(self.state["moments"], group_moments(part, groups))
         self.state["taken"] = True
         return h  # the pass stops when the module returns (after its hooks), see `tiled_with_shared_group_norm`
 
