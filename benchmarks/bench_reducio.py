@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="fresh-process runs per measurement (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, as the issue asks)")
     parser.add_argument("--quick", action="store_true", help="tiny config and a 32x32 clip (smoke test)")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=("encode", "decode"), default=["encode", "decode"], help="rows to measure"
+    )
     parser.add_argument("--size", type=int, default=256, help="height and width of the clip (multiple of 32)")
     parser.add_argument(
         "--traced-memory", action="store_true", help="only the traced peak tensor memory (fake tensors, no compute)"
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         common = dict(weights=str(weights), quick=args.quick, original_repo=args.original_repo, side=side)
         impls = ["ours"] + (["original"] if args.original_repo else [])
         rows = []
-        for task in ("encode", "decode"):
+        for task in args.tasks:
             runs = {impl: [] for impl in impls}
             # Runs alternate between implementations so that a change in machine load hits both alike.
             for _ in range(args.repeats):
