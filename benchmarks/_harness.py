@@ -262,6 +262,8 @@ _CONV_OPS = ("conv", "mkldnn_convolution", "slow_conv", "_nnpack")
 
 
 def _op_type(name: str) -> str:
+    if name.startswith("## Call CompiledFxGraph"):
+        return "inductor kernels"  # a compiled graph's own generated code (the library calls it makes are listed apart)
     short = name.removeprefix("aten::")
     return "conv" if any(tag in short for tag in _CONV_OPS) else short
 

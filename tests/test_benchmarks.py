@@ -65,3 +65,33 @@ def test_bfloat16_is_compared_with_float32(quick_run):
         assert 0 < float(row["max abs diff"]) < 0.5
         assert 25 < float(row["PSNR dB"]) < 90
         assert row["NaN/inf"] == "no"
+
+
+def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypatch):
+    # dynamo's eager backend (inductor's code generation takes minutes on this machine): what is checked here is the
+    # plumbing, a compiled copy whose every call goes through dynamo, timed and compared with the eager model.
+    compiled = []
+
+    def compiled_copy(model):
+        copy = bench_roofline.copy.deepcopy(model)
+        for child in copy.children():
+            if any(True for _ in child.parameters()):
+                child.compile(backend="eager")
+                compiled.append(child)
+        return copy
+
+    monkeypatch.setattr(bench_roofline, "compiled_copy", compiled_copy)
+    threads = torch.get_num_threads()
+    torch._dynamo.reset()
+    try:
+        result = bench_roofline.main(["--quick", "--models", "odvae", "--compile"])
+    finally:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()
+    assert compiled  # the encoder and decoder
+    variants = {(row["call"], row["variant"]): row for row in result["variants"]}
+    assert set(variants) == {(call, bench_roofline.COMPILED) for call in ("encode", "decode")}
+    for row in variants.values():
+        assert float(row["first call s"]) > 0 and row["speed vs float32"].endswith("x")
+        assert float(row["max abs diff"]) < 1e-4
+        assert "TorchDynamo Cache Lookup" in row["top ops (self time)"]  # the profiled call went through dynamo
