@@ -261,6 +261,12 @@ def count_flops(function: Callable[[], Any], keep_output: bool = False):
 _CONV_OPS = ("conv", "mkldnn_convolution", "slow_conv", "_nnpack")
 
 
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux `/proc/self/status`), in bytes."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
 def _op_type(name: str) -> str:
     if name.startswith("## Call CompiledFxGraph"):
         return "inductor kernels"  # a compiled graph's own generated code (the library calls it makes are listed apart)

@@ -43,6 +43,7 @@ from _harness import (  # noqa: E402
     format_table,
     gib,
     measure,
+    rss_bytes,
     side_by_side_row,
     stub_imports,
 )
@@ -203,16 +204,11 @@ def setup(impl: str, weights: str, quick: bool, original_repo: str | None, task:
     return impl, model, task, video, latents
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
 def call(state):
     """Run the task; return its output, the resident memory just before, and the CPU seconds."""
     impl, model, task, video, latents = state
     frame = video[:, :, 7]
-    start = _rss_bytes()
+    start = rss_bytes()
     cpu_start = time.process_time()
     with torch.no_grad():
         if task == "encode":

@@ -1,6 +1,8 @@
 """Roofline: how close each model's encode and decode come to this machine's measured convolution throughput.
 
-    python benchmarks/bench_roofline.py --models ivvae odvae opensora reducio cascadev --frames 17 --size 128
+    python benchmarks/bench_roofline.py --models ivvae odvae opensora --frames 17 --size 128
+    python benchmarks/bench_roofline.py --models reducio --frames 16 --size 128      # 16-frame clips
+    python benchmarks/bench_roofline.py --models cascadev --frames 8 --size 128      # one DiT step + SVD decode
     python benchmarks/bench_roofline.py --models ivvae --dtypes float32 bfloat16     # + bf16 speed and PSNR
     python benchmarks/bench_roofline.py --models ivvae --baseline main               # + A/B against a git ref
     python benchmarks/bench_roofline.py --models ivvae --compile                     # + inductor-compiled speed

@@ -672,3 +672,26 @@ def test_bad_latents_and_noises_are_rejected(model):
         model.refine(_latent(), 1, step_noises=[torch.zeros(1, 4, 4, 16, 16)], scheduler=model.get_scheduler("ddim"))
     with pytest.raises(ValueError, match="multiple of 4"):
         model.transformer(torch.zeros(3, 20, 16, 16), torch.zeros(3))
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+
+
+def test_videovae_train_fine_tunes_the_dit_alone(tmp_path, converted_dir):
+    """`videovae train --train-only transformer`: one step through the sampler and the SVD decoder changes DiT
+    weights only (the effnet, the SVD VAE and the previewer stay as converted)."""
+    from safetensors.torch import load_file
+
+    from diffusers_videovae import training
+    from diffusers_videovae.video import synthetic_clip, write_video
+
+    write_video(tmp_path / "clip.mp4", synthetic_clip(4, 64, 64, seed=0), fps=10, crf=10)
+    argv = ["--data", str(tmp_path / "clip.mp4"), "-m", str(converted_dir), "--output-dir", str(tmp_path / "run")]
+    argv += ["--num-frames", "4", "--height", "64", "--width", "64", "--max-steps", "1", "--lr", "1e-3"]
+    argv += ["--train-only", "transformer", "--kl-weight", "0", "--num-threads", "1"]
+    assert training.main(argv) == 0
+    before = load_file(str(converted_dir / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert after.keys() == before.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith("transformer.") for key in changed)
