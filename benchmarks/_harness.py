@@ -268,8 +268,9 @@ def rss_bytes() -> int:
 
 
 def _op_type(name: str) -> str:
+    # A compiled graph's own generated code (the library calls it makes, convolutions, are listed apart).
     if name.startswith("## Call CompiledFxGraph"):
-        return "inductor kernels"  # a compiled graph's own generated code (the library calls it makes are listed apart)
+        return "inductor kernels"
     short = name.removeprefix("aten::")
     return "conv" if any(tag in short for tag in _CONV_OPS) else short
 

@@ -290,11 +290,15 @@ def main(argv: list[str] | None = None) -> None:
         for side in sides:
             out = str(workdir / f"{side}_{part}.pt")
             failed = [run for run in runs[side] if "error" in run]
-            result = failed[0] if failed else {
-                "seconds": statistics.median(run["seconds"] for run in runs[side]),
-                "peak_bytes": max(run["peak_bytes"] for run in runs[side]),
-                "result": max(runs[side], key=lambda run: run["peak_bytes"])["result"],
-            }
+            result = (
+                failed[0]
+                if failed
+                else {
+                    "seconds": statistics.median(run["seconds"] for run in runs[side]),
+                    "peak_bytes": max(run["peak_bytes"] for run in runs[side]),
+                    "result": max(runs[side], key=lambda run: run["peak_bytes"])["result"],
+                }
+            )
             row = {"model": side, "part": part, "input": inputs[part]}
             if "error" in result:
                 row["seconds"] = result["error"][:80]

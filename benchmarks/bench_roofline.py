@@ -411,7 +411,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     )
     parser.add_argument("--top", type=int, default=4, help="op types listed by self time")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--quick", action="store_true", help="tiny configs, 5x32x32 clip (16 frames for Reducio), 1 repeat (smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny configs, 5x32x32 clip (16 frames for Reducio), 1 repeat (smoke test)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.size, args.repeats, args.matmul_size = 5, 32, 1, 256

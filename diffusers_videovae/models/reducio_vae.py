@@ -252,7 +252,7 @@ class ReducioDownsample(nn.Module):
 
 # Nearest 2x upsampling followed by a 3-tap kernel (zero padding 1): output phase 0 reads input pixels (i - 1, i)
 # with taps (k0, k1 + k2), phase 1 reads (i, i + 1) with taps (k0 + k1, k2). `_PHASE_TAPS[phase]` maps 3 taps to 2.
-_PHASE_TAPS = ((( 1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))  # fmt: skip
+_PHASE_TAPS = (((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
 
 
 class ReducioUpsampleConv(nn.Conv3d):
