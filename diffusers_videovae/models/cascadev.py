@@ -745,8 +745,7 @@ class AutoencoderCascadeV(
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, frames, height, width = x.shape
-        dtype = self.dtype if self.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else x.dtype
-        x = x.to(dtype)
+        x = self._to_compute_dtype(x)
         frames_first = x.permute(0, 2, 1, 3, 4).reshape(batch * frames, 3, height, width)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
