@@ -336,13 +336,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 COMPILED = "float32 compiled (inductor)"
 
 
-def compiled_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with its direct submodules compiled in place (`module.compile()`, inductor, the default mode):
-    what a user does to speed up encode/decode. The first call of each stage compiles (its time is reported)."""
+def compiled_copy(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """The model with its direct submodules compiled in place (`module.compile()`, inductor and its default mode
+    unless `backend` says otherwise): what a user does to speed up encode/decode. The first call of each stage
+    compiles (its time is reported)."""
     compiled = copy.deepcopy(model)
     for child in compiled.children():
         if any(True for _ in child.parameters()):
-            child.compile()
+            child.compile(backend=backend)
     return compiled
 
 

@@ -73,13 +73,11 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
     compiled = []
 
     def compiled_copy(model):
-        copy = bench_roofline.copy.deepcopy(model)
-        for child in copy.children():
-            if any(True for _ in child.parameters()):
-                child.compile(backend="eager")
-                compiled.append(child)
+        copy = build_compiled_copy(model, backend="eager")
+        compiled.extend(child for child in copy.children() if getattr(child, "_compiled_call_impl", None) is not None)
         return copy
 
+    build_compiled_copy = bench_roofline.compiled_copy
     monkeypatch.setattr(bench_roofline, "compiled_copy", compiled_copy)
     threads = torch.get_num_threads()
     torch._dynamo.reset()

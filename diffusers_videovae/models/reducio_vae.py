@@ -280,22 +280,18 @@ class ReducioUpsampleConv(nn.Conv3d):
         given (`_by_frames`)."""
         batch, _, frames, height, width = x.shape
         x = F.pad(x, (1, 1, 1, 1, *frame_pad))
-        if not self.temporal:
-            out = x.new_empty(batch, self.out_channels, frames + sum(frame_pad) - 2, 2 * height, 2 * width)
-            for py in range(2):
-                for px in range(2):
-                    part = x[:, :, :, py : py + height + 1, px : px + width + 1]
-                    out[:, :, :, py::2, px::2] = F.conv3d(part, self._phase_kernel(None, py, px), self.bias)
-            return out
-        # Output frames 2j and 2j + 1 read input frames (j - 1, j) and (j, j + 1): with one padded frame each side,
-        # the kept input frames [1, n - 1) give outputs 2 * (n - 2).
+        # Input frames after dropping one padded frame each side; spatial only, the kernel keeps its 3 time taps.
+        # Temporal: output frames 2j and 2j + 1 read input frames (j - 1, j) and (j, j + 1).
         kept = frames + sum(frame_pad) - 2
-        out = x.new_empty(batch, self.out_channels, 2 * kept, 2 * height, 2 * width)
-        for pt in range(2):
+        time_factor = 2 if self.temporal else 1
+        out = x.new_empty(batch, self.out_channels, time_factor * kept, 2 * height, 2 * width)
+        for pt in (0, 1) if self.temporal else (None,):
+            frames_read = slice(None) if pt is None else slice(pt, pt + kept + 1)
             for py in range(2):
                 for px in range(2):
-                    part = x[:, :, pt : pt + kept + 1, py : py + height + 1, px : px + width + 1]
-                    out[:, :, pt::2, py::2, px::2] = F.conv3d(part, self._phase_kernel(pt, py, px), self.bias)
+                    part = x[:, :, frames_read, py : py + height + 1, px : px + width + 1]
+                    kernel = self._phase_kernel(pt, py, px)
+                    out[:, :, (pt or 0) :: time_factor, py::2, px::2] = F.conv3d(part, kernel, self.bias)
         return out
 
 
