@@ -261,6 +261,16 @@ def count_flops(function: Callable[[], Any], keep_output: bool = False):
 _CONV_OPS = ("conv", "mkldnn_convolution", "slow_conv", "_nnpack")
 
 
+def alternated_runs(sides: list[str], repeats: int, run: Callable[[str], dict]) -> dict[str, list[dict]]:
+    """`run(side)` `repeats` times per side, the sides alternating in every round, so that a change in machine load
+    hits them alike. Returns each side's results in order."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side in sides:
+            runs[side].append(run(side))
+    return runs
+
+
 def rss_bytes() -> int:
     """This process's resident memory now (Linux `/proc/self/status`), in bytes."""
     with open("/proc/self/status") as status:

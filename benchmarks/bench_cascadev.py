@@ -44,10 +44,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 try:
-    from benchmarks._harness import format_table, gib, measure, rss_bytes
+    from benchmarks._harness import alternated_runs, format_table, gib, measure, rss_bytes
 except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import format_table, gib, measure, rss_bytes
+    from _harness import alternated_runs, format_table, gib, measure, rss_bytes
 
 
 def _sizes(quick: bool) -> dict:
@@ -280,13 +280,22 @@ def main(argv: list[str] | None = None) -> None:
         if part == "svd_decode" or (part == "dit_step" and args.original_repo):
             sides.append("original")
         results = {}
-        # Runs alternate between the sides, each in a fresh process, so that a change in machine load hits both alike.
-        runs = {side: [] for side in sides}
-        for _ in range(args.repeats):
-            for side in sides:
-                kwargs = dict(part=part, side=side, quick=args.quick, repo=args.original_repo)
-                out = str(workdir / f"{side}_{part}.pt")
-                runs[side].append(measure(setup, call, repeats=1, threads=args.threads, out=out, **kwargs))
+        # Each run in a fresh process, the sides alternating.
+        runs = alternated_runs(
+            sides,
+            args.repeats,
+            lambda side, part=part: measure(
+                setup,
+                call,
+                repeats=1,
+                threads=args.threads,
+                out=str(workdir / f"{side}_{part}.pt"),
+                part=part,
+                side=side,
+                quick=args.quick,
+                repo=args.original_repo,
+            ),
+        )
         for side in sides:
             out = str(workdir / f"{side}_{part}.pt")
             failed = [run for run in runs[side] if "error" in run]

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     ORIGINAL_COLUMNS,
     SIDE_BY_SIDE_COLUMNS,
+    alternated_runs,
     format_table,
     gib,
     measure,
@@ -326,14 +327,17 @@ def main(argv: list[str] | None = None) -> None:
         impls = ["ours"] + (["original"] if args.original_repo else [])
         rows = []
         for task in args.tasks:
-            runs = {impl: [] for impl in impls}
-            # Runs alternate between implementations so that a change in machine load hits both alike.
-            for _ in range(args.repeats):
-                for impl in impls:
-                    result = measure(setup, call, repeats=1, threads=args.threads, impl=impl, task=task, **common)
+            runs = alternated_runs(
+                impls,
+                args.repeats,
+                lambda impl, task=task: measure(
+                    setup, call, repeats=1, threads=args.threads, impl=impl, task=task, **common
+                ),
+            )
+            for impl, results in runs.items():
+                for result in results:
                     if "error" in result:
                         raise SystemExit(f"{impl} {task}: {result['error']}")
-                    runs[impl].append(result)
             summary = {
                 impl: {
                     "seconds": statistics.median(r["seconds"] for r in results),
