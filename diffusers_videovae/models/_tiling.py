@@ -33,10 +33,12 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "TileSpan",
     "blend",
+    "check_finite",
     "check_latents",
     "check_video",
     "halo_spans",
     "halo_tile_strides",
+    "has_values",
     "nearest_valid_num_frames",
     "stitch_blended_tiles",
     "tile_starts",
@@ -50,6 +52,23 @@ def nearest_valid_num_frames(num_frames: int, temporal_compression: int) -> tupl
     below = 1 + k * temporal_compression
     above = below if below == num_frames else below + temporal_compression
     return below, above
+
+
+def has_values(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` holds data that value checks can read: False for `meta` tensors, fake tensors and inside
+    `torch.compile` (where a data-dependent check would break the graph). Shape checks run on every tensor; value
+    checks (finite, ranges) only where this is True, so a model can be traced on the `meta` device."""
+    if torch.compiler.is_compiling() or tensor.is_meta:
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not is_fake(tensor)
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    """Raise a clear error when `tensor` holds NaN or infinite values (skipped for tensors without data)."""
+    if has_values(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
 def _nearest_multiples(size: int, multiple: int) -> tuple[int, int]:
@@ -109,9 +128,7 @@ def check_video(
             f"`{name}` is {height}x{width} (HxW), but H and W must be multiples of {spatial_multiple}. "
             f"Nearest valid sizes: H in ({h_lo}, {h_hi}), W in ({w_lo}, {w_hi}); crop or resize first."
         )
-    # A data-dependent check: eager calls only (under torch.compile it would break the graph).
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(sample).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    check_finite(sample, name)
 
 
 def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z") -> None:
@@ -129,8 +146,7 @@ def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {latents.dtype}.")
     if min(latents.shape) == 0:
         raise ValueError(f"`{name}` is empty: shape {tuple(latents.shape)}.")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(latents).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    check_finite(latents, name)
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
