@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["InputRule", "VideoAutoencoderMixin"]
+__all__ = ["InputRule", "VideoAutoencoderMixin", "register_compression_ratios"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,26 @@ class InputRule:
         else:
             frames = f"T = {self.first_num_frames} + {self.step}k"
         return f"{frames}, H and W multiples of {self.spatial_multiple}"
+
+
+def register_compression_ratios(
+    model: Any,
+    *,
+    temporal: int,
+    spatial: int,
+    temporal_compression_ratio: int | None,
+    spatial_compression_ratio: int | None,
+) -> None:
+    """Store the compression ratios the architecture gives (`temporal`, `spatial`) in `model`'s config, where
+    pipelines and `input_rule` read them. Ratios passed to `__init__` (a saved config has them) must agree: a
+    contradiction means the other arguments describe another model than the one the config was written for."""
+    for name, given, derived in (
+        ("temporal_compression_ratio", temporal_compression_ratio, temporal),
+        ("spatial_compression_ratio", spatial_compression_ratio, spatial),
+    ):
+        if given is not None and given != derived:
+            raise ValueError(f"{name}={given} contradicts the architecture, which gives {derived}.")
+    model.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
 
 
 _NORMALIZATION_FIELDS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
+from ._layers import checkpointed
 from ._tiling import blend, check_video, tile_starts
 
 # The released DiT's grid attention: `[temporal_splits, spatial_splits]` per block (None = full 3-D attention),
@@ -455,10 +456,7 @@ class CascadeVTransformer3DModel(ModelMixin, ConfigMixin):
         t3d = self.t_block(self._embed_timesteps(timestep.reshape(-1, frames)[:, 0], dtype))
         grid = (frames, gh, gw)
         for block in self.blocks:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, t3d, grid)
-            else:
-                x = block(x, t3d, grid)
+            x = checkpointed(self, block, x, t3d, grid)
         x = self.final_layer(x.reshape(n, gh * gw, dim), t_emb)
         out_channels = self.config.out_channels
         x = x.reshape(n, gh, gw, patch, patch, out_channels).permute(0, 5, 1, 3, 2, 4)

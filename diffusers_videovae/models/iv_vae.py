@@ -42,7 +42,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._common import VideoAutoencoderMixin
+from ._common import VideoAutoencoderMixin, register_compression_ratios
+from ._layers import checkpointed
 from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile_strides
 
 # F.normalize clamps the L2 norm at this value (the original's normalisation).
@@ -361,14 +362,6 @@ class IVVAEPyramidHead(nn.Module):
         return self.proj(torch.cat(regrouped, dim=1)).unflatten(0, x.shape[:2])
 
 
-def _checkpointed(owner: nn.Module, block: nn.Module, *args):
-    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (cached
-    blocks are pure: caches in, caches out, so they can be recomputed)."""
-    if owner.gradient_checkpointing and torch.is_grad_enabled():
-        return owner._gradient_checkpointing_func(block, *args)
-    return block(*args)
-
-
 def _run_cached_blocks(
     owner: nn.Module,
     blocks,
@@ -383,12 +376,12 @@ def _run_cached_blocks(
         if isinstance(block, IVVAEResidualBlock):
             start = len(new_cache)
             previous = (None, None) if cache is None else cache[start : start + 2]
-            x, cache1, cache2 = _checkpointed(owner, block, x, *previous)
+            x, cache1, cache2 = checkpointed(owner, block, x, *previous)
             new_cache += [cache1, cache2]
         elif isinstance(block, IVVAEUpsample):
             x = block(x, first_chunk=first_chunk)
         else:
-            x = _checkpointed(owner, block, x)
+            x = checkpointed(owner, block, x)
     return x
 
 
@@ -470,7 +463,7 @@ class IVVAEEncoder3d(nn.Module):
         """The 1/8-resolution part: attention, the last level, the middle and the pyramid head, per frame (global
         within each frame, no cache). `x: (B, T', C, h, w)` -> `(B, T', 2 * latent_channels, h, w)`."""
         for block in self.down_blocks[self.num_high_res_blocks :]:
-            x = _checkpointed(self, block, x)
+            x = checkpointed(self, block, x)
         for block in self.mid_blocks:
             x = block(x)
         return self.conv_out(_silu(self.norm_out(x)))
@@ -552,7 +545,7 @@ class IVVAEDecoder3d(nn.Module):
         for block in self.mid_blocks:
             x = block(x)
         for block in self.up_blocks[: self.num_low_res_blocks]:
-            x = _checkpointed(self, block, x)
+            x = checkpointed(self, block, x)
         return x
 
     def forward_high(
@@ -692,13 +685,13 @@ class AutoencoderKLIVVAE(
             )
         temporal = 2 ** sum(temporal_downsample)
         spatial = 2 ** (len(dim_mult) - 1)
-        for name, given, derived in (
-            ("temporal_compression_ratio", temporal_compression_ratio, temporal),
-            ("spatial_compression_ratio", spatial_compression_ratio, spatial),
-        ):
-            if given is not None and given != derived:
-                raise ValueError(f"{name}={given} contradicts the architecture, which gives {derived}.")
-        self.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
+        register_compression_ratios(
+            self,
+            temporal=temporal,
+            spatial=spatial,
+            temporal_compression_ratio=temporal_compression_ratio,
+            spatial_compression_ratio=spatial_compression_ratio,
+        )
 
         self.encoder = IVVAEEncoder3d(
             base_dim, latent_channels, dim_mult, num_res_blocks, temporal_downsample, dropout

@@ -37,7 +37,8 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._common import VideoAutoencoderMixin
+from ._common import VideoAutoencoderMixin, register_compression_ratios
+from ._layers import checkpointed
 from ._tiling import (
     check_latents,
     check_video,
@@ -262,13 +263,6 @@ class ODVAEFrameConv2d(nn.Conv2d):
         return _from_frames(super().forward(_to_frames(x)), x.shape[0])
 
 
-def _checkpointed(owner: nn.Module, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`block(x)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded."""
-    if owner.gradient_checkpointing and torch.is_grad_enabled():
-        return owner._gradient_checkpointing_func(block, x)
-    return block(x)
-
-
 def _resnets(kind: str, in_channels: int, out_channels: int, count: int, dropout: float, groups: int) -> nn.ModuleList:
     block = {"resnet2d": ODVAEResnetBlock2D, "resnet3d": ODVAEResnetBlock3D}[kind]
     return nn.ModuleList(
@@ -305,7 +299,7 @@ class ODVAEDownBlock(nn.Module):
         batch = x.shape[0]
         h = _to_frames(x) if self.per_frame else x
         for resnet in self.block:
-            h = _checkpointed(self, resnet, h)
+            h = checkpointed(self, resnet, h)
         if isinstance(self.downsample, ODVAEDownsample2D):
             h = _from_frames(self.downsample(h if self.per_frame else _to_frames(h)), batch)
         else:
@@ -347,7 +341,7 @@ class ODVAEUpBlock(nn.Module):
             batch = x.shape[0]
             x = _to_frames(x) if self.per_frame else x
             for resnet in self.block:
-                x = _checkpointed(self, resnet, x)
+                x = checkpointed(self, resnet, x)
             x = _from_frames(x, batch) if self.per_frame else x
         if upsamplers and self.upsample is not None:
             x = self.upsample(x)
@@ -365,9 +359,9 @@ class ODVAEMidBlock(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _checkpointed(self, self.block_1, x)
-        x = _checkpointed(self, self.attn_1, x)
-        return _checkpointed(self, self.block_2, x)
+        x = checkpointed(self, self.block_1, x)
+        x = checkpointed(self, self.attn_1, x)
+        return checkpointed(self, self.block_2, x)
 
 
 def _resnet_reach(block: nn.ModuleList, scale: int) -> int:
@@ -688,13 +682,13 @@ class AutoencoderKLODVAE(
                 f"Encoder compresses {temporal}x{spatial}x{spatial} (TxHxW) but the decoder expands "
                 f"{up_temporal}x{up_spatial}x{up_spatial}; the per-level lists do not match."
             )
-        for name, given, derived in (
-            ("temporal_compression_ratio", temporal_compression_ratio, temporal),
-            ("spatial_compression_ratio", spatial_compression_ratio, spatial),
-        ):
-            if given is not None and given != derived:
-                raise ValueError(f"{name}={given} disagrees with the layout, which gives {derived}.")
-        self.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
+        register_compression_ratios(
+            self,
+            temporal=temporal,
+            spatial=spatial,
+            temporal_compression_ratio=temporal_compression_ratio,
+            spatial_compression_ratio=spatial_compression_ratio,
+        )
 
         self.encoder = ODVAEEncoder(
             in_channels,

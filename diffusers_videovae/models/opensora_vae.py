@@ -36,7 +36,8 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._common import InputRule, VideoAutoencoderMixin
+from ._common import InputRule, VideoAutoencoderMixin, register_compression_ratios
+from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
     check_latents,
     check_video,
@@ -110,14 +111,6 @@ class OpenSoraResidualBlock(nn.Module):
         return h.add_(x) if not torch.is_grad_enabled() else h + x
 
 
-def _checkpointed(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
-    """`block(*args)`, through `owner`'s gradient checkpointing when it is on and gradients are recorded (as
-    diffusers' `Encoder` / `Decoder` run their blocks)."""
-    if torch.is_grad_enabled() and owner.gradient_checkpointing:
-        return owner._gradient_checkpointing_func(block, *args)
-    return block(*args)
-
-
 def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
     """(B, 2C, T, H, W) -> (B, C, 2T, H, W), channel 2c + s of frame t -> channel c of frame 2t + s."""
     batch, channels, frames, height, width = x.shape
@@ -143,7 +136,7 @@ class OpenSoraTemporalDownBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
-            x = _checkpointed(self, resnet, x)
+            x = checkpointed(self, resnet, x)
         return x if self.downsampler is None else self.downsampler(x)
 
 
@@ -166,7 +159,7 @@ class OpenSoraTemporalUpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for resnet in self.resnets:
-            x = _checkpointed(self, resnet, x)
+            x = checkpointed(self, resnet, x)
         return x if self.upsampler is None else _depth_to_time(self.upsampler(x))
 
 
@@ -204,7 +197,7 @@ class OpenSoraTemporalEncoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         for resnet in self.mid_resnets:
-            x = _checkpointed(self, resnet, x)
+            x = checkpointed(self, resnet, x)
         return self.conv_out(_silu(self.norm_out(x)))
 
 
@@ -243,7 +236,7 @@ class OpenSoraTemporalDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
         for resnet in self.mid_resnets:
-            x = _checkpointed(self, resnet, x)
+            x = checkpointed(self, resnet, x)
         for block in self.up_blocks:
             x = block(x)
         return self.conv_out(_silu(self.norm_out(x)))
@@ -284,42 +277,21 @@ class OpenSoraTemporalVAE(nn.Module):
         return x[:, :, x.shape[2] - num_frames :]
 
 
-class OpenSoraUpsampleConv2d(nn.Conv2d):
+class OpenSoraUpsampleConv2d(NearestUpsampleConvMixin, nn.Conv2d):
     """The 3x3 convolution of an `Upsample2D` layer, taking the LOW-resolution input: nearest x2 upsampling then
-    this convolution, computed as four 2x2 convolutions on the low-resolution input.
-
-    Each output pixel of "upsample, then 3x3 conv" sees only 2x2 distinct input pixels, so summing the taps that
-    land on the same input pixel gives the same result with 16 instead of 36 multiply-adds per output pixel group
-    (equal up to float rounding). The kernels are folded from this module's own weight on every call (a pass over
-    the weights, small next to the convolution), so hooks that cast or move the weight apply. While gradients are
-    recorded it runs the plain two-step form.
+    this convolution, computed as four 2x2 convolutions on the low-resolution input (`NearestUpsampleConvMixin`:
+    16 instead of 36 multiply-adds per output pixel group, equal up to float rounding). While gradients are recorded
+    it runs the plain two-step form, the original's formula.
     """
-
-    PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
     def __init__(self, channels: int, out_channels: int):
         super().__init__(channels, out_channels, 3, padding=1)
-
-    @staticmethod
-    def _fold(weight: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
-        first, middle, last = weight.unbind(dim)
-        pair = (first, middle + last) if phase == 0 else (first + middle, last)
-        return torch.stack(pair, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x: (N, C, h, w)` -> `(N, C_out, 2h, 2w)`."""
         if torch.is_grad_enabled():
             return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        batch, _, height, width = x.shape
-        padded = F.pad(x, (1, 1, 1, 1))
-        # Phase (row, col) of output pixel (2i + row, 2j + col) reads padded rows i + row .. i + row + 1.
-        out = x.new_empty(batch, self.out_channels, height, 2, width, 2)
-        for row, col in self.PHASES:
-            # One phase at a time: a quarter of the output is the only temporary.
-            kernel = self._fold(self._fold(self.weight, row, 2), col, 3)
-            phase = F.conv2d(padded[..., row : row + height + 1, col : col + width + 1], kernel, self.bias)
-            out[:, :, :, row, :, col] = phase
-        return out.view(batch, -1, 2 * height, 2 * width)
+        return self.upsample_then_convolve(x, (True, True), ((1, 1), (1, 1)))
 
 
 class OpenSoraNearestUpsample2D(nn.Module):
@@ -499,20 +471,15 @@ class AutoencoderKLOpenSora(
             temporal_num_groups,
         )
         # Derived values, stored in the config so that pipelines and `input_rule` can read them.
-        derived = {
-            "spatial_compression_ratio": 2 ** (len(block_out_channels) - 1),
-            "temporal_compression_ratio": self.temporal_vae.time_factor,
-        }
-        given = {
-            "spatial_compression_ratio": spatial_compression_ratio,
-            "temporal_compression_ratio": temporal_compression_ratio,
-        }
-        for name, value in derived.items():
-            if given[name] is not None and given[name] != value:
-                raise ValueError(f"{name}={given[name]} contradicts the architecture, which gives {value}.")
-        self.register_to_config(**derived)
-        self.spatial_compression_ratio = derived["spatial_compression_ratio"]
-        self.temporal_compression_ratio = derived["temporal_compression_ratio"]
+        register_compression_ratios(
+            self,
+            temporal=self.temporal_vae.time_factor,
+            spatial=2 ** (len(block_out_channels) - 1),
+            temporal_compression_ratio=temporal_compression_ratio,
+            spatial_compression_ratio=spatial_compression_ratio,
+        )
+        self.spatial_compression_ratio = self.config.spatial_compression_ratio
+        self.temporal_compression_ratio = self.config.temporal_compression_ratio
 
         self.use_slicing = False
         self.use_tiling = False
@@ -695,7 +662,7 @@ class AutoencoderKLOpenSora(
         def high_resolution(h: torch.Tensor) -> torch.Tensor:
             h = encoder.conv_in(h)
             for block in encoder.down_blocks:
-                h = _checkpointed(encoder, block, h)
+                h = checkpointed(encoder, block, h)
             return h
 
         if exact_tiles:
@@ -706,7 +673,7 @@ class AutoencoderKLOpenSora(
             ]
         else:
             parts = [high_resolution(frame) for frame in frames.split(1)]
-        h = _checkpointed(encoder, encoder.mid_block, torch.cat(parts))
+        h = checkpointed(encoder, encoder.mid_block, torch.cat(parts))
         h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
         return vae.quant_conv(h) if vae.quant_conv is not None else h
 
@@ -823,11 +790,11 @@ class AutoencoderKLOpenSora(
         """
         vae, decoder = self.spatial_vae, self.spatial_vae.decoder
         h = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
-        h = _checkpointed(decoder, decoder.mid_block, decoder.conv_in(h), None)
+        h = checkpointed(decoder, decoder.mid_block, decoder.conv_in(h), None)
 
         def high_resolution(h: torch.Tensor) -> torch.Tensor:
             for block in decoder.up_blocks:
-                h = _checkpointed(decoder, block, h, None)
+                h = checkpointed(decoder, block, h, None)
             return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
 
         if exact_tiles:
