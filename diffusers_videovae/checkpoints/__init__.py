@@ -31,12 +31,14 @@ from typing import Any
 import torch
 
 from ._common import (
+    MODEL_TYPES,
     TORCH_DTYPES,
     CheckpointError,
     ConvertedCheckpoint,
     OriginalCheckpoint,
     build_model,
     check_output_dir,
+    check_variant_name,
     file_sha256,
     load_state_dict_file,
     save_pretrained_atomic,
@@ -57,15 +59,6 @@ __all__ = [
     "render_model_card",
     "run_conversion_script",
 ]
-
-# model type -> (module under diffusers_videovae.models, class name)
-MODEL_TYPES: dict[str, tuple[str, str]] = {
-    "ivvae": ("iv_vae", "AutoencoderKLIVVAE"),
-    "odvae": ("od_vae", "AutoencoderKLODVAE"),
-    "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
-    "reducio": ("reducio_vae", "AutoencoderKLReducio"),
-    "cascadev": ("cascadev", "AutoencoderCascadeV"),
-}
 
 
 def get_checkpoint_module(model_type: str) -> ModuleType:
@@ -154,10 +147,7 @@ def convert_original(
 ) -> ConvertedCheckpoint:
     """Read an original release file and convert it to our config + state dict (no model built yet)."""
     module = get_checkpoint_module(model_type)
-    if variant is not None and variant not in module.VARIANTS:
-        raise CheckpointError(
-            f"Unknown {model_type} variant {variant!r}; released variants: {sorted(module.VARIANTS)}."
-        )
+    check_variant_name(model_type, module.VARIANTS, variant)
     checkpoint = Path(checkpoint)
     try:
         original = module.read_original(checkpoint, original_config=original_config, **options)

@@ -34,7 +34,7 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MODEL_TYPES",
     "CheckpointError",
     "ConvertedCheckpoint",
     "OriginalCheckpoint",
@@ -52,11 +53,14 @@ __all__ = [
     "account_keys",
     "build_model",
     "check_output_dir",
+    "check_variant_name",
     "entries_set_aside",
     "nested_mapping",
     "file_sha256",
+    "finish_conversion",
     "load_state_dict_file",
     "remove_stale_temp_dirs",
+    "resolve_variant",
     "save_pretrained_atomic",
     "unwrap_state_dict",
 ]
@@ -64,6 +68,16 @@ __all__ = [
 
 # The dtype names every `--dtype` option of the package accepts.
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# model type -> (module under diffusers_videovae.models, class name). Each type has its reader in
+# `checkpoints/<model type>.py`.
+MODEL_TYPES: dict[str, tuple[str, str]] = {
+    "ivvae": ("iv_vae", "AutoencoderKLIVVAE"),
+    "odvae": ("od_vae", "AutoencoderKLODVAE"),
+    "opensora": ("opensora_vae", "AutoencoderKLOpenSora"),
+    "reducio": ("reducio_vae", "AutoencoderKLReducio"),
+    "cascadev": ("cascadev", "AutoencoderCascadeV"),
+}
 
 
 class CheckpointError(ValueError):
@@ -268,6 +282,73 @@ def account_keys(
     return ours, dropped
 
 
+def check_variant_name(model_type: str, variants: Mapping[str, Any], variant: str | None) -> None:
+    """A clear error for a `variant` that is not one of the released `variants` (None passes)."""
+    if variant is not None and variant not in variants:
+        raise CheckpointError(f"Unknown {model_type} variant {variant!r}; released variants: {sorted(variants)}.")
+
+
+def resolve_variant(
+    original: OriginalCheckpoint,
+    variant: str | None,
+    *,
+    model_type: str,
+    variants: Mapping[str, dict[str, Any]],
+    translate_config: Callable[[dict[str, Any]], dict[str, Any]],
+    infer_variant: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+    default: str | None = None,
+    unknown: str = "",
+) -> tuple[str | None, dict[str, Any]]:
+    """Which released variant `original` is (None: a custom model) and our config for it, the same way for every
+    model:
+
+    * with the original's own config: our config is its translation; the variant is the released one whose config
+      translates to the same (None when none does); a `variant` given besides must be that one;
+    * without: the variant is `variant`, else the one `infer_variant` reads from the tensors, else `default`;
+      `unknown` is the error when there is none. Our config is the variant's.
+
+    A `variant` given for tensors of another layout is not caught here: `build_model` names every key and shape that
+    does not fit the model built from the variant's config.
+    """
+    check_variant_name(model_type, variants, variant)
+    if original.original_config is not None:
+        config = translate_config(original.original_config)
+        matches = [name for name, released in variants.items() if translate_config(released) == config]
+        if variant is not None and variant not in matches:
+            raise CheckpointError(f"--variant {variant} was given, but the original config describes another model.")
+        return variant or (matches[0] if matches else None), config
+    if variant is None and infer_variant is not None:
+        variant = infer_variant(original.state_dict)
+    variant = variant or default
+    if variant is None:
+        raise CheckpointError(unknown or f"This {model_type} checkpoint matches no released variant.")
+    return variant, translate_config(variants[variant])
+
+
+def finish_conversion(
+    original: OriginalCheckpoint,
+    model_type: str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    dropped: dict[str, str],
+    variant: str | None,
+    info: dict[str, Any] | None = None,
+) -> ConvertedCheckpoint:
+    """The end every `convert()` shares: floating tensors in float32 (whatever the release stored; `--dtype` casts
+    when saving), the top-level entries the reader set aside (`original.info["set_aside"]`) reported as dropped with
+    their reasons, and the `ConvertedCheckpoint` for our class. `info` defaults to the reader's."""
+    state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
+    return ConvertedCheckpoint(
+        model_type=model_type,
+        class_name=MODEL_TYPES[model_type][1],
+        config=config,
+        state_dict=state_dict,
+        dropped={**dropped, **original.info.get("set_aside", {})},
+        variant=variant,
+        info=dict(original.info) if info is None else info,
+    )
+
+
 def compare_with_model(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]]) -> None:
     """Raise `CheckpointError` listing missing keys, unexpected keys and shape mismatches against `expected`."""
     missing = set(expected) - set(state_dict)
@@ -334,8 +415,6 @@ def _temp_name_pattern(output_name: str) -> re.Pattern:
 
 
 def _our_model_class_names() -> set[str]:
-    from . import MODEL_TYPES  # the registry imports this file: read it when called, not at import time
-
     return {class_name for _, class_name in MODEL_TYPES.values()}
 
 

@@ -45,8 +45,10 @@ from ._common import (
     OriginalCheckpoint,
     RenameRule,
     account_keys,
+    finish_conversion,
     load_state_dict_file,
     read_json,
+    resolve_variant,
     unwrap_state_dict,
 )
 
@@ -114,6 +116,8 @@ DROPPED: dict[str, str] = {
     r"(?:base_model\.|model\.)?pos_embed": "fixed sin-cos table, recomputed (the original loader deletes it too)",
 }
 # Top-level entries of a training checkpoint besides the weights.
+# Keys of the three files read beside the DiT checkpoint; the variant is read from the DiT's own tensors.
+_SIDE_MODELS = r"(effnet_encoder|previewer|svd_vae)\."
 TRAINING_ENTRIES = ("optimizer", "scheduler", "epoch", "step", "lr_scheduler")
 
 
@@ -260,7 +264,9 @@ def read_original(
         info={
             "svd_config": svd_config,
             "wrapper": wrapper,
-            "training_entries": extra,
+            "set_aside": {
+                entry: "training state stored beside the weights (top-level entry of the .pth)" for entry in extra
+            },
             "previewer": previewer is not None,
         },
     )
@@ -325,36 +331,18 @@ def _svd_fields(svd: dict[str, Any]) -> dict[str, Any]:
 
 def convert(original: OriginalCheckpoint, variant: str | None = None, **options: Any) -> ConvertedCheckpoint:
     """Map the four files' keys and the configs to `AutoencoderCascadeV`."""
-    if original.original_config is not None and variant is not None:
-        raise CheckpointError("Pass either --variant or --original-config, not both.")
-    source = original.original_config if original.original_config is not None else VARIANTS[variant or DEFAULT_VARIANT]
-    config = translate_config(source)
+    variant, config = resolve_variant(
+        original,
+        variant,
+        model_type=MODEL_TYPE,
+        variants=VARIANTS,
+        translate_config=translate_config,
+        infer_variant=lambda state_dict: infer_variant(
+            {key: value for key, value in state_dict.items() if not re.match(_SIDE_MODELS, key)}
+        ),
+        default=DEFAULT_VARIANT,
+    )
     config.update(_svd_fields(original.info.get("svd_config") or SVD_VAE_CONFIG))
     config["with_previewer"] = any(key.startswith("previewer.") for key in original.state_dict)
     state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROPPED)
-    for entry in original.info.get("training_entries", []):
-        dropped[entry] = "training state stored beside the weights (top-level entry of the .pth)"
-    state_dict = {key: value.float() if value.dtype == torch.float16 else value for key, value in state_dict.items()}
-    detected = variant
-    if detected is None:
-        dit = {
-            key: value
-            for key, value in original.state_dict.items()
-            if not re.match(r"(effnet_encoder|previewer|svd_vae)\.", key)
-        }
-        detected = infer_variant(dit)
-        if (
-            original.original_config is not None
-            and detected is not None
-            and translate_config(source) != translate_config(RELEASE_CONFIG)
-        ):
-            detected = None
-    return ConvertedCheckpoint(
-        model_type=MODEL_TYPE,
-        class_name=CLASS_NAME,
-        config=config,
-        state_dict=state_dict,
-        dropped=dropped,
-        variant=detected,
-        info=dict(original.info),
-    )
+    return finish_conversion(original, MODEL_TYPE, config, state_dict, dropped, variant)

@@ -35,8 +35,10 @@ from ._common import (
     OriginalCheckpoint,
     RenameRule,
     account_keys,
+    finish_conversion,
     load_state_dict_file,
     read_json,
+    resolve_variant,
     unwrap_state_dict,
 )
 
@@ -245,49 +247,30 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **options:
     if not looks_like(state_dict):
         missing = [key for key in _SIGNATURE_KEYS if key not in state_dict]
         raise CheckpointError(f"Not an IV-VAE checkpoint: it lacks the release keys {missing}.")
+    shapes = (state_dict[_LATENT_KEY].shape[0], state_dict[_BASE_WIDTH_KEY].shape[0])
+    # The two tensors that tell the variants apart are read here, so a wrong --variant is named before any build.
     inferred = infer_variant(state_dict)
-    if variant is not None:
-        if variant not in VARIANTS:
-            raise CheckpointError(f"Unknown IV-VAE variant {variant!r}; released variants: {sorted(VARIANTS)}.")
-        if inferred != variant:
-            shapes = (state_dict[_LATENT_KEY].shape[0], state_dict[_BASE_WIDTH_KEY].shape[0])
-            raise CheckpointError(
-                f"The checkpoint does not match variant {variant!r}: its tensors have latent channels "
-                f"{shapes[0]} and base width {shapes[1]}"
-                + (f", which is variant {inferred!r}." if inferred else ", which is no released variant.")
-            )
-    if original.original_config is not None:
-        original_config = dict(original.original_config)
-        if variant is not None and any(original_config.get(k) != v for k, v in VARIANTS[variant].items()):
-            raise CheckpointError(f"--original-config contradicts variant {variant!r}: {original_config}")
-        if (
-            variant is None
-            and inferred is not None
-            and all(original_config.get(k) == v for k, v in VARIANTS[inferred].items())
-        ):
-            variant = inferred
-    elif variant is not None or inferred is not None:
-        variant = variant or inferred
-        original_config = VARIANTS[variant]
-    else:
+    if variant in VARIANTS and inferred != variant:
         raise CheckpointError(
-            "This IV-VAE checkpoint matches no released variant (latent channels "
-            f"{state_dict[_LATENT_KEY].shape[0]}, base width {state_dict[_BASE_WIDTH_KEY].shape[0]}); "
-            "pass the original's config with --original-config (original_config=...)."
+            f"The checkpoint does not match variant {variant!r}: its tensors have latent channels "
+            f"{shapes[0]} and base width {shapes[1]}"
+            + (f", which is variant {inferred!r}." if inferred else ", which is no released variant.")
         )
-    config = translate_config(original_config)
+    variant, config = resolve_variant(
+        original,
+        variant,
+        model_type=MODEL_TYPE,
+        variants=VARIANTS,
+        translate_config=translate_config,
+        infer_variant=infer_variant,
+        unknown=f"This IV-VAE checkpoint matches no released variant (latent channels {shapes[0]}, base width "
+        f"{shapes[1]}); pass the original's config with --original-config (original_config=...).",
+    )
 
     fused, consumed = _fuse_pairs(state_dict)
     renamed, dropped = account_keys({k: v for k, v in state_dict.items() if k not in consumed}, RENAME_RULES, DROPPED)
     overlap = set(renamed) & set(fused)
     if overlap:
         raise CheckpointError(f"Keys produced twice by the conversion: {sorted(overlap)}")
-    return ConvertedCheckpoint(
-        model_type=MODEL_TYPE,
-        class_name=CLASS_NAME,
-        config=config,
-        state_dict={**renamed, **fused},
-        dropped=dropped,
-        variant=variant,
-        info={"fused_original_keys": len(consumed)},
-    )
+    info = {"fused_original_keys": len(consumed)}
+    return finish_conversion(original, MODEL_TYPE, config, {**renamed, **fused}, dropped, variant, info)

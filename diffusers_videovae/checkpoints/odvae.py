@@ -41,9 +41,11 @@ from ._common import (
     RenameRule,
     account_keys,
     entries_set_aside,
+    finish_conversion,
     load_state_dict_file,
     nested_mapping,
     read_json,
+    resolve_variant,
     unwrap_state_dict,
 )
 
@@ -290,29 +292,18 @@ def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 def convert(original: OriginalCheckpoint, variant: str | None = None, **_: Any) -> ConvertedCheckpoint:
     """Original keys and config -> our state dict (float32) and config; `loss.*` dropped with its reason."""
-    if original.original_config is not None:
-        config = translate_config(original.original_config)
-        matches = [name for name, released in VARIANTS.items() if translate_config(released) == config]
-        if variant is not None and variant not in matches:
-            raise CheckpointError(f"--variant {variant} was given, but the original config describes another model.")
-        variant = matches[0] if matches else None
-    else:
-        variant = variant or infer_variant(original.state_dict)
-        if variant is None:
-            raise CheckpointError("Not an OD-VAE checkpoint: its keys have neither release layout.")
-        config = translate_config(VARIANTS[variant])
-    state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROPPED)
-    state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
-    dropped.update(original.info.get("set_aside", {}))
-    return ConvertedCheckpoint(
+    variant, config = resolve_variant(
+        original,
+        variant,
         model_type=MODEL_TYPE,
-        class_name=CLASS_NAME,
-        config=config,
-        state_dict=state_dict,
-        dropped=dropped,
-        variant=variant,
-        info={"wrapping": original.info.get("wrapping")},
+        variants=VARIANTS,
+        translate_config=translate_config,
+        infer_variant=infer_variant,
+        unknown="Not an OD-VAE checkpoint: its keys have neither release layout.",
     )
+    state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROPPED)
+    info = {"wrapping": original.info.get("wrapping")}
+    return finish_conversion(original, MODEL_TYPE, config, state_dict, dropped, variant, info)
 
 
 def looks_like(state_dict: dict[str, Any]) -> bool:

@@ -40,8 +40,10 @@ from ._common import (
     OriginalCheckpoint,
     RenameRule,
     account_keys,
+    finish_conversion,
     load_state_dict_file,
     read_json,
+    resolve_variant,
     unwrap_state_dict,
 )
 
@@ -114,7 +116,6 @@ _TEMPORAL_SD = {
     "channel_multipliers": [1, 2, 2, 4],
     "temporal_downsample": [False, True, True],
 }
-_SPATIAL_KEYS = ("in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -327,13 +328,16 @@ def translate_config(original_config: dict[str, Any], spatial_config: dict[str, 
 
 def convert(original: OriginalCheckpoint, variant: str | None = None, **options: Any) -> ConvertedCheckpoint:
     """Map the pipeline config + state dict to `AutoencoderKLOpenSora`'s config and keys."""
-    pipeline = original.original_config
-    if pipeline is None:
-        pipeline = VARIANTS[variant or DEFAULT_VARIANT]
-    elif variant is not None:
-        raise CheckpointError("Pass either --variant or --original-config, not both.")
     spatial = original.info.get("spatial_config") or SDXL_VAE_CONFIG
-    config = translate_config(pipeline, spatial)
+    variant, config = resolve_variant(
+        original,
+        variant,
+        model_type=MODEL_TYPE,
+        variants=VARIANTS,
+        translate_config=lambda pipeline: translate_config(pipeline, spatial),
+        default=DEFAULT_VARIANT,
+    )
+    pipeline = original.original_config or VARIANTS[variant]
     embed_dim = config["latent_channels"]
     config["latents_mean"] = _normalisation(
         original.state_dict, "shift", pipeline.get("shift", RELEASE_CONFIG["shift"])
@@ -348,28 +352,4 @@ def convert(original: OriginalCheckpoint, variant: str | None = None, **options:
 
     renumbered = _decoder_levels_coarsest_first(original.state_dict, len(config["temporal_channel_multipliers"]))
     state_dict, dropped = account_keys(renumbered, RENAME_RULES, DROPPED)
-    detected = variant or (DEFAULT_VARIANT if original.original_config is None else None)
-    if detected is None and _same_architecture(pipeline, spatial):
-        detected = DEFAULT_VARIANT
-    return ConvertedCheckpoint(
-        model_type=MODEL_TYPE,
-        class_name=CLASS_NAME,
-        config=config,
-        state_dict=state_dict,
-        dropped=dropped,
-        variant=detected,
-        info=dict(original.info),
-    )
-
-
-def _same_architecture(pipeline: dict[str, Any], spatial: dict[str, Any]) -> bool:
-    release_temporal = _temporal_hyperparameters(RELEASE_CONFIG["vae_temporal"])
-    try:
-        temporal = _temporal_hyperparameters(pipeline.get("vae_temporal") or {})
-    except CheckpointError:
-        return False
-    return (
-        temporal == release_temporal
-        and all(spatial.get(key) == SDXL_VAE_CONFIG[key] for key in _SPATIAL_KEYS)
-        and pipeline.get("micro_frame_size") == RELEASE_CONFIG["micro_frame_size"]
-    )
+    return finish_conversion(original, MODEL_TYPE, config, state_dict, dropped, variant)

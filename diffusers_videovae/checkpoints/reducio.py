@@ -41,7 +41,9 @@ from ._common import (
     OriginalCheckpoint,
     RenameRule,
     account_keys,
+    finish_conversion,
     load_state_dict_file,
+    resolve_variant,
     unwrap_state_dict,
 )
 
@@ -265,35 +267,22 @@ def infer_variant(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 def convert(original: OriginalCheckpoint, variant: str | None = None, **_: Any) -> ConvertedCheckpoint:
     """Original keys and config -> our state dict (float32) and config; dropped keys reported with their reason."""
-    if original.original_config is not None:
-        config = translate_config(original.original_config)
-        matches = [name for name, released in VARIANTS.items() if translate_config(released) == config]
-        if variant is not None and variant not in matches:
-            raise CheckpointError(f"--variant {variant} was given, but the original config describes another model.")
-        variant = matches[0] if matches else None
-    else:
-        variant = variant or infer_variant(original.state_dict)
-        if variant is None:
-            raise CheckpointError(
-                "This checkpoint is not one of the released Reducio-VAE variants (ft4, ft2), judging by its tensor "
-                "shapes: give its original yaml with --original-config (or name --variant if you are sure)."
-            )
-        config = translate_config(VARIANTS[variant])
+    variant, config = resolve_variant(
+        original,
+        variant,
+        model_type=MODEL_TYPE,
+        variants=VARIANTS,
+        translate_config=translate_config,
+        infer_variant=infer_variant,
+        unknown="This checkpoint is not one of the released Reducio-VAE variants (ft4, ft2), judging by its tensor "
+        "shapes: give its original yaml with --original-config (or name --variant if you are sure).",
+    )
     state_dict, dropped = account_keys(original.state_dict, RENAME_RULES, DROPPED)
-    state_dict = {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
-    dropped.update(original.info.get("set_aside", {}))
     loss = [key for key in dropped if key.startswith("loss.")]
     if loss:
         logger.warning("Dropped %d training-loss key(s) (loss.*): not part of the autoencoder.", len(loss))
-    return ConvertedCheckpoint(
-        model_type=MODEL_TYPE,
-        class_name=CLASS_NAME,
-        config=config,
-        state_dict=state_dict,
-        dropped=dropped,
-        variant=variant,
-        info={"wrapping": original.info.get("wrapping")},
-    )
+    info = {"wrapping": original.info.get("wrapping")}
+    return finish_conversion(original, MODEL_TYPE, config, state_dict, dropped, variant, info)
 
 
 def looks_like(state_dict: dict[str, Any]) -> bool:
