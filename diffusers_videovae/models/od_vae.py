@@ -654,9 +654,8 @@ class AutoencoderKLODVAE(
         spatial_compression_ratio: int | None = None,
     ):
         super().__init__()
-        levels = len(block_out_channels)
-        self._check_layout(
-            levels,
+        temporal, spatial = self._check_layout(
+            len(block_out_channels),
             block_out_channels,
             norm_num_groups,
             encoder_conv_in,
@@ -667,21 +666,6 @@ class AutoencoderKLODVAE(
             decoder_spatial_upsample,
             decoder_temporal_upsample,
         )
-        spatial = 2 ** sum(kind is not None for kind in encoder_spatial_downsample)
-        temporal = 2 ** (
-            sum(kind == "downsample3d_time2x" for kind in encoder_spatial_downsample)
-            + sum(kind is not None for kind in encoder_temporal_downsample)
-        )
-        up_spatial = 2 ** sum(kind is not None for kind in decoder_spatial_upsample)
-        up_temporal = 2 ** (
-            sum(kind == "upsample3d_time2x" for kind in decoder_spatial_upsample)
-            + sum(kind is not None for kind in decoder_temporal_upsample)
-        )
-        if (spatial, temporal) != (up_spatial, up_temporal):
-            raise ValueError(
-                f"Encoder compresses {temporal}x{spatial}x{spatial} (TxHxW) but the decoder expands "
-                f"{up_temporal}x{up_spatial}x{up_spatial}; the per-level lists do not match."
-            )
         register_compression_ratios(
             self,
             temporal=temporal,
@@ -747,7 +731,8 @@ class AutoencoderKLODVAE(
         decoder_blocks,
         decoder_spatial,
         decoder_temporal,
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Checks the per-level lists; returns the `(temporal, spatial)` compression they give."""
         lists = {
             "encoder_block_types": (encoder_blocks, BLOCK_TYPES),
             "encoder_spatial_downsample": (encoder_spatial, SPATIAL_DOWNSAMPLE_TYPES),
@@ -774,6 +759,22 @@ class AutoencoderKLODVAE(
             raise ValueError(
                 f"block_out_channels {tuple(block_out_channels)} must be multiples of norm_num_groups={groups}."
             )
+        spatial = 2 ** sum(kind is not None for kind in encoder_spatial)
+        temporal = 2 ** (
+            sum(kind == "downsample3d_time2x" for kind in encoder_spatial)
+            + sum(kind is not None for kind in encoder_temporal)
+        )
+        up_spatial = 2 ** sum(kind is not None for kind in decoder_spatial)
+        up_temporal = 2 ** (
+            sum(kind == "upsample3d_time2x" for kind in decoder_spatial)
+            + sum(kind is not None for kind in decoder_temporal)
+        )
+        if (spatial, temporal) != (up_spatial, up_temporal):
+            raise ValueError(
+                f"Encoder compresses {temporal}x{spatial}x{spatial} (TxHxW) but the decoder expands "
+                f"{up_temporal}x{up_spatial}x{up_spatial}; the per-level lists do not match."
+            )
+        return temporal, spatial
 
     def enable_tiling(
         self,

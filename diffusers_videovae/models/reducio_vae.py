@@ -795,27 +795,19 @@ class AutoencoderKLReducio(
         spatial_compression_ratio: int | None = None,
     ):
         super().__init__()
-        levels = len(block_out_channels)
         decoder_block_out_channels = tuple(decoder_block_out_channels or block_out_channels)
-        if len(decoder_block_out_channels) != levels or len(fusion_feature_index) != levels:
-            raise ValueError(
-                f"decoder_block_out_channels ({len(decoder_block_out_channels)}) and fusion_feature_index "
-                f"({len(fusion_feature_index)}) need one entry per level of block_out_channels ({levels})."
-            )
-        if not 0 <= num_temporal_downsamples <= levels - 1:
-            raise ValueError(f"num_temporal_downsamples={num_temporal_downsamples} must be in [0, {levels - 1}].")
-        temporal = 2**num_temporal_downsamples
-        if num_frames % temporal:
-            raise ValueError(f"num_frames={num_frames} must be a multiple of the temporal compression {temporal}.")
-        features = len(content_block_out_channels) + 1
-        bad = [index for index in fusion_feature_index if not -1 <= index < features]
-        if bad:
-            raise ValueError(f"fusion_feature_index entries {bad} are not content features (0..{features - 1}) or -1.")
-        spatial = 2 ** (levels - 1)
+        self._check_layout(
+            len(block_out_channels),
+            decoder_block_out_channels,
+            num_temporal_downsamples,
+            num_frames,
+            len(content_block_out_channels) + 1,
+            fusion_feature_index,
+        )
         register_compression_ratios(
             self,
-            temporal=temporal,
-            spatial=spatial,
+            temporal=2**num_temporal_downsamples,
+            spatial=2 ** (len(block_out_channels) - 1),
             temporal_compression_ratio=temporal_compression_ratio,
             spatial_compression_ratio=spatial_compression_ratio,
         )
@@ -870,6 +862,23 @@ class AutoencoderKLReducio(
         self.tile_sample_min_width = 320
         self.tile_sample_stride_height = 256
         self.tile_sample_stride_width = 256
+
+    @staticmethod
+    def _check_layout(levels, decoder_block_out_channels, temporal_downsamples, num_frames, features, fusion_index):
+        """`features`: the number of content features (one per content level, plus the mid feature)."""
+        if len(decoder_block_out_channels) != levels or len(fusion_index) != levels:
+            raise ValueError(
+                f"decoder_block_out_channels ({len(decoder_block_out_channels)}) and fusion_feature_index "
+                f"({len(fusion_index)}) need one entry per level of block_out_channels ({levels})."
+            )
+        if not 0 <= temporal_downsamples <= levels - 1:
+            raise ValueError(f"num_temporal_downsamples={temporal_downsamples} must be in [0, {levels - 1}].")
+        temporal = 2**temporal_downsamples
+        if num_frames % temporal:
+            raise ValueError(f"num_frames={num_frames} must be a multiple of the temporal compression {temporal}.")
+        bad = [index for index in fusion_index if not -1 <= index < features]
+        if bad:
+            raise ValueError(f"fusion_feature_index entries {bad} are not content features (0..{features - 1}) or -1.")
 
     # --- the package-wide contract -------------------------------------------------------------------------------
 
