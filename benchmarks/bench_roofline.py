@@ -60,7 +60,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _harness import conv_probe, count_flops, format_table, matmul_probe, profile_op_types, timed  # noqa: E402
+from _tiny_configs import TINY_CONFIGS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,40 +80,12 @@ class ModelEntry:
 
 
 MODELS = {
-    "ivvae": ModelEntry("AutoencoderKLIVVAE", "diffusers_videovae.models.iv_vae", dict(latent_channels=8, base_dim=8)),
-    "odvae": ModelEntry(
-        "AutoencoderKLODVAE",
-        "diffusers_videovae.models.od_vae",
-        dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=4),
-    ),
+    "ivvae": ModelEntry("AutoencoderKLIVVAE", "diffusers_videovae.models.iv_vae", TINY_CONFIGS["ivvae"]),
+    "odvae": ModelEntry("AutoencoderKLODVAE", "diffusers_videovae.models.od_vae", TINY_CONFIGS["odvae"]),
     "opensora": ModelEntry(
-        "AutoencoderKLOpenSora",
-        "diffusers_videovae.models.opensora_vae",
-        dict(
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            norm_num_groups=4,
-            temporal_filters=4,
-            temporal_num_res_blocks=1,
-            temporal_num_groups=2,
-        ),
+        "AutoencoderKLOpenSora", "diffusers_videovae.models.opensora_vae", TINY_CONFIGS["opensora"]
     ),
-    "reducio": ModelEntry(
-        "AutoencoderKLReducio",
-        "diffusers_videovae.models.reducio_vae",
-        dict(
-            latent_channels=4,
-            z_channels=8,
-            conv_in_channels=32,  # GroupNorm has 32 groups: 32 channels is the narrowest
-            block_out_channels=(32, 32, 32, 32),
-            layers_per_block=1,
-            content_conv_in_channels=32,
-            content_block_out_channels=(32, 32, 32),
-            fusion_feature_index=(-1, 1, 2, -1),
-            window_size=8,
-            content_window_size=4,
-        ),
-    ),
+    "reducio": ModelEntry("AutoencoderKLReducio", "diffusers_videovae.models.reducio_vae", TINY_CONFIGS["reducio"]),
     # The DiT window is set to the clip's latent size (no padding to the 1024-px training window, as
     # bench_cascadev.py does); decode is ONE denoising step then the SVD decoder (each further step repeats the DiT).
     "cascadev": ModelEntry(

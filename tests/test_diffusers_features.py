@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from _tiny_configs import TINY_CONFIGS
 from conftest import assert_close
 
 from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
@@ -16,28 +17,9 @@ from diffusers_videovae.models.opensora_vae import AutoencoderKLOpenSora
 
 # name -> (tiny config, input video shape (B, 3, T, H, W))
 TINY = {
-    "ivvae": (
-        AutoencoderKLIVVAE,
-        dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
-        (1, 3, 5, 16, 16),
-    ),
-    "odvae": (
-        AutoencoderKLODVAE,
-        dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1),
-        (1, 3, 5, 16, 16),
-    ),
-    "opensora": (
-        AutoencoderKLOpenSora,
-        dict(
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            norm_num_groups=4,
-            temporal_filters=4,
-            temporal_num_res_blocks=1,
-            temporal_num_groups=2,
-        ),
-        (1, 3, 5, 16, 16),
-    ),
+    "ivvae": (AutoencoderKLIVVAE, TINY_CONFIGS["ivvae"], (1, 3, 5, 16, 16)),
+    "odvae": (AutoencoderKLODVAE, TINY_CONFIGS["odvae"], (1, 3, 5, 16, 16)),
+    "opensora": (AutoencoderKLOpenSora, TINY_CONFIGS["opensora"], (1, 3, 5, 16, 16)),
 }
 NAMES = list(TINY)
 

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from _tiny_configs import TINY_CONFIGS
 from accelerate import init_empty_weights
 from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from safetensors.torch import load_file, save_file
@@ -413,14 +414,7 @@ def test_any_frame_count_is_accepted(model):
 def tiny_random_model() -> AutoencoderKLOpenSora:
     """Random weights, the release's layer types (attention in both mid blocks) at tiny widths."""
     torch.manual_seed(0)
-    return AutoencoderKLOpenSora(
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        temporal_filters=4,
-        temporal_num_res_blocks=1,
-        temporal_num_groups=2,
-    ).eval()
+    return AutoencoderKLOpenSora(**TINY_CONFIGS["opensora"]).eval()
 
 
 def _ramp_video(frames: int = 5, height: int = 96, width: int = 128) -> torch.Tensor:

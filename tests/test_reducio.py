@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from _tiny_configs import TINY_CONFIGS
 from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from safetensors.torch import load_file
 
@@ -70,19 +71,7 @@ def _check(cases, actual, name):
 
 def _tiny(**overrides) -> AutoencoderKLReducio:
     """A small random model in the tiny fixture's layout (2 levels of fusion, windows that trigger at 32 px)."""
-    config = dict(
-        latent_channels=4,
-        z_channels=8,
-        conv_in_channels=32,
-        block_out_channels=(64, 32, 32, 32),
-        layers_per_block=1,
-        content_conv_in_channels=32,
-        content_block_out_channels=(32, 64, 32),
-        fusion_feature_index=(-1, 1, 2, -1),
-        window_size=8,
-        content_window_size=4,
-    )
-    config.update(overrides)
+    config = {**TINY_CONFIGS["reducio"], **overrides}
     torch.manual_seed(0)
     return AutoencoderKLReducio(**config).eval()
 
