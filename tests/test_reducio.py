@@ -414,7 +414,7 @@ def test_upsampling_equals_nearest_upsampling_and_a_padded_convolution(monkeypat
     x = torch.randn(1, 8, 5, 6, 7, dtype=torch.float64)
     _budget_for_steps(monkeypatch, x, step, growth=4)
     with torch.no_grad():
-        out = layer(x)
+        out = layer(x, stream=True)
         scale = (2, 2, 2) if temporal else (1, 2, 2)
         upsampled = torch.nn.functional.interpolate(x, scale_factor=scale)
         expected = torch.nn.functional.conv3d(upsampled, layer.conv.weight, layer.conv.bias, padding=1)
@@ -454,7 +454,7 @@ def test_resnet_blocks_computed_by_frames_equal_the_whole_clip_pass(monkeypatch,
     _budget_for_steps(monkeypatch, x, step)
     with torch.no_grad():
         assert reducio_vae._streams(x)
-        by_frames = block(x)
+        by_frames = block(x, stream=True)
     assert_close(by_frames, whole, 1e-12, "resnet by frames")
 
 
@@ -468,6 +468,29 @@ def test_decoding_by_frames_equals_decoding_whole_clips(monkeypatch):
         monkeypatch.setattr(reducio_vae, "_FRAME_STEP_BYTES", 1)  # one output frame per step everywhere
         by_frames = model.decode(z, content_frame=frame).sample
     assert_close(by_frames, whole, 1e-5, "decode by frames")
+
+
+def test_the_autoencoder_streams_frames_only_without_autograd_and_when_switched_on(monkeypatch):
+    model = _tiny()
+    video = _video(height=16, width=16)
+    steps = []
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return by_frames(*args, **kwargs)
+
+    by_frames = reducio_vae._by_frames
+    monkeypatch.setattr(reducio_vae, "_by_frames", counted)
+    monkeypatch.setattr(reducio_vae, "_FRAME_STEP_BYTES", 1)
+    runs = {}
+    for grad, switch in ((False, True), (False, False), (True, True)):
+        model.use_frame_streaming = switch
+        steps.clear()
+        with torch.set_grad_enabled(grad):
+            z = model.latents_for_decode(model.encode(video).latent_dist.mode())
+            runs[grad, switch] = (model.decode(z, content_frame=video[:, :, 7]).sample.detach(), len(steps))
+    assert runs[False, True][1] > 0 and runs[False, False][1] == 0 and runs[True, True][1] == 0
+    assert_close(runs[False, True][0], runs[False, False][0], 1e-5, "streamed vs whole clip")
 
 
 def test_slicing_gives_the_same_result():

@@ -89,14 +89,9 @@ def _pad_frames(x: torch.Tensor, before: int = 1, after: int = 1) -> torch.Tenso
 
 
 def _streams(x: torch.Tensor, growth: int = 1) -> bool:
-    """Whether a 3D block computes `x`'s output in frame steps: without autograd (which would keep every step) and
-    outside torch.compile (one graph), when one step holds fewer frames than the clip."""
-    return (
-        x.ndim == 5
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and _frames_per_step(x, growth) < x.shape[2]
-    )
+    """Whether a 3D block told to stream (`stream=True`, which the autoencoder decides) computes `x`'s output in
+    frame steps: when one step holds fewer frames than the clip."""
+    return x.ndim == 5 and _frames_per_step(x, growth) < x.shape[2]
 
 
 def _frames_per_step(x: torch.Tensor, growth: int = 1) -> int:
@@ -173,8 +168,8 @@ class ReducioResnetBlock(nn.Module):
     """GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU -> dropout -> conv, plus a 1x1 shortcut when the width changes.
 
     3x3x3 convolutions for video (`dims=3`), 3x3 for the content frame (`dims=2`); zero padding; no time embedding.
-    The 3D convolutions pad time in `forward` (`_pad_frames`): without autograd, a video block computes its output a
-    few frames at a time (`_forward_by_frames`), with the same result.
+    The 3D convolutions pad time in `forward` (`_pad_frames`): with `stream=True` (the autoencoder's choice: no
+    autograd), a video block computes its output a few frames at a time (`_forward_by_frames`), with the same result.
     """
 
     def __init__(self, in_channels: int, out_channels: int, dims: int, dropout: float = 0.0, groups: int = 32):
@@ -192,8 +187,8 @@ class ReducioResnetBlock(nn.Module):
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return _pad_frames(x) if self.dims == 3 else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _streams(x) and not (self.training and self.dropout.p > 0):
+    def forward(self, x: torch.Tensor, stream: bool = False) -> torch.Tensor:
+        if stream and _streams(x) and not (self.training and self.dropout.p > 0):
             return self._forward_by_frames(x)
         # One statement per layer so that each intermediate is freed as soon as the next one exists.
         h = F.silu(self.norm1(x), inplace=True)
@@ -271,7 +266,7 @@ class ReducioUpsampleConv(NearestUpsampleConvMixin, nn.Conv3d):
 
 class ReducioUpsample(nn.Module):
     """Nearest 2x upsampling of (H, W) (or of (T, H, W) when `temporal`), then a 3x3x3 convolution, zero padding 1,
-    both in `ReducioUpsampleConv` (which never builds the upsampled tensor). Without autograd, the output is
+    both in `ReducioUpsampleConv` (which never builds the upsampled tensor). With `stream=True`, the output is
     computed a few frames at a time (`_by_frames`), with the same result."""
 
     def __init__(self, channels: int, temporal: bool):
@@ -279,8 +274,8 @@ class ReducioUpsample(nn.Module):
         self.temporal = temporal
         self.conv = ReducioUpsampleConv(channels, temporal)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.temporal or not _streams(x, growth=4):
+    def forward(self, x: torch.Tensor, stream: bool = False) -> torch.Tensor:
+        if self.temporal or not (stream and _streams(x, growth=4)):
             return self.conv(x)
         return _by_frames(x, self.conv, _frames_per_step(x, growth=4))
 
@@ -504,16 +499,17 @@ class ReducioEncoder(nn.Module):
         self.conv_out = nn.Conv3d(width, 2 * z_channels, 3, padding=1)
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: bool = False) -> torch.Tensor:
+        """`stream`: whether the resnets compute their output a few frames at a time (`ReducioResnetBlock`)."""
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
-                h = checkpointed(self, block, h)
+                h = checkpointed(self, block, h, stream)
             if level.downsample is not None:
                 h = level.downsample(h)
-        h = checkpointed(self, self.mid.block_1, h)
+        h = checkpointed(self, self.mid.block_1, h, stream)
         h = checkpointed(self, self.mid.attn_1, h)
-        h = checkpointed(self, self.mid.block_2, h)
+        h = checkpointed(self, self.mid.block_2, h, stream)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
@@ -677,23 +673,24 @@ class ReducioDecoder(nn.Module):
         self.conv_out = nn.Conv3d(block_out_channels[0], out_channels, 3, padding=1)
         self.gradient_checkpointing = False
 
-    def forward(self, z: torch.Tensor, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, features: tuple[torch.Tensor, ...], stream: bool = False) -> torch.Tensor:
+        """`stream`: whether the resnets and upsamplers compute their output a few frames at a time."""
         h = self.conv_in(z)
-        h = checkpointed(self, self.mid.block_1, h)
+        h = checkpointed(self, self.mid.block_1, h, stream)
         if self.mid.fusion is not None:
             h = checkpointed(self, self.mid.fusion, h, features[-1])
         h = checkpointed(self, self.mid.attn_1, h)
-        h = checkpointed(self, self.mid.block_2, h)
+        h = checkpointed(self, self.mid.block_2, h, stream)
         for i in reversed(range(len(self.up))):
             level = self.up[i]
             for block in level.block_1:
-                h = checkpointed(self, block, h)
+                h = checkpointed(self, block, h, stream)
             if level.fusion is not None:
                 h = checkpointed(self, level.fusion, h, features[self.fusion_feature_index[i]])
             for block in level.block_2:
-                h = checkpointed(self, block, h)
+                h = checkpointed(self, block, h, stream)
             if level.upsample is not None:
-                h = level.upsample(h)
+                h = level.upsample(h, stream)
         return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
@@ -856,6 +853,9 @@ class AutoencoderKLReducio(
         self.post_quant_conv = nn.Conv3d(latent_channels, z_channels, 1)
 
         self.use_slicing = False
+        # Without autograd, the 3D resnets and upsamplers compute their output a few frames at a time (`_by_frames`):
+        # same result, a fraction of the peak memory. Set False to run every layer on the whole clip.
+        self.use_frame_streaming = True
         self.use_tiling = False
         # The released settings: tile_sample_min_size 256, tile_overlap_factor 0.25 -> 320-px tiles every 256 px.
         self.tile_sample_min_height = 320
@@ -1038,10 +1038,15 @@ class AutoencoderKLReducio(
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
             raise ValueError(f"`{name}` contains NaN or infinite values.")
 
+    def _streams_frames(self) -> bool:
+        """Whether the blocks stream frames in this call: `use_frame_streaming`, without autograd (which would keep
+        every step's tensors) and outside torch.compile (which traces one graph)."""
+        return self.use_frame_streaming and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
     # --- encoding --------------------------------------------------------------------------------------------------
 
     def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x, self._streams_frames()))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Moments of one 16-frame segment."""
@@ -1160,7 +1165,7 @@ class AutoencoderKLReducio(
             if len(features.rows) != 1 or len(features.rows[0]) != 1:
                 raise ValueError("Tiled content features were given, but these latents are decoded in one piece.")
             features = features.rows[0][0]
-        return self.decoder(self.post_quant_conv(z), tuple(features))
+        return self.decoder(self.post_quant_conv(z), tuple(features), self._streams_frames())
 
     @apply_forward_hook
     def decode(
@@ -1296,7 +1301,7 @@ class AutoencoderKLReducio(
             for j, left in enumerate(range(0, z.shape[-1], stride_w)):
                 tile = self.post_quant_conv(z[:, :, :, top : top + size_h, left : left + size_w])
                 tile_features = self._tile_features(features, top * spatial, left * spatial, (i, j), frame_size)
-                row.append(self.decoder(tile, tile_features))
+                row.append(self.decoder(tile, tile_features, self._streams_frames()))
             rows.append(row)
         extent_h = self.tile_sample_min_height - self.tile_sample_stride_height
         extent_w = self.tile_sample_min_width - self.tile_sample_stride_width
