@@ -14,6 +14,7 @@ from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from diffusers_videovae.checkpoints import CheckpointError, convert_original, load_original_model
 from diffusers_videovae.checkpoints import ivvae as ivvae_checkpoints
 from diffusers_videovae.checkpoints._common import build_model
+from diffusers_videovae.models import iv_vae
 from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
 
 PARITY_CASES = ["image", "video", "awkward", "decode_only"]
@@ -254,9 +255,9 @@ def tiny_model_with_tile_counter(part: str) -> tuple[AutoencoderKLIVVAE, list[tu
     module = getattr(model, part)
     high = module.forward_high
 
-    def counted(x, cache=None):
+    def counted(x, cache=None, **options):
         shapes.append(tuple(x.shape))
-        return high(x, cache)
+        return high(x, cache, **options)
 
     module.forward_high = counted
     return model, shapes
@@ -363,3 +364,21 @@ def test_invalid_tiling_settings_are_rejected():
         model.enable_tiling(tile_sample_min_height=30)
     with pytest.raises(ValueError, match="multiple of 4"):
         model.enable_tiling(tile_sample_min_num_frames=6)
+
+
+def test_blocks_overwrite_intermediates_only_when_the_autoencoder_records_no_graph(monkeypatch):
+    model = AutoencoderKLIVVAE(**TINY_CONFIG).eval()
+    x = video(frames=5, height=16, width=16)
+    seen = []
+
+    def recorded(tensor, in_place):
+        seen.append(in_place)
+        return silu(tensor, in_place)
+
+    silu = iv_vae._silu
+    monkeypatch.setattr(iv_vae, "_silu", recorded)
+    for grad in (False, True):
+        seen.clear()
+        with torch.set_grad_enabled(grad):
+            model.decode(model.encode(x).latent_dist.mode())
+        assert seen and set(seen) == {not grad}

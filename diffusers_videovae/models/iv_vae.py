@@ -50,13 +50,12 @@ from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile
 NORM_EPS = 1e-12
 
 
-def _inference() -> bool:
-    """True when no graph is recorded, so fresh intermediate tensors may be overwritten in place."""
-    return not torch.is_grad_enabled()
+# `in_place` (the blocks' argument): fresh intermediate tensors may be overwritten in place, which the autoencoder
+# allows when no autograd graph is recorded (`AutoencoderKLIVVAE._in_place`). Same values, less memory.
 
 
-def _silu(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(x, inplace=_inference())
+def _silu(x: torch.Tensor, in_place: bool) -> torch.Tensor:
+    return F.silu(x, inplace=in_place)
 
 
 def _frames_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +76,14 @@ class IVVAESepRMSNorm(nn.Module):
         self.scale = half_width**0.5
         self.gamma = nn.Parameter(torch.ones(2 * half_width, 1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """`x: (B, T, 2w, H, W)` -> same shape."""
         halves = x.unflatten(2, (2, self.half_width))
         # scale / norm is 1/w the size of x: one full-size multiplication instead of a division and another one.
         factor = self.scale / torch.linalg.vector_norm(halves, dim=3, keepdim=True).clamp_min(NORM_EPS)
         out = (halves * factor).flatten(2, 3)
         gamma = self.gamma.view(-1, 1, 1)
-        return out.mul_(gamma) if _inference() else out * gamma
+        return out.mul_(gamma) if in_place else out * gamma
 
 
 class IVVAERMSNorm(nn.Module):
@@ -172,17 +171,21 @@ class IVVAEResidualBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
 
     def forward(
-        self, x: torch.Tensor, previous1: torch.Tensor | None = None, previous2: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        previous1: torch.Tensor | None = None,
+        previous2: torch.Tensor | None = None,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`x: (B, T, 2 * in_width, H, W)` and the two caches -> `(out, new cache 1, new cache 2)`."""
         shortcut = x if self.conv_shortcut is None else _frames_conv(self.conv_shortcut, x)
-        h = _silu(self.norm1(x))
+        h = _silu(self.norm1(x, in_place), in_place)
         cache1 = h[:, -1].clone()
         h = self.conv1(h, previous1)
-        h = self.dropout(_silu(self.norm2(h)))
+        h = self.dropout(_silu(self.norm2(h, in_place), in_place))
         cache2 = h[:, -1].clone()
         h = self.conv2(h, previous2)
-        return (h.add_(shortcut) if _inference() else h + shortcut), cache1, cache2
+        return (h.add_(shortcut) if in_place else h + shortcut), cache1, cache2
 
 
 class IVVAEResidualBlock2d(nn.Module):
@@ -197,13 +200,13 @@ class IVVAEResidualBlock2d(nn.Module):
         self.conv2 = nn.Conv2d(2 * out_width, 2 * out_width, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(2 * in_width, 2 * out_width, 1) if in_width != out_width else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """`x: (B, T, 2 * in_width, H, W)` -> `(B, T, 2 * out_width, H, W)`."""
         shortcut = x if self.conv_shortcut is None else _frames_conv(self.conv_shortcut, x)
-        h = _frames_conv(self.conv1, _silu(self.norm1(x)))
-        h = self.dropout(_silu(self.norm2(h)))
+        h = _frames_conv(self.conv1, _silu(self.norm1(x, in_place), in_place))
+        h = self.dropout(_silu(self.norm2(h, in_place), in_place))
         h = _frames_conv(self.conv2, h)
-        return h.add_(shortcut) if _inference() else h + shortcut
+        return h.add_(shortcut) if in_place else h + shortcut
 
 
 class IVVAETokenConv(nn.Conv2d):
@@ -362,6 +365,13 @@ class IVVAEPyramidHead(nn.Module):
         return self.proj(torch.cat(regrouped, dim=1)).unflatten(0, x.shape[:2])
 
 
+def _run_block(owner: nn.Module, block: nn.Module, x: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """A block without cache, through `owner`'s gradient checkpointing; residual blocks get `in_place`."""
+    if isinstance(block, IVVAEResidualBlock2d):
+        return checkpointed(owner, block, x, in_place)
+    return checkpointed(owner, block, x)
+
+
 def _run_cached_blocks(
     owner: nn.Module,
     blocks,
@@ -369,6 +379,7 @@ def _run_cached_blocks(
     cache: list[torch.Tensor] | None,
     new_cache: list[torch.Tensor],
     first_chunk: bool = False,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Run `blocks` in order; each residual block reads its two caches from `cache` at the position its new caches
     take in `new_cache` (which it extends), so `cache` lists the caches of the previous chunk in the same order."""
@@ -376,12 +387,12 @@ def _run_cached_blocks(
         if isinstance(block, IVVAEResidualBlock):
             start = len(new_cache)
             previous = (None, None) if cache is None else cache[start : start + 2]
-            x, cache1, cache2 = checkpointed(owner, block, x, *previous)
+            x, cache1, cache2 = checkpointed(owner, block, x, *previous, in_place)
             new_cache += [cache1, cache2]
         elif isinstance(block, IVVAEUpsample):
             x = block(x, first_chunk=first_chunk)
         else:
-            x = checkpointed(owner, block, x)
+            x = _run_block(owner, block, x, in_place)
     return x
 
 
@@ -436,15 +447,15 @@ class IVVAEEncoder3d(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None, in_place: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`x: (B, T, 3, H, W)` with `T = 1` (first chunk, `cache=None`) or a multiple of the temporal compression
         -> `(features (B, T', 2 * latent_channels, H / 8, W / 8), new cache)`."""
-        x, new_cache = self.forward_high(x, cache)
-        return self.forward_low(x), new_cache
+        x, new_cache = self.forward_high(x, cache, in_place=in_place)
+        return self.forward_low(x, in_place), new_cache
 
     def forward_high(
-        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None, in_place: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The high-resolution part: `conv_in` and the down blocks through the last spatial downsample.
 
@@ -456,17 +467,18 @@ class IVVAEEncoder3d(nn.Module):
         """
         new_cache = [x[:, -1].clone()]
         x = self.conv_in(x, None if cache is None else cache[0])
-        x = _run_cached_blocks(self, self.down_blocks[: self.num_high_res_blocks], x, cache, new_cache)
+        blocks = self.down_blocks[: self.num_high_res_blocks]
+        x = _run_cached_blocks(self, blocks, x, cache, new_cache, in_place=in_place)
         return x, new_cache
 
-    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_low(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """The 1/8-resolution part: attention, the last level, the middle and the pyramid head, per frame (global
         within each frame, no cache). `x: (B, T', C, h, w)` -> `(B, T', 2 * latent_channels, h, w)`."""
         for block in self.down_blocks[self.num_high_res_blocks :]:
-            x = checkpointed(self, block, x)
+            x = _run_block(self, block, x, in_place)
         for block in self.mid_blocks:
-            x = block(x)
-        return self.conv_out(_silu(self.norm_out(x)))
+            x = block(x, in_place) if isinstance(block, IVVAEResidualBlock2d) else block(x)
+        return self.conv_out(_silu(self.norm_out(x, in_place), in_place))
 
     def high_res_reach(self) -> int:
         """An upper bound, in input pixels, on how far beyond its own 8x8 footprint an output pixel of
@@ -532,24 +544,24 @@ class IVVAEDecoder3d(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None, in_place: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`x: (B, t, latent_channels, h, w)`; `cache=None` for the first chunk, which must be the single first
         latent frame -> `(images (B, T, 6, 8h, 8w), new cache)` with `T = 1` for the first chunk, else `4t`."""
-        return self.forward_high(self.forward_low(x), cache)
+        return self.forward_high(self.forward_low(x, in_place), cache, in_place=in_place)
 
-    def forward_low(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_low(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """The latent-resolution part: `conv_in`, the middle and the first level (residual blocks and attention),
         per frame (global within each frame, no cache). `x: (B, t, latent_channels, h, w)` -> `(B, t, C, h, w)`."""
         x = _frames_conv(self.conv_in, x)
         for block in self.mid_blocks:
-            x = block(x)
+            x = block(x, in_place) if isinstance(block, IVVAEResidualBlock2d) else block(x)
         for block in self.up_blocks[: self.num_low_res_blocks]:
-            x = checkpointed(self, block, x)
+            x = _run_block(self, block, x, in_place)
         return x
 
     def forward_high(
-        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, cache: list[torch.Tensor] | None = None, in_place: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The high-resolution part: the up blocks from the first upsample on, `norm_out` and `conv_out`.
 
@@ -561,8 +573,8 @@ class IVVAEDecoder3d(nn.Module):
         """
         new_cache: list[torch.Tensor] = []
         blocks = self.up_blocks[self.num_low_res_blocks :]
-        x = _run_cached_blocks(self, blocks, x, cache, new_cache, first_chunk=cache is None)
-        x = _silu(self.norm_out(x))
+        x = _run_cached_blocks(self, blocks, x, cache, new_cache, first_chunk=cache is None, in_place=in_place)
+        x = _silu(self.norm_out(x, in_place), in_place)
         new_cache.append(x[:, -1].clone())
         x = self.conv_out(x, None if cache is None else cache[len(new_cache) - 1])
         return x, new_cache
@@ -793,6 +805,11 @@ class AutoencoderKLIVVAE(
             "decode": -(-self.decoder.high_res_reach(spatial) // spatial),
         }
 
+    def _in_place(self) -> bool:
+        """Whether the blocks may overwrite fresh intermediate tensors in this call: when no autograd graph is
+        recorded (one that is would need them for the backward pass)."""
+        return not torch.is_grad_enabled()
+
     def _frame_chunks(self, num_frames: int, frames_per_step: int) -> list[tuple[int, int]]:
         """`[(0, 1), (1, 1 + s), ...]`: the first frame alone, then chunks of `s = frames_per_step` frames."""
         chunks = [(0, 1)]
@@ -809,7 +826,7 @@ class AutoencoderKLIVVAE(
         cache = None
         features = []
         for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
-            out, cache = self.encoder(frames[:, start:end], cache)
+            out, cache = self.encoder(frames[:, start:end], cache, self._in_place())
             features.append(out)
         return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
@@ -858,7 +875,7 @@ class AutoencoderKLIVVAE(
         cache = None
         latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
         for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
-            images, cache = self.decoder(x[:, start:end], cache)  # (B, frames, 6, H, W)
+            images, cache = self.decoder(x[:, start:end], cache, self._in_place())  # (B, frames, 6, H, W)
             self._write_frames(sample, images, start, end)
         return sample
 
@@ -909,9 +926,10 @@ class AutoencoderKLIVVAE(
         cache: list[torch.Tensor] | None,
         tiles: list[tuple[TileSpan, TileSpan]],
         size: tuple[int, int],
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Apply `function(tile, tile_cache) -> (output, new tile_cache)` to every tile of `x: (B, T, C, H, W)`
-        and stitch the cores of the outputs, and of the new caches, into whole frames.
+        """Apply `function(tile, tile_cache, in_place=in_place) -> (output, new tile_cache)` to every tile of
+        `x: (B, T, C, H, W)` and stitch the cores of the outputs, and of the new caches, into whole frames.
 
         Spans are in latent pixels of the `size = (h, w)` latent frame; every tensor is cut at its own resolution
         (pixels per latent pixel, read from its shape). `cache` is the whole-frame causal cache of the previous
@@ -920,7 +938,7 @@ class AutoencoderKLIVVAE(
         output, new_cache = None, None
         for row, column in tiles:
             previous = None if cache is None else [_tile_window(c, row, column, size) for c in cache]
-            out, tile_cache = function(_tile_window(x, row, column, size), previous)
+            out, tile_cache = function(_tile_window(x, row, column, size), previous, in_place=in_place)
             if output is None:
                 output = _whole_frame_like(out, row, column, size)
                 new_cache = [_whole_frame_like(c, row, column, size) for c in tile_cache]
@@ -946,9 +964,11 @@ class AutoencoderKLIVVAE(
         features = []
         for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
             # Full to 1/8 resolution, local layers only: tile by tile.
-            high, cache = self._map_tiles(self.encoder.forward_high, frames[:, start:end], cache, tiles, size)
+            high, cache = self._map_tiles(
+                self.encoder.forward_high, frames[:, start:end], cache, tiles, size, self._in_place()
+            )
             # 1/8 resolution: attention, middle and pyramid head on whole latent frames.
-            features.append(self.encoder.forward_low(high))
+            features.append(self.encoder.forward_low(high, self._in_place()))
         return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -971,9 +991,11 @@ class AutoencoderKLIVVAE(
         latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
         for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
             # Latent resolution: conv_in, middle and first level (attention) on whole latent frames.
-            low = self.decoder.forward_low(x[:, start:end])
+            low = self.decoder.forward_low(x[:, start:end], self._in_place())
             # 2x to 8x, local layers only: tile by tile.
-            images, cache = self._map_tiles(self.decoder.forward_high, low, cache, tiles, (height, width))
+            images, cache = self._map_tiles(
+                self.decoder.forward_high, low, cache, tiles, (height, width), self._in_place()
+            )
             self._write_frames(sample, images, start, end)
         return sample
 
