@@ -29,11 +29,12 @@ A reader who knows one checkpoint module knows all of them: each answers the sam
   release's layout: the driver (`checkpoints.convert_original`) refuses one that does not, naming the model it
   does look like, and `load_model` uses it to detect a bare file's model.
 * **Which variant it is**: `infer_variant(state_dict) -> str | None` from tensor shapes (None: no release, or
-  not this model's layout).
+  not this model's layout). `convert` decides with `_common.resolve_variant`, the same rule for every model.
 * **How it becomes ours**: `translate_config(original_config) -> our config`; `RENAME_RULES` (a table of
   `RenameRule`s, the whole key map where it is static) and `DROPPED` (pattern -> reason: original keys left out on
   purpose); `convert(original, variant=None, **options) -> ConvertedCheckpoint` applies them plus the module's few
-  named handlers (functions whose names say what they do, e.g. `_fuse_pairs`).
+  named handlers (functions whose names say what they do, e.g. `_fuse_pairs`), and ends with
+  `_common.finish_conversion` (float32 tensors, set-aside entries reported as dropped).
 * Optionally `add_arguments(parser)` for model-specific converter flags; their `dest` names reach
   `read_original` / `convert` as keyword options.
 """
