@@ -102,7 +102,7 @@ _RELEASE_LIST: tuple[Release, ...] = (
             Source("checkpoint", "LanguageBind/Open-Sora-Plan-v1.2.0", "vae/checkpoint.ckpt"),
             Source("original_config", "LanguageBind/Open-Sora-Plan-v1.2.0", "vae/config.json"),
         ),
-        size="239 M params (~0.96 GB fp32)",
+        size="~0.96 GB (239 M params)",
         license=_MIT,
         compression="4x8x8, 4 channels",
     ),
@@ -155,10 +155,12 @@ _RELEASE_LIST: tuple[Release, ...] = (
                 gated=True,
             ),
         ),
-        size="DiT 456 M params (~1.8 GB fp32) + effnet 81 MB + previewer + SVD VAE 196 MB (fp16)",
-        license="OpenRAIL++-M (DiT) + StableCascade non-commercial (StableWurst) + SVD licence (gated)",
+        size="~2.1 GB in 4 files",
+        license="OpenRAIL++-M + StableCascade NC + SVD (gated)",
         compression="1x32x32, 16 channels",
-        notes="stabilityai/stable-video-diffusion-img2vid-xt is gated: accept its licence on the Hub and log in",
+        notes="DiT 456 M params (~1.8 GB if fp32), effnet encoder 81 MB, SVD VAE 196 MB (fp16). Licences: DiT "
+        "CreativeML OpenRAIL++-M; StableWurst effnet/previewer: Stability AI's StableCascade licence (non-commercial "
+        "research); SVD VAE: Stable Video Diffusion licence, a gated repo: accept its licence on the Hub and log in.",
     ),
 )
 
