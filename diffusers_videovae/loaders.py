@@ -31,6 +31,7 @@ from .releases import Source, find_release, is_release_name, releases_in_repo
 from .sources import (
     WEIGHT_SUFFIXES,
     HubLink,
+    MissingFileError,
     NotCachedError,
     SourceError,
     content_hash,
@@ -400,6 +401,18 @@ def _load_hub_repo(
 ):
     """A Hub repo: our converted folder (`from_pretrained`), a known release, or another original release."""
     hint = repo + (f" --subfolder {subfolder}" if subfolder else "") + (f" --variant {variant}" if variant else "")
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    # Our converted folders first, as diffusers would: their config.json names one of our classes.
+    try:
+        config = read_json(hub_file(repo, prefix + "config.json", **hub))
+    except (MissingFileError, NotCachedError):
+        config = {}
+    if _is_our_class(config.get("_class_name")):
+        model_class = _our_class(config["_class_name"], repo)
+        kwargs = {key: value for key, value in hub.items() if value not in (None, False)}
+        if subfolder:
+            kwargs["subfolder"] = subfolder
+        return model_class.from_pretrained(repo, **kwargs, **dtype_kwargs(dtype)).eval()
     try:
         files = repo_files(repo, **hub)
     except NotCachedError as error:
@@ -407,18 +420,9 @@ def _load_hub_repo(
             f"{error.what} is not in the local cache, and the Hub cannot be asked (HF_HUB_OFFLINE=1, "
             f"local_files_only, or no network). Fetch it once with network access: videovae cache fetch {hint}"
         ) from None
-    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     here = [name[len(prefix) :] for name in files if name.startswith(prefix)]
     if not here:
         raise SourceError(f"Hub repo {repo} has no folder {subfolder!r} (it holds: {', '.join(files[:12])}).")
-    if "config.json" in here:
-        config = read_json(hub_file(repo, prefix + "config.json", **hub))
-        if _is_our_class(config.get("_class_name")):
-            model_class = _our_class(config["_class_name"], repo)
-            kwargs = {key: value for key, value in hub.items() if value not in (None, False)}
-            if subfolder:
-                kwargs["subfolder"] = subfolder
-            return model_class.from_pretrained(repo, **kwargs, **dtype_kwargs(dtype)).eval()
     known = [r for r in releases_in_repo(repo, subfolder) if model_type in (None, r.model_type)]
     if known:
         chosen = [r for r in known if variant in (None, r.variant)]

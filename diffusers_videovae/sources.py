@@ -49,6 +49,10 @@ class NotCachedError(SourceError):
         self.what = what
 
 
+class MissingFileError(SourceError):
+    """The repo exists but has no such file."""
+
+
 @dataclass(frozen=True)
 class HubLink:
     """`https://huggingface.co/<repo>/blob/<revision>/<path>` (or `/resolve/`) or `<owner>/<repo>/<path>`."""
@@ -100,7 +104,7 @@ def _translate_hub_error(error: Exception, repo: str, path: str | None, revision
     if isinstance(error, LocalEntryNotFoundError):
         return NotCachedError(f"{what}{at}")
     if isinstance(error, EntryNotFoundError):
-        return SourceError(f"Hub repo {repo} has no file {path!r}{at}.")
+        return MissingFileError(f"Hub repo {repo} has no file {path!r}{at}.")
     return SourceError(f"Cannot fetch {what}{at} from the Hub: {error}")
 
 
