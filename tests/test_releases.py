@@ -325,6 +325,45 @@ def test_a_wrong_repo_is_one_line(hub_cache, monkeypatch):
         load_model("nobody/nothing")
 
 
+def test_a_missing_file_is_one_line(hub_cache, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub_errors
+
+    missing = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
+
+    def download(repo_id, filename, **kwargs):
+        raise _http_error(missing, 404)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(SourceError, match=r"^Hub repo someone/vae has no file 'nope\.ckpt' at revision 'v2'\.$"):
+        AutoencoderKLODVAE.from_single_file("https://huggingface.co/someone/vae/blob/v2/nope.ckpt")
+
+
+def test_cache_dir_and_local_files_only_reach_huggingface_hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    ref = reference_dir("odvae")
+    other = tmp_path / "elsewhere"
+    lay_out_hub_repo(other, ODVAE_REPO, {"vae/checkpoint.ckpt": ref / "tiny_original.ckpt"})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # local_files_only alone keeps it off the network
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("VIDEOVAE_CACHE", str(tmp_path / "converted"))
+    model = AutoencoderKLODVAE.from_single_file(
+        f"{ODVAE_REPO}/vae/checkpoint.ckpt",
+        original_config=ref / "tiny_config.json",
+        cache_dir=other,
+        local_files_only=True,
+        torch_dtype=torch.float16,
+    )
+    assert next(model.parameters()).dtype == torch.float16
+    reference = odvae_reference().state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key].half()), key
+
+
 def test_a_repo_without_a_release_and_a_missing_folder_are_one_line(hub_cache, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     lay_out_hub_repo(hub_cache, "someone/notes", {"notes.txt": tmp_path / "notes.txt"})
