@@ -307,7 +307,8 @@ def _fetch_sources(
     except NotCachedError as error:
         raise SourceError(
             f"{error.what} is not in the local cache, and the host cannot be asked (HF_HUB_OFFLINE=1, "
-            f"local_files_only, or no network). Fetch it once with network access: videovae cache fetch {fetch_hint}"
+            f"local_files_only, or no network). Fetch it once with network access (HF_HUB_OFFLINE unset): "
+            f"videovae cache fetch {fetch_hint}"
         ) from None
     return fetched
 
@@ -418,7 +419,8 @@ def _load_hub_repo(
     except NotCachedError as error:
         raise SourceError(
             f"{error.what} is not in the local cache, and the Hub cannot be asked (HF_HUB_OFFLINE=1, "
-            f"local_files_only, or no network). Fetch it once with network access: videovae cache fetch {hint}"
+            f"local_files_only, or no network). Fetch it once with network access (HF_HUB_OFFLINE unset): "
+            f"videovae cache fetch {hint}"
         ) from None
     here = [name[len(prefix) :] for name in files if name.startswith(prefix)]
     if not here:

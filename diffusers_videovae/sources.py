@@ -207,7 +207,7 @@ def modelscope_file(
             revision=revision,
             cache_dir=None if cache_dir is None else str(cache_dir),
             local_files_only=local_files_only or is_offline(),
-            allow_patterns=list(candidates),
+            allow_file_pattern=list(candidates),  # the older name: accepted by every modelscope 1.x
         )
     except (OSError, ValueError, RuntimeError) as error:
         if local_files_only or is_offline():

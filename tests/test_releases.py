@@ -230,7 +230,7 @@ def test_ivvae_comes_from_modelscope_through_its_download_call(hub_cache, tmp_pa
     model = load_model("ivvae:ivvae_z16_dim64", original_config=config)
     assert_same_weights(model, AutoencoderKLIVVAE.from_single_file(ref / "tiny_original.pth", original_config=config))
     assert asked[0][0] == "wpy1999/iv-vae"
-    assert asked[0][1]["allow_patterns"] == ["ivvae_z16_dim64.pth", "weights/ivvae_z16_dim64.pth"]
+    assert asked[0][1]["allow_file_pattern"] == ["ivvae_z16_dim64.pth", "weights/ivvae_z16_dim64.pth"]
     assert asked[0][1]["local_files_only"] is True  # HF_HUB_OFFLINE=1 keeps ModelScope offline too
 
 
