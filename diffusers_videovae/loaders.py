@@ -438,7 +438,17 @@ def _load_hub_repo(
     return _load_unknown_original(repo, prefix, here, model_type, dtype, variant, original_config, hub, options)
 
 
-def _load_unknown_original(repo, prefix, here, model_type, dtype, variant, original_config, hub, options):
+def _load_unknown_original(
+    repo: str,
+    prefix: str,
+    here: list[str],
+    model_type: str | None,
+    dtype: torch.dtype | None,
+    variant: str | None,
+    original_config: str | os.PathLike | None,
+    hub: dict[str, Any],
+    options: dict[str, Any],
+):
     """A repo holding one original checkpoint (and maybe its config.json) that the release table does not list."""
     weights = [name for name in here if name.endswith(WEIGHT_SUFFIXES) and "/" not in name]
     where = f"{repo}/{prefix}" if prefix else repo

@@ -315,12 +315,13 @@ def test_a_wrong_repo_is_one_line(hub_cache, monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    def listing(repo_id, **kwargs):
+    def not_found(repo_id, *args, **kwargs):
         raise _http_error(RepositoryNotFoundError, 404)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", listing)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_found)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", not_found)
     with pytest.raises(SourceError, match=r"^No Hub repo 'nobody/nothing' \(or it is private"):
         load_model("nobody/nothing")
 
