@@ -53,6 +53,18 @@ def lay_out_hub_repo(cache: Path, repo: str, files: dict[str, Path], commit: str
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any connection attempt fails the test loudly (huggingface_hub would otherwise turn it into 'offline')."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
     """An empty offline Hub cache and an empty conversion cache, as the environment variables name them."""
