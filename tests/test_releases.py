@@ -61,6 +61,7 @@ def _no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a test tried to reach the network")
 
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
