@@ -356,6 +356,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _variant_of(spec: str, model: torch.nn.Module) -> str:
+    if re.fullmatch(r"\w+:[\w.-]+", spec):  # a release name, MODEL_TYPE:VARIANT
+        return spec.split(":", 1)[1]
     if "variant" in model.config:
         return str(model.config["variant"])
     card = Path(spec) / "README.md"

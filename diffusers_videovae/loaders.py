@@ -116,6 +116,11 @@ class FromOriginalCheckpointMixin:
             link = parse_hub_link(name)
             if link is not None:
                 return _load_hub_file(link, cls, None, dtype, variant, original_config, hub, options)
+            if "://" in name:
+                raise SourceError(
+                    f"{name} is not a Hugging Face Hub file link; expected "
+                    "https://huggingface.co/<owner>/<repo>/blob/<revision>/<path> (or a local file)."
+                )
         return load_original_model(
             cls, name, variant=variant, original_config=original_config, torch_dtype=dtype, **options
         )

@@ -163,6 +163,19 @@ def test_from_single_file_takes_hub_links(odvae_hub, link):
     assert_same_weights(AutoencoderKLODVAE.from_single_file(link, original_config=config), odvae_reference())
 
 
+def test_from_single_file_takes_a_release_name_of_its_own_class_only(odvae_hub):
+    assert_same_weights(AutoencoderKLODVAE.from_single_file("odvae:v1.2.0"), odvae_reference())
+    with pytest.raises(
+        CheckpointError, match=r"odvae:v1\.2\.0 is an OD-VAE .* release: load it with AutoencoderKLODVAE"
+    ):
+        AutoencoderKLReducio.from_single_file("odvae:v1.2.0")
+
+
+def test_a_link_to_another_site_is_refused_in_one_line():
+    with pytest.raises(SourceError, match="is not a Hugging Face Hub file link"):
+        AutoencoderKLODVAE.from_single_file("https://example.com/vae/checkpoint.ckpt")
+
+
 def test_load_model_takes_a_hub_file_link(odvae_hub):
     config = reference_dir("odvae") / "tiny_config.json"
     model = load_model(f"https://huggingface.co/{ODVAE_REPO}/blob/main/vae/checkpoint.ckpt", original_config=config)
@@ -556,6 +569,7 @@ def test_cli_info_takes_a_release_name_offline(odvae_hub, capsys):
     assert main(["info", "odvae:v1.2.0", "--size", "9x32x32", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "AutoencoderKLODVAE" in out and "odvae:v1.2.0" in out
+    assert next(line for line in out.splitlines() if line.startswith("variant")).split()[-1] == "v1.2.0"
 
 
 def test_cli_offline_missing_release_is_one_line(hub_cache, capsys):
