@@ -406,12 +406,18 @@ def _load_hub_repo(
     options: dict[str, Any],
 ):
     """A Hub repo: our converted folder (`from_pretrained`), a known release, or another original release."""
+    from .checkpoints import CheckpointError
+
     hint = repo + (f" --subfolder {subfolder}" if subfolder else "") + (f" --variant {variant}" if variant else "")
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
     # Our converted folders first, as diffusers would: their config.json names one of our classes.
     try:
         config = read_json(hub_file(repo, prefix + "config.json", **hub))
     except (MissingFileError, NotCachedError):
+        config = {}
+    except CheckpointError:  # not JSON: fatal unless the repo holds a release we read without it
+        if not releases_in_repo(repo, subfolder):
+            raise
         config = {}
     if _is_our_class(config.get("_class_name")):
         model_class = _our_class(config["_class_name"], repo)

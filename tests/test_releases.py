@@ -507,6 +507,20 @@ def test_a_folder_with_an_invalid_config_json_says_so(tmp_path):
         load_model(tmp_path / "model")
 
 
+def test_a_hub_repo_with_an_invalid_config_json_says_so_unless_it_holds_a_known_release(hub_cache, tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    ref = reference_dir("reducio")
+    lay_out_hub_repo(hub_cache, "someone/broken", {"config.json": bad})
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
+        load_model("someone/broken")
+    files = {"config.json": bad, "reducio-ft4-fs32-attn23.ckpt": ref / "tiny_original.ckpt"}
+    lay_out_hub_repo(hub_cache, REDUCIO_REPO, files)
+    config = ref / "tiny_config.yaml"
+    reference = AutoencoderKLReducio.from_single_file(ref / "tiny_original.ckpt", original_config=config)
+    assert_same_weights(load_model(REDUCIO_REPO, variant="ft4", original_config=config), reference)
+
+
 def test_torch_dtype_still_works_with_diffusers_deprecation_message(tmp_path):
     odvae_reference().save_pretrained(tmp_path / "model")
     with pytest.warns(FutureWarning) as caught:
