@@ -477,6 +477,32 @@ def test_cache_clear_removes_only_our_entries(odvae_hub, tmp_path, monkeypatch):
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
+def test_a_conversion_waits_while_another_process_holds_the_entry_lock(odvae_hub, tmp_path, monkeypatch):
+    import threading
+
+    from filelock import FileLock
+
+    monkeypatch.setenv("VIDEOVAE_CACHE", str(tmp_path / "first"))
+    load_model("odvae:v1.2.0")
+    ((entry, _, _),) = list_entries()
+    second = tmp_path / "second"
+    second.mkdir()
+    monkeypatch.setenv("VIDEOVAE_CACHE", str(second))
+    lock = FileLock(str(second / f".{entry.name}.lock"))
+    lock.acquire()
+    loaded = {}
+    thread = threading.Thread(target=lambda: loaded.setdefault("model", load_model("odvae:v1.2.0")))
+    try:
+        thread.start()
+        thread.join(timeout=3)
+        assert thread.is_alive() and not (second / entry.name).exists()
+    finally:
+        lock.release()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert_same_weights(loaded["model"], odvae_reference())
+
+
 def test_two_processes_loading_one_name_at_once_both_load_it_and_one_entry_is_written(odvae_hub, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "VIDEOVAE_CACHE": str(tmp_path / "converted")}
     script = (
