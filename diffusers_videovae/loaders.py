@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .checkpoints._common import TORCH_DTYPES, load_state_dict_file, read_json
-from .model_cache import load_or_convert
+from .model_cache import find_converted, load_entry, load_or_convert
 from .releases import Source, find_release, is_release_name, releases_in_repo
 from .sources import (
     WEIGHT_SUFFIXES,
@@ -244,6 +244,10 @@ def _our_class(class_name: str | None, where: str) -> type:
 # -- original releases fetched from their hosts ------------------------------------------------------------------
 
 
+class NotFetchedError(SourceError):
+    """A source file is neither cached nor fetchable now (offline); the message names it and the fix."""
+
+
 def load_release(
     name: str,
     *,
@@ -271,9 +275,15 @@ def load_release(
     if model_class is not None and model_class is not expected:
         raise CheckpointError(f"{name} is {_article(release.model_type)} release: load it with {expected.__name__}.")
     hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-    fetched = _fetch_sources(release.sources, revision, release.main.repo, hub, fetch_hint=name)
+    try:
+        fetched = _fetch_sources(release.sources, revision, release.main.repo, hub, fetch_hint=name)
+    except NotFetchedError:
+        kept = find_converted(_requested(name, original_config, options)) if revision is None else None
+        if kept is None:
+            raise
+        return load_entry(kept, expected, dtype_kwargs(dtype))
     return _convert_cached(
-        expected, release.model_type, release.variant, fetched, dtype, None, original_config, options
+        expected, release.model_type, release.variant, fetched, dtype, None, original_config, options, name
     )
 
 
@@ -310,7 +320,7 @@ def _fetch_sources(
                 path = hub_file(source.repo, file, revision=source_revision, **hub)
             fetched.append((source, path))
     except NotCachedError as error:
-        raise SourceError(
+        raise NotFetchedError(
             f"{error.what} is not in the local cache, and the host cannot be asked (HF_HUB_OFFLINE=1, "
             f"local_files_only, or no network). Fetch it once with network access (HF_HUB_OFFLINE unset): "
             f"videovae cache fetch {fetch_hint}"
@@ -327,8 +337,13 @@ def _convert_cached(
     converter_variant: str | None,
     original_config: str | os.PathLike | None,
     options: dict[str, Any],
+    requested: str,
 ):
-    """Convert the fetched files (once: `model_cache`) and load the result in `dtype`."""
+    """Convert the fetched files (once: `model_cache`) and load the result in `dtype`.
+
+    `requested` (what the user named: a release, a link, a repo) is recorded with the user's options, so that
+    offline, a conversion whose originals were since removed from the Hub cache still loads by that name.
+    """
     from .checkpoints import load_original_model
 
     paths: dict[str, list[Path]] = {}
@@ -344,6 +359,7 @@ def _convert_cached(
         "converter_variant": converter_variant,
         "sources": [[s.role, s.host, s.repo, s.path, file_identity(p)] for s, p in fetched],
         "options": {key: _option_identity(value) for key, value in sorted({**options, **reader}.items())},
+        "requested": _requested(requested, original_config, options),
     }
 
     def build():
@@ -352,6 +368,11 @@ def _convert_cached(
         )
 
     return load_or_convert(model_class, identity, build, dtype_kwargs(dtype))
+
+
+def _requested(name: str, original_config: str | os.PathLike | None, options: dict[str, Any]) -> dict[str, Any]:
+    given = {**options, **({"original_config": original_config} if original_config is not None else {})}
+    return {"name": name, "options": {key: _option_identity(value) for key, value in sorted(given.items())}}
 
 
 def _one_path(paths: list[Path]) -> Path:
@@ -386,7 +407,9 @@ def _load_hub_file(
     fetched = _fetch_sources((source,), None, link.repo, hub, fetch_hint=_link_text(link))
     if model_type is None and model_class is not None:
         model_type = model_type_of_class(model_class)
-    return _convert_cached(model_class, model_type, variant, fetched, dtype, variant, original_config, options)
+    return _convert_cached(
+        model_class, model_type, variant, fetched, dtype, variant, original_config, options, _link_text(link)
+    )
 
 
 def _link_text(link: HubLink) -> str:
@@ -477,7 +500,7 @@ def _load_unknown_original(
         sources.append(Source("original_config", repo, prefix + "config.json", revision=hub["revision"]))
     fetch = {key: value for key, value in hub.items() if key != "revision"}
     fetched = _fetch_sources(tuple(sources), None, repo, fetch, fetch_hint=repo)
-    return _convert_cached(None, model_type, variant, fetched, dtype, variant, original_config, options)
+    return _convert_cached(None, model_type, variant, fetched, dtype, variant, original_config, options, where)
 
 
 def _is_our_class(class_name: Any) -> bool:

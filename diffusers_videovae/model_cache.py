@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MANIFEST", "cache_root", "clear_cache", "list_entries", "load_or_convert"]
+__all__ = ["MANIFEST", "cache_root", "clear_cache", "find_converted", "list_entries", "load_entry", "load_or_convert"]
 
 MANIFEST = "videovae-cache.json"
 _FORMAT = 1
@@ -115,16 +115,17 @@ def load_or_convert(
             if not is_complete(entry):
                 _write_entry(entry, build, identity)
     try:
-        return _from_pretrained(entry, model_class, from_pretrained_kwargs)
+        return load_entry(entry, model_class, from_pretrained_kwargs)
     except (OSError, ValueError, RuntimeError):
         # Same sizes but unreadable content (a damaged header): rebuild once.
         with FileLock(str(lock)):
             (entry / MANIFEST).unlink(missing_ok=True)
             _write_entry(entry, build, identity)
-        return _from_pretrained(entry, model_class, from_pretrained_kwargs)
+        return load_entry(entry, model_class, from_pretrained_kwargs)
 
 
-def _from_pretrained(entry: Path, model_class: type | None, kwargs: dict[str, Any]) -> torch.nn.Module:
+def load_entry(entry: Path, model_class: type | None, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """`from_pretrained` of an entry; `model_class` None: the class its config.json names."""
     if model_class is None:
         from .checkpoints import MODEL_TYPES, get_model_class
 
@@ -132,6 +133,16 @@ def _from_pretrained(entry: Path, model_class: type | None, kwargs: dict[str, An
         model_type = next(known for known, (_, name) in MODEL_TYPES.items() if name == class_name)
         model_class = get_model_class(model_type)
     return model_class.from_pretrained(str(entry), **kwargs).eval()
+
+
+def find_converted(requested: dict[str, Any]) -> Path | None:
+    """The newest complete entry made for `requested` (a name and the user's options), or None."""
+    found = [
+        (manifest.get("created", 0), entry)
+        for entry, manifest, _ in list_entries()
+        if manifest is not None and manifest["source"].get("requested") == requested and is_complete(entry)
+    ]
+    return max(found)[1] if found else None
 
 
 def list_entries(root: Path | None = None) -> list[tuple[Path, dict[str, Any] | None, int]]:

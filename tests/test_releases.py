@@ -445,6 +445,18 @@ def test_a_new_upload_gives_a_new_entry(odvae_hub, tmp_path):
     assert torch.equal(model.state_dict()[changed[0]], reference[changed[0]] + 1)
 
 
+def test_offline_a_kept_conversion_loads_after_its_originals_left_the_hub_cache(odvae_hub):
+    import shutil
+
+    load_model("odvae:v1.2.0")
+    shutil.rmtree(odvae_hub / f"models--{ODVAE_REPO.replace('/', '--')}")  # e.g. `hf cache delete`
+    assert_same_weights(load_model("odvae:v1.2.0"), odvae_reference())
+    with pytest.raises(SourceError, match="videovae cache fetch odvae:v1.2.0"):  # other options: another conversion
+        load_model("odvae:v1.2.0", original_config=reference_dir("odvae") / "tiny_config.json")
+    with pytest.raises(SourceError, match="not in the local cache"):  # a pinned revision must be the one asked
+        load_model("odvae:v1.2.0", revision="0" * 39 + "1")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "no_manifest", "garbage_header"])
 def test_a_damaged_entry_is_rebuilt(odvae_hub, damage):
     load_model("odvae:v1.2.0")
