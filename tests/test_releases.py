@@ -260,6 +260,20 @@ def test_ivvae_comes_from_modelscope_through_its_download_call(hub_cache, tmp_pa
     assert asked[0][1]["local_files_only"] is True  # HF_HUB_OFFLINE=1 keeps ModelScope offline too
 
 
+def test_offline_an_uncached_modelscope_file_names_it_and_the_fetch_command(hub_cache, monkeypatch):
+    modelscope = pytest.importorskip("modelscope")
+
+    def snapshot_download(model_id, **kwargs):
+        raise ValueError("Cannot find the requested files in the cached path and outgoing traffic has been disabled.")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", snapshot_download)
+    with pytest.raises(SourceError) as error:
+        load_model("ivvae:ivvae_z8_dim64")
+    message = str(error.value)
+    assert message.startswith("modelscope:wpy1999/iv-vae/ivvae_z8_dim64.pth is not in the local cache")
+    assert message.endswith("videovae cache fetch ivvae:ivvae_z8_dim64") and "\n" not in message
+
+
 def test_without_modelscope_one_line_names_the_extra(hub_cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)
     with pytest.raises(SourceError, match=r"pip install diffusers-videovae\[modelscope\]"):
@@ -513,6 +527,16 @@ def test_a_conversion_waits_while_another_process_holds_the_entry_lock(odvae_hub
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert_same_weights(loaded["model"], odvae_reference())
+
+
+def test_cache_fetch_then_list_shows_the_entry(odvae_hub, capsys):
+    from diffusers_videovae.cli import main
+
+    assert main(["cache", "fetch", ODVAE_REPO, "--subfolder", "vae"]) == 0
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    ((entry, _, _),) = list_entries()
+    assert f"  {entry.name}  " in out and "complete" in out and entry.name.startswith("odvae-v1.2.0-")
 
 
 def test_two_processes_loading_one_name_at_once_both_load_it_and_one_entry_is_written(odvae_hub, tmp_path):
