@@ -266,13 +266,13 @@ def load_release(
     `revision` applies to the release's main repo; `original_config` replaces the config the release ships (for a
     custom model published under a release's file names).
     """
-    from .checkpoints import CheckpointError, get_model_class
+    from .checkpoints import CheckpointError, _article, get_model_class
 
     release = find_release(name)
     if variant is not None and variant != release.variant:
         raise CheckpointError(f"{name} is the {release.variant} variant; --variant {variant} contradicts it.")
     expected = get_model_class(release.model_type)
-    if model_class is not None and model_class is not expected:
+    if model_class is not None and not issubclass(model_class, expected):
         raise CheckpointError(f"{name} is {_article(release.model_type)} release: load it with {expected.__name__}.")
     hub = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
     try:
@@ -281,17 +281,18 @@ def load_release(
         kept = find_converted(_requested(name, original_config, options)) if revision is None else None
         if kept is None:
             raise
-        return load_entry(kept, expected, dtype_kwargs(dtype))
+        return load_entry(kept, model_class or expected, dtype_kwargs(dtype))
     return _convert_cached(
-        expected, release.model_type, release.variant, fetched, dtype, None, original_config, options, name
+        model_class or expected,
+        release.model_type,
+        release.variant,
+        fetched,
+        dtype,
+        None,
+        original_config,
+        options,
+        name,
     )
-
-
-def _article(model_type: str) -> str:
-    from .checkpoints import get_checkpoint_module
-
-    name = get_checkpoint_module(model_type).MODEL_NAME
-    return f"{'an' if name[0].upper() in 'AEIOU' else 'a'} {name}"
 
 
 def _fetch_sources(
