@@ -21,15 +21,29 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return modules
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (imports for type checkers only)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in {getattr(test, "id", None), getattr(test, "attr", None)}:
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the package's modules it imports, at module level or inside a function (a deferred import is a
-    cycle put off, not removed). `from . import name` imports the submodule `name` when there is one, else the
-    package's `__init__`."""
+    """Module -> the package's modules it imports when it runs, at module level or inside a function (a deferred
+    import is a cycle put off, not removed); imports under `if TYPE_CHECKING:` never run and do not count.
+    `from . import name` imports the submodule `name` when there is one, else the package's `__init__`."""
     modules = _modules()
     graph = {}
     for module, (path, is_package) in modules.items():
         edges = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 edges.update(alias.name for alias in node.names if alias.name in modules)
             elif isinstance(node, ast.ImportFrom):
@@ -91,6 +105,12 @@ def test_no_module_of_the_package_imports_in_a_cycle():
     graph = import_graph()
     assert "diffusers_videovae.checkpoints._common" in graph and graph["diffusers_videovae.models.iv_vae"]
     assert import_cycles(graph) == []
+
+
+def test_imports_for_type_checkers_only_are_not_edges():
+    graph = import_graph()
+    # `diffusers_videovae/__init__.py` names its public classes under TYPE_CHECKING and imports them lazily.
+    assert "diffusers_videovae.loaders" not in graph["diffusers_videovae"]
 
 
 def test_the_cycle_finder_finds_a_cycle():
