@@ -115,9 +115,9 @@ DROPPED: dict[str, str] = {
     r"(?:effnet_encoder|previewer)\..*\.num_batches_tracked": "BatchNorm step counter (training bookkeeping only)",
     r"(?:base_model\.|model\.)?pos_embed": "fixed sin-cos table, recomputed (the original loader deletes it too)",
 }
-# Top-level entries of a training checkpoint besides the weights.
 # Keys of the three files read beside the DiT checkpoint; the variant is read from the DiT's own tensors.
 _SIDE_MODELS = r"(effnet_encoder|previewer|svd_vae)\."
+# Top-level entries of a training checkpoint besides the weights.
 TRAINING_ENTRIES = ("optimizer", "scheduler", "epoch", "step", "lr_scheduler")
 
 
