@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 __all__ = ["NearestUpsampleConvMixin", "checkpointed"]
 
 
-def checkpointed(owner: nn.Module, block: nn.Module, *args):
+def checkpointed(owner: nn.Module, block: nn.Module, *args: Any) -> Any:
     """`block(*args)`, through diffusers' gradient checkpointing when `owner` has it on and autograd records.
 
     `owner` is a module with a `gradient_checkpointing` attribute, which `ModelMixin.enable_gradient_checkpointing`
