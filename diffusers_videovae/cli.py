@@ -561,7 +561,7 @@ def _add_convert_push(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caching, training
+    from . import caching, compare_cli, training
 
     parser = argparse.ArgumentParser(
         prog="videovae",
@@ -578,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_push(subparsers)
     training.register(subparsers)
     caching.register(subparsers)
+    compare_cli.register(subparsers)
     return parser
 
 
