@@ -230,6 +230,7 @@ def _psnr_figure(results: Sequence[ClipResult], clip: str) -> bytes:
         values = np.where(np.isfinite(result.psnr_frames), result.psnr_frames, np.nan)
         axes.plot(np.arange(len(values)), values, marker="o", markersize=3, label=result.model)
     axes.set(xlabel="frame", ylabel="PSNR (dB)", title=f"{clip}: PSNR per frame")
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _png(figure)
@@ -306,7 +307,7 @@ _STYLE = (
 )
 
 
-def _html(results: Sequence[ClipResult], clips: Sequence[str], paths: dict[str, Path], title: str) -> bytes:
+def _html(results: Sequence[ClipResult], clips: Sequence[str], paths: dict[str, Path], title: str, note: str) -> bytes:
     root = paths["html"].parent
     escape = html.escape
     head = "".join(f"<th>{escape(column)}</th>" for column in CSV_COLUMNS)
@@ -323,7 +324,7 @@ def _html(results: Sequence[ClipResult], clips: Sequence[str], paths: dict[str, 
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{_STYLE}</style>",
         f"</head><body><h1>{escape(title)}</h1><p>Models: {escape(', '.join(dict.fromkeys(r.model for r in results)))}"
         f". PSNR/SSIM as <code>videovae eval</code> computes them; peak memory as <code>videovae reconstruct</code> "
-        "reports it; <a href='metrics.csv'>metrics.csv</a>.</p>",
+        f"reports it; <a href='metrics.csv'>metrics.csv</a>.</p><p>{escape(note)}</p>",
         f"<table><tr>{head}</tr>{''.join(body)}</table>",
     ]
     for index, clip in enumerate(clips):
@@ -336,7 +337,7 @@ def _html(results: Sequence[ClipResult], clips: Sequence[str], paths: dict[str, 
 
 
 def write_report(
-    results: Sequence[ClipResult], output_dir: str | os.PathLike, title: str = "videovae compare"
+    results: Sequence[ClipResult], output_dir: str | os.PathLike, title: str = "videovae compare", note: str = ""
 ) -> dict[str, Path]:
     """`metrics.csv`, the figures and `index.html` (last, so a page exists only with its figures); returns paths."""
     clips = list(dict.fromkeys(result.clip for result in results))
@@ -347,5 +348,5 @@ def write_report(
         write_file_atomic(paths[f"psnr:{index}"], _psnr_figure(mine, clip))
         write_file_atomic(paths[f"strips:{index}"], _strips_figure(mine, clip))
         write_file_atomic(paths[f"errors:{index}"], _errors_figure(mine, clip))
-    write_file_atomic(paths["html"], _html(results, clips, paths, title))
+    write_file_atomic(paths["html"], _html(results, clips, paths, title, note))
     return paths

@@ -111,7 +111,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         prepare=lambda model: enable_tiling(model, args.tiling),
         progress=not args.quiet,
     )
-    paths = write_report(results, output_dir)
+    steps = f", {args.steps} decoder steps" if args.steps else ""
+    note = (
+        f"Settings: first {args.frames} frames from {args.start:g} s, short side {args.size}, center square crop, "
+        f"each fitted to its model's frame rule; posterior mode; seed {args.seed}{steps}; {args.dtype} on {device}, "
+        f"tiling {args.tiling}."
+    )
+    paths = write_report(results, output_dir, note=note)
     print(f"wrote {paths['csv']} and {paths['html']} ({len(results)} runs: {len(args.models)} models x "
           f"{len(args.clips)} clips)")  # fmt: skip
     return 0
