@@ -42,7 +42,7 @@ from .loaders import TORCH_DTYPES
 
 __all__ = ["RunningStats", "add_arguments", "latent_statistics", "plan_windows", "register", "suggest_normalization"]
 
-HISTOGRAM_BINS = 512  # over [-limit, limit]; a multiple of 4 so that doubling the range merges bin pairs exactly
+HISTOGRAM_BINS = 1024  # over [-limit, limit]; a multiple of 4 so that doubling the range merges bin pairs exactly
 
 
 class RunningStats:
@@ -61,8 +61,8 @@ class RunningStats:
         self.min = np.full(channels, np.inf)
         self.max = np.full(channels, -np.inf)
         self.histogram = np.zeros((channels, bins), dtype=np.int64)
-        self.limit = 0.0
-        """Histogram range `[-limit, limit]` (a power of two; 0 until the first update)."""
+        self.limit = np.zeros(channels)
+        """Histogram range `[-limit, limit]` of each channel (a power of two; 0 until a value other than 0)."""
 
     @property
     def channels(self) -> int:
@@ -70,7 +70,7 @@ class RunningStats:
 
     @property
     def nbytes(self) -> int:
-        return sum(array.nbytes for array in (self.mean, self.m2, self.min, self.max, self.histogram))
+        return sum(array.nbytes for array in (self.mean, self.m2, self.min, self.max, self.histogram, self.limit))
 
     @property
     def std(self) -> np.ndarray:
@@ -84,21 +84,25 @@ class RunningStats:
         self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
         self.count = total
 
-    def _widen(self, limit: float) -> None:
-        """Grow the histogram range to cover `limit`, doubling it and merging bin pairs (counts stay exact)."""
-        if self.limit == 0.0:
-            self.limit = 2.0 ** math.ceil(math.log2(limit)) if limit > 0 else 1.0
-            return
+    def _widen(self, limits: np.ndarray) -> None:
+        """Grow each channel's histogram range to cover `limits`: its first range is the smallest power of two that
+        does, later ones double it, merging bin pairs (so counts stay exact)."""
         bins = self.histogram.shape[1]
-        while limit > self.limit:
-            merged = self.histogram.reshape(self.channels, bins // 2, 2).sum(-1)
-            self.histogram = np.zeros_like(self.histogram)
-            self.histogram[:, bins // 4 : 3 * bins // 4] = merged
-            self.limit *= 2
+        for channel in np.flatnonzero(limits > self.limit):
+            limit = float(limits[channel])
+            if self.limit[channel] == 0.0:
+                self.limit[channel] = 2.0 ** math.ceil(math.log2(limit))
+                continue
+            while limit > self.limit[channel]:
+                merged = self.histogram[channel].reshape(bins // 2, 2).sum(-1)
+                self.histogram[channel] = 0
+                self.histogram[channel, bins // 4 : 3 * bins // 4] = merged
+                self.limit[channel] *= 2
 
     def _add_histogram(self, values: torch.Tensor) -> None:
         bins = self.histogram.shape[1]
-        index = ((values + self.limit) * (bins / (2 * self.limit))).floor().long().clamp_(0, bins - 1)
+        limit = torch.from_numpy(np.where(self.limit > 0, self.limit, 1.0))[:, None]
+        index = ((values + limit) * (bins / (2 * limit))).floor().long().clamp_(0, bins - 1)
         counts = torch.zeros(self.channels, bins, dtype=torch.int64)
         counts.scatter_add_(1, index, torch.ones_like(index))
         self.histogram += counts.numpy()
@@ -114,7 +118,7 @@ class RunningStats:
         self._fold(values.shape[1], mean.numpy(), ((values - mean[:, None]) ** 2).sum(1).numpy())
         self.min = np.minimum(self.min, values.amin(1).numpy())
         self.max = np.maximum(self.max, values.amax(1).numpy())
-        self._widen(float(values.abs().max()))
+        self._widen(values.abs().amax(1).numpy())
         self._add_histogram(values)
 
     def merge(self, other: RunningStats) -> None:
@@ -124,7 +128,7 @@ class RunningStats:
         if other.channels != self.channels:
             raise ValueError(f"cannot merge statistics of {other.channels} channels into {self.channels}.")
         other = other.copy()
-        limit = max(self.limit, other.limit)
+        limit = np.maximum(self.limit, other.limit)
         self._widen(limit)
         other._widen(limit)
         self._fold(other.count, other.mean, other.m2)
@@ -134,7 +138,7 @@ class RunningStats:
     def copy(self) -> RunningStats:
         twin = RunningStats(self.channels, self.histogram.shape[1])
         twin.__dict__.update({key: np.copy(value) for key, value in self.__dict__.items()})
-        twin.count, twin.limit = self.count, self.limit
+        twin.count = self.count
         return twin
 
     def overall(self) -> tuple[float, float]:
@@ -254,12 +258,13 @@ def histogram_png(stats: RunningStats, max_bars: int = 64) -> bytes:
     figure = Figure(figsize=(3 * columns, 2.2 * rows))
     axes = figure.subplots(rows, columns, squeeze=False)
     bins = stats.histogram.shape[1]
-    edges = np.linspace(-stats.limit, stats.limit, bins + 1)
     for channel, axis in enumerate(axes.flat):
         if channel >= stats.channels:
             axis.axis("off")
             continue
         counts = stats.histogram[channel]
+        limit = stats.limit[channel] or 1.0  # a channel that is exactly 0 everywhere
+        edges = np.linspace(-limit, limit, bins + 1)
         used = np.flatnonzero(counts)
         first, last = used[0], used[-1] + 1
         group = -(-(last - first) // max_bars)
@@ -353,6 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-config", metavar="FOLDER", help="write the suggestion into FOLDER/config.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output or config value")
     parser.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -389,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
     from .memory import accelerator_available, enable_tiling
 
     output, figure = _outputs(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sources = list_sources(args.data)
     state = PartialState(cpu=args.cpu or not accelerator_available())
     model = load(argparse.Namespace(model=args.model, dtype=args.dtype), state.device)
