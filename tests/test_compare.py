@@ -32,14 +32,19 @@ def videovae(*argv) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
-    """The demo model and the tiny reference IV-VAE (converted) compared on the real clip and a synthetic one."""
-    root = tmp_path_factory.mktemp("compare")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny reference IV-VAE, converted (z 8)."""
     folder = reference_dir("ivvae")
-    tiny = checkpoints.convert_to_folder(
-        "ivvae", folder / "tiny_original.pth", root / "ivvae-tiny", original_config=folder / "tiny_config.json",
-        verbose=False,
+    return checkpoints.convert_to_folder(
+        "ivvae", folder / "tiny_original.pth", tmp_path_factory.mktemp("models") / "ivvae-tiny",
+        original_config=folder / "tiny_config.json", verbose=False,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, tiny) -> dict:
+    """The demo model and the tiny IV-VAE compared on the real clip and a synthetic one."""
+    root = tmp_path_factory.mktemp("compare")
     clips = [media_clip(), write_video(root / "pattern.mp4", synthetic_clip(9, 72, 96, seed=3), 25, crf=10)]
     output = root / "report"
     videovae("compare", *clips, "-m", "ivvae-demo", "-m", tiny, "-o", output, *SETTINGS, "-q")
@@ -176,3 +181,50 @@ def test_an_output_folder_that_is_a_file_is_refused(report, tmp_path, capsys):
     code = main(["compare", str(report["clips"][0]), "-m", "ivvae-demo", "-o", str(target), "-q"])
     assert code == 1
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory) -> dict[str, Path]:
+    """Reducio (the tiny reference, converted: decode takes content frames) and a small random CascadeV (a diffusion
+    decoder: its reconstruction depends on the seed)."""
+    import torch
+
+    from diffusers_videovae.models.cascadev import AutoencoderCascadeV
+
+    root = tmp_path_factory.mktemp("models")
+    folder = reference_dir("reducio")
+    reducio = checkpoints.convert_to_folder(
+        "reducio", folder / "tiny_original.ckpt", root / "reducio-tiny", original_config=folder / "tiny_config.yaml",
+        verbose=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoencoderCascadeV(
+        previewer_hidden_channels=16, transformer_hidden_size=48, transformer_num_layers=1,
+        transformer_num_attention_heads=2, transformer_sample_size=16, transformer_num_frames=4,
+        transformer_attn_strides=[None], svd_block_out_channels=(32, 32, 32, 32), svd_layers_per_block=1,
+        num_inference_steps=2,
+    ).save_pretrained(root / "cascadev-random")  # fmt: skip
+    return {"reducio": Path(reducio), "cascadev": root / "cascadev-random"}
+
+
+def test_models_with_content_frames_or_a_seeded_decoder_get_evals_numbers(tiny, other_models, tmp_path):
+    """17 frames: the IV-VAE reads 17, Reducio 16 (T = 16k); CascadeV's noise follows the seed, as in eval."""
+    from diffusers_videovae.compare import compare_models, write_report
+    from diffusers_videovae.evaluation import EvalSettings, evaluate_clips
+    from diffusers_videovae.loaders import load_model
+
+    clip = write_video(tmp_path / "long.mp4", synthetic_clip(17, 64, 64, seed=5), 25, crf=10)
+    settings = EvalSettings(frames=17, size=64, seed=3)
+    specs = [str(tiny), str(other_models["reducio"]), str(other_models["cascadev"])]
+    results = compare_models(specs, [clip], settings, load_model, progress=False)
+    assert [result.row["frames"] for result in results] == [17, 16, 17]
+    for spec, result in zip(specs, results):
+        expected = evaluate_clips(load_model(spec), [clip], settings, progress=False)[0]
+        assert (result.row["psnr"], result.row["ssim"]) == (expected["psnr"], expected["ssim"]), spec
+    other_seed = evaluate_clips(load_model(specs[2]), [clip], EvalSettings(frames=17, size=64, seed=4), False)[0]
+    assert other_seed["psnr"] != results[2].row["psnr"]  # so the equality above says the seed reached the decoder
+    paths = write_report(results, tmp_path / "report")
+    for key, path in paths.items():
+        if key.startswith(("psnr", "strips", "errors")):
+            with Image.open(path) as image:
+                image.load()
