@@ -251,35 +251,34 @@ def _zoom_box(errors: list[np.ndarray], side: int) -> tuple[int, int]:
 
 
 def _strips_figure(results: Sequence[ClipResult], clip: str) -> bytes:
-    """Per strip frame: original | each model, and below it the same zoomed crop (where errors are largest)."""
+    """One row per strip frame: original | each model, then the same zoomed crop of each (where errors are largest)."""
     from matplotlib.patches import Rectangle
 
     height = min(min(r.frames[i][0].shape[0] for i in r.frames) for r in results)
     width = min(min(r.frames[i][0].shape[1] for i in r.frames) for r in results)
     indices = list(results[0].frames)
     side = max(8, min(height, width) // 4)
-    columns = 1 + len(results)
-    figure = _figure(figsize=(2.2 * columns, 4.4 * len(indices)))
-    axes = figure.subplots(2 * len(indices), columns, squeeze=False)
+    images = 1 + len(results)
+    figure = _figure(figsize=(1.9 * 2 * images, 2.1 * len(indices)))
+    axes = figure.subplots(len(indices), 2 * images, squeeze=False)
     for row, index in enumerate(indices):
         original = _common_crop(results[0].frames[index][0], height, width)
         shown = [_common_crop(r.frames[min(index, max(r.frames))][1], height, width) for r in results]
         errors = [np.abs(image.astype(np.float32) - original).mean(-1) for image in shown]
         top, left = _zoom_box(errors, side)
-        titles = [f"original, frame {index}"] + [
-            f"{r.model}\n{r.psnr_frames[min(index, len(r.psnr_frames) - 1)]:.2f} dB" for r in results
-        ]
-        for column, (image, title) in enumerate(zip([original, *shown], titles)):
-            full, zoom = axes[2 * row, column], axes[2 * row + 1, column]
+        names = ["original"] + [r.model for r in results]
+        psnr = [""] + [f", {r.psnr_frames[min(index, len(r.psnr_frames) - 1)]:.2f} dB" for r in results]
+        for column, image in enumerate([original, *shown]):
+            full, zoom = axes[row, column], axes[row, images + column]
             full.imshow(image)
-            full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="yellow", lw=1.5))
-            full.set_title(title, fontsize=8)
+            full.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="yellow", lw=1.2))
+            full.set_title(f"{names[column]}{psnr[column]}\nframe {index}", fontsize=7)
             zoom.imshow(image[top : top + side, left : left + side], interpolation="nearest")
-            zoom.set_title("zoom", fontsize=7)
+            zoom.set_title(f"zoom: {names[column]}", fontsize=7)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(clip, fontsize=10)
+    figure.suptitle(f"{clip}: frames and zoomed crops", fontsize=10)
     return _png(figure)
 
 
@@ -303,7 +302,8 @@ def _errors_figure(results: Sequence[ClipResult], clip: str) -> bytes:
 _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
     "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}td.t{text-align:left}"
-    "img{max-width:100%;display:block;margin:0.5em 0 1.5em}"
+    "img{max-width:100%;display:block;margin:0.5em 0 1.5em}.row{display:flex;flex-wrap:wrap;gap:1em;"
+    "align-items:flex-start}.row img{max-width:49%}"
 )
 
 
@@ -328,10 +328,13 @@ def _html(results: Sequence[ClipResult], clips: Sequence[str], paths: dict[str, 
         f"<table><tr>{head}</tr>{''.join(body)}</table>",
     ]
     for index, clip in enumerate(clips):
-        parts.append(f"<h2>{escape(clip)}</h2>")
+        figures = {}
         for kind, alt in (("psnr", "PSNR per frame"), ("strips", "frame strips"), ("errors", "error heat maps")):
             source = paths[f"{kind}:{index}"].relative_to(root).as_posix()
-            parts.append(f"<img src='{escape(source)}' alt='{escape(f'{clip}: {alt}')}'>")
+            figures[kind] = f"<img src='{escape(source)}' alt='{escape(f'{clip}: {alt}')}'>"
+        parts.append(
+            f"<h2>{escape(clip)}</h2><div class='row'>{figures['psnr']}{figures['errors']}</div>{figures['strips']}"
+        )
     parts.append("</body></html>")
     return "\n".join(parts).encode()
 
