@@ -20,15 +20,17 @@ are eval's for the same settings. The report is a folder that opens offline:
     index.html           the table, then per clip: PSNR per frame, frame strips with a zoomed crop, error heat maps
     figures/*.png        the figures the page shows (matplotlib, Agg)
 
-    from diffusers_videovae.compare import compare_models, report_paths, write_report
+    from diffusers_videovae.compare import compare_models, write_report
+    from diffusers_videovae.evaluation import EvalSettings
 
-    results = compare_models(["ivvae-demo", "my/odvae"], ["a.mp4"], EvalSettings(frames=17, size=256))
-    write_report(results, "report")
+    results = compare_models(["ivvae-demo", "you/odvae"], ["a.mp4", "b.mp4"], EvalSettings(frames=17, size=256))
+    write_report(results, "report")   # metrics.csv, index.html, figures/
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import html
 import io
 import math
@@ -118,19 +120,22 @@ def compare_models(
     models: Sequence[str],
     clips: Sequence[str | os.PathLike],
     settings: EvalSettings,
-    load: Callable[[str], torch.nn.Module],
+    load: Callable[[str], torch.nn.Module] | None = None,
     *,
     prepare: Callable[[torch.nn.Module], None] | None = None,
     progress: bool = True,
 ) -> list[ClipResult]:
     """Reconstruct every clip with every model (`evaluate_clip`, as `videovae eval`); one result per pair.
 
-    `load(spec)` returns a model on its device (one at a time; each is released before the next is loaded);
-    `prepare(model)` sets it up (e.g. tiling). Models run one after the other, so only one is in memory.
+    `load(spec)` returns a model on its device (default: `loaders.load_model`, float32 on the CPU); `prepare(model)`
+    sets it up (e.g. tiling). Models run one after the other, each released before the next is loaded.
     """
     from tqdm.auto import tqdm
 
+    from .loaders import load_model
     from .memory import PeakMemory
+
+    load = load or load_model
 
     results: list[ClipResult] = []
     indices: dict[str, list[int]] = {}
@@ -152,6 +157,9 @@ def compare_models(
                 del evaluation
                 bar.update()
             del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     finally:
         bar.close()
     return results

@@ -31,14 +31,19 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .loaders import TORCH_DTYPES
+
+if TYPE_CHECKING:
+    from .datasets import VideoSource
+    from .models._common import InputRule
 
 __all__ = ["RunningStats", "add_arguments", "latent_statistics", "plan_windows", "register", "suggest_normalization"]
 
@@ -191,20 +196,25 @@ class Window:
     stop: int
 
 
-def plan_windows(sources, num_frames: int, rule, num_clips: int | None = None, seed: int = 0) -> list[Window]:
-    """Consecutive windows of `num_frames` frames of every source; `num_clips` of them drawn at random with `seed`."""
+def plan_windows(
+    sources: Sequence[VideoSource], num_frames: int, rule: InputRule, num_clips: int | None = None, seed: int = 0
+) -> list[Window]:
+    """Consecutive windows of `num_frames` frames of every source (`cache-latents`' clips with no overlap);
+    `num_clips` of them drawn at random with `seed`."""
+    from .caching import plan_clips
     from .video import count_frames
 
     if rule.valid_num_frames(num_frames) != num_frames:
         below, above = rule.nearest_num_frames(num_frames)
-        raise ValueError(f"--frames {num_frames} breaks the model's frame rule ({rule.describe()}); use {below} or {above}.")  # fmt: skip
+        raise ValueError(
+            f"--frames {num_frames} breaks the model's frame rule ({rule.describe()}); use {below} or {above}."
+        )
     windows = []
     for source in sources:
         total = count_frames(source.path)
-        end = total if source.end is None else min(source.end, total)
-        windows.extend(
-            Window(source.path, start, start + num_frames) for start in range(source.start, end - num_frames + 1, num_frames)
-        )  # fmt: skip
+        available = (total if source.end is None else min(source.end, total)) - source.start
+        for start, stop in plan_clips(available, num_frames, None, rule):
+            windows.append(Window(source.path, source.start + start, source.start + stop))
     if not windows:
         raise ValueError(f"no video holds {num_frames} frames; use a smaller --frames.")
     if num_clips is not None and num_clips < len(windows):
@@ -213,7 +223,7 @@ def plan_windows(sources, num_frames: int, rule, num_clips: int | None = None, s
     return windows
 
 
-def read_window(window: Window, size: int | None, rule) -> torch.Tensor:
+def read_window(window: Window, size: int | None, rule: InputRule) -> torch.Tensor:
     """`(1, 3, T, H, W)` in [-1, 1]: the window decoded at a short side of at most `size`, center-cropped."""
     from .video import from_uint8, read_frames
 
@@ -221,9 +231,12 @@ def read_window(window: Window, size: int | None, rule) -> torch.Tensor:
     if frames.shape[0] != window.stop - window.start:
         raise ValueError(f"{window.path}: frames {window.start}-{window.stop - 1} could not all be decoded.")
     height, width = frames.shape[1:3]
-    crop_h, crop_w = height // rule.spatial_multiple * rule.spatial_multiple, width // rule.spatial_multiple * rule.spatial_multiple  # fmt: skip
+    multiple = rule.spatial_multiple
+    crop_h, crop_w = height // multiple * multiple, width // multiple * multiple
     if not crop_h or not crop_w:
-        raise ValueError(f"{window.path}: frames of {width}x{height} are smaller than the spatial multiple {rule.spatial_multiple}.")  # fmt: skip
+        raise ValueError(
+            f"{window.path}: frames of {width}x{height} are smaller than the spatial multiple {multiple}."
+        )
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     return from_uint8(frames[:, top : top + crop_h, left : left + crop_w])
 
@@ -346,8 +359,12 @@ def write_config(path: Path, suggested: dict[str, Any], overwrite: bool) -> list
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `videovae stats` options."""
-    parser.add_argument("-m", "--model", required=True, help="Hub repo id, diffusers folder, original checkpoint, or ivvae-demo")  # fmt: skip
-    parser.add_argument("--data", nargs="+", required=True, help="video files, folders or .txt lists (`path [start end]`)")  # fmt: skip
+    parser.add_argument(
+        "-m", "--model", required=True, help="Hub repo id, diffusers folder, original checkpoint, or ivvae-demo"
+    )
+    parser.add_argument(
+        "--data", nargs="+", required=True, help="video files, folders or .txt lists (`path [start end]`)"
+    )
     parser.add_argument("-o", "--output", required=True, help="statistics .json (histograms: beside it, .png)")
     parser.add_argument("--frames", type=int, help="frames per clip (default: 17 fitted to the model's frame rule)")
     parser.add_argument("--size", type=int, help="short side at most this many pixels (default: as stored)")
