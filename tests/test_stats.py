@@ -178,3 +178,27 @@ def test_write_config_needs_overwrite_then_normalises_the_latents(data, tmp_path
     normalized = load_model(folder).normalize_latents(encoded.float().view(1, encoded.shape[0], -1)).double()
     assert float(normalized.mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(normalized.std(correction=0)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_reducio_gets_no_constant_and_its_config_is_not_written(tmp_path, monkeypatch, capsys):
+    """Reducio layer-normalises each sample's latents: the suggestion says so, and --write-config refuses at once."""
+    from conftest import reference_dir
+
+    from diffusers_videovae import checkpoints
+
+    folder = reference_dir("reducio")
+    model = checkpoints.convert_to_folder(
+        "reducio", folder / "tiny_original.ckpt", tmp_path / "reducio", original_config=folder / "tiny_config.yaml",
+        verbose=False,
+    )  # fmt: skip
+    clip = write_video(tmp_path / "clip.mp4", synthetic_clip(16, 32, 32, seed=1), fps=10, crf=10)
+    options = ["stats", "-m", str(model), "--data", str(clip), "--frames", "16", "--size", "32", "-q"]
+    assert main([*options, "-o", str(tmp_path / "reducio.json")]) == 0
+    result = json.loads((tmp_path / "reducio.json").read_text())
+    assert not set(result["suggested"]) & set(stats.CONFIG_KEYS)
+    assert "no constant applies" in result["suggested"]["note"]
+    assert len(result["mean"]) == load_model(model).config.latent_channels
+
+    monkeypatch.setattr(stats, "latent_statistics", lambda *a, **k: pytest.fail("computed before checking"))
+    code = main([*options, "-o", str(tmp_path / "again.json"), "--write-config", str(model), "--overwrite"])
+    assert code == 1 and "no normalisation constants" in capsys.readouterr().err
