@@ -62,20 +62,9 @@ def _add_compare(subparsers) -> None:
     sub.set_defaults(func=cmd_compare)
 
 
-def check_new_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Every output must be writable, and new unless `overwrite`; checked before any compute."""
-    from .cli import CLIError
-    from .paths import check_output_file
-
-    for path in paths:
-        check_output_file(path)
-        if path.exists() and not overwrite:
-            raise CLIError(f"{path} exists; pass --overwrite to replace it.")
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from .cli import CLIError, load, resolve_device
-    from .compare import compare_models, report_paths, write_report
+    from .compare import check_new_outputs, compare_models, report_paths, write_report
     from .evaluation import EvalSettings
     from .memory import enable_tiling
     from .paths import check_output_dir
@@ -89,7 +78,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not Path(clip).is_file():
             raise CLIError(f"{clip} is not a file.")
     output_dir = check_output_dir(args.output_dir, "-o")
-    check_new_outputs(list(report_paths(output_dir, args.clips).values()), args.overwrite)
+    check_new_outputs(list(report_paths(output_dir, args.clips).values()), args.clips, args.overwrite)
     device = resolve_device(args.device, args.threads)
     settings = EvalSettings(
         frames=args.frames,

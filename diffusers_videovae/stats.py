@@ -390,15 +390,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _outputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    from .paths import check_output_file
+def _outputs(args: argparse.Namespace, sources: list[VideoSource]) -> tuple[Path, Path]:
+    from .compare import check_new_outputs
 
     output = Path(args.output)
     figure = output.with_name(f"{output.stem}.histograms.png")
-    for path in (output, figure):
-        check_output_file(path)
-        if path.exists() and not args.overwrite:
-            raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    inputs = [source.path for source in sources] + [path for path in args.data if Path(path).is_file()]
+    check_new_outputs([output, figure], inputs, args.overwrite)
     return output, figure
 
 
@@ -411,10 +409,10 @@ def run(args: argparse.Namespace) -> int:
     from .datasets import list_sources
     from .memory import accelerator_available, enable_tiling
 
-    output, figure = _outputs(args)
+    sources = list_sources(args.data)
+    output, figure = _outputs(args, sources)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sources = list_sources(args.data)
     state = PartialState(cpu=args.cpu or not accelerator_available())
     model = load(argparse.Namespace(model=args.model, dtype=args.dtype), state.device)
     enable_tiling(model, args.tiling)

@@ -202,3 +202,11 @@ def test_reducio_gets_no_constant_and_its_config_is_not_written(tmp_path, monkey
     monkeypatch.setattr(stats, "latent_statistics", lambda *a, **k: pytest.fail("computed before checking"))
     code = main([*options, "-o", str(tmp_path / "again.json"), "--write-config", str(model), "--overwrite"])
     assert code == 1 and "no normalisation constants" in capsys.readouterr().err
+
+
+def test_an_input_is_never_an_output_even_with_overwrite(data, capsys):
+    clip = data["clips"][0]
+    before = clip.read_bytes()
+    code = main(["stats", "-m", str(data["model"]), "--data", str(clip), "-o", str(clip), "--overwrite", "-q"])
+    assert code == 1 and "one of the inputs" in capsys.readouterr().err
+    assert clip.read_bytes() == before
