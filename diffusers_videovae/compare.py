@@ -45,7 +45,16 @@ import torch
 
 from .evaluation import EvalSettings, evaluate_clip
 
-__all__ = ["CSV_COLUMNS", "ClipResult", "compare_models", "model_label", "report_paths", "write_report"]
+__all__ = [
+    "CSV_COLUMNS",
+    "ClipResult",
+    "check_new_outputs",
+    "compare_models",
+    "model_label",
+    "report_paths",
+    "write_file_atomic",
+    "write_report",
+]
 
 CSV_COLUMNS = [
     "model",
@@ -182,6 +191,22 @@ def report_paths(output_dir: str | os.PathLike, clips: Sequence[str | os.PathLik
         for kind in ("psnr", "strips", "errors"):
             paths[f"{kind}:{index}"] = output_dir / "figures" / f"{kind}-{slug}.png"
     return paths
+
+
+def check_new_outputs(
+    outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike], overwrite: bool
+) -> None:
+    """Before any compute, the one check of every `compare` / `stats` output: writable, not one of the inputs, and
+    new unless `overwrite`. Raises `paths.OutputPathError` (an `OSError`) naming the path."""
+    from .paths import OutputPathError, check_output_file
+
+    sources = {Path(path).resolve() for path in inputs}
+    for output in outputs:
+        path = check_output_file(output)
+        if path.resolve() in sources:
+            raise OutputPathError(f"Cannot write {path}: it is one of the inputs.")
+        if path.exists() and not overwrite:
+            raise OutputPathError(f"{path} exists; pass --overwrite to replace it.")
 
 
 def write_file_atomic(path: Path, data: bytes) -> Path:
