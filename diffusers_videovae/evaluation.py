@@ -30,11 +30,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .models._common import InputRule
+
+if TYPE_CHECKING:
+    from .metrics import Quality
 
 __all__ = [
     "ClipEvaluation",
@@ -282,8 +285,8 @@ class ClipEvaluation:
     video: torch.Tensor
     """`(1, 3, T, H, W)` in [-1, 1]: the clip read and cropped as the settings say."""
     reconstruction: Reconstruction
-    quality: Any
-    """`metrics.Quality`: per-frame PSNR / SSIM (/ LPIPS) and their means."""
+    quality: Quality
+    """Per-frame PSNR / SSIM (/ LPIPS) and their means."""
 
 
 def evaluate_clip(
