@@ -106,7 +106,7 @@ class RunningStats:
 
     def _add_histogram(self, values: torch.Tensor) -> None:
         bins = self.histogram.shape[1]
-        limit = torch.from_numpy(self.limit)[:, None]
+        limit = torch.from_numpy(np.where(self.limit > 0, self.limit, 1.0))[:, None]
         index = ((values + limit) * (bins / (2 * limit))).floor().long().clamp_(0, bins - 1)
         counts = torch.zeros(self.channels, bins, dtype=torch.int64)
         counts.scatter_add_(1, index, torch.ones_like(index))
@@ -123,9 +123,7 @@ class RunningStats:
         self._fold(values.shape[1], mean.numpy(), ((values - mean[:, None]) ** 2).sum(1).numpy())
         self.min = np.minimum(self.min, values.amin(1).numpy())
         self.max = np.maximum(self.max, values.amax(1).numpy())
-        largest = values.abs().amax(1).numpy()
-        # A channel that is all zeros so far gets the range [-1, 1], so that its counts have a range to double from.
-        self._widen(np.where(largest > 0, largest, 1.0))
+        self._widen(values.abs().amax(1).numpy())
         self._add_histogram(values)
 
     def merge(self, other: RunningStats) -> None:
