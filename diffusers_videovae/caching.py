@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from .loaders import TORCH_DTYPES
-from .paths import check_output_dir, publish, staging_path
+from .paths import atomic_output, check_output_dir
 
 __all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
 
@@ -148,9 +148,8 @@ def read_index(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    staging = staging_path(path)
-    staging.write_text(json.dumps(data, indent=1))
-    publish(staging, path)
+    with atomic_output(path) as staging:
+        staging.write_text(json.dumps(data, indent=1))
 
 
 def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tensors: dict[str, torch.Tensor]) -> Path:
@@ -162,9 +161,9 @@ def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tenso
     for entry in entries:
         entry.shard = final.name
     metadata = {"videovae_cache": json.dumps({"model_id": model_id, "clips": [asdict(e) for e in entries]})}
-    staging = staging_path(final)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
-    return publish(staging, final)
+    with atomic_output(final) as staging:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------- the work

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .paths import publish, staging_path
+from .paths import atomic_output
 
 __all__ = [
     "LATENT_FORMAT",
@@ -117,13 +117,9 @@ def save_latents(
         "diffusers_videovae_version": __version__,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
-    try:
+    with atomic_output(path) as staging:
         save_file(tensors, str(staging), metadata=metadata)
-        return publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    return path
 
 
 def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, str]]:

@@ -123,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output-dir", required=True)
     run.add_argument("--resume", help="`latest` or a checkpoint folder; `latest` starts fresh when there is none")
+    run.add_argument(
+        "--overwrite", action="store_true", help="start over in a folder that holds a previous run (its log, model)"
+    )
     run.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
     run.add_argument("--val-every", type=int, default=500)
@@ -304,24 +307,28 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 class CsvLog:
-    """Append-only CSV of losses and validation PSNR; on resume, rows after the resumed step are dropped."""
+    """CSV of losses and validation PSNR, rewritten through `atomic_output` at each row (a killed run leaves the
+    previous complete log); on resume, rows after the resumed step are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        rows = []
+        self.rows: list[dict[str, Any]] = []
         if resume_step is not None and path.exists():
             with path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+                self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+        self._save()
 
     def write(self, **row: Any) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, LOG_FIELDS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._save()
+
+    def _save(self) -> None:
+        from .paths import atomic_output
+
+        with atomic_output(self.path) as staging, staging.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 # -------------------------------------------------------------------------------------------------------------- train
@@ -478,11 +485,12 @@ def train(args: argparse.Namespace) -> Path:
     from accelerate.utils import set_seed
 
     from .checkpoints._common import check_output_dir as check_model_dir
-    from .paths import check_output_dir
+    from .paths import atomic_output, check_output_dir
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    _check_previous_run(output_dir, args)
     # The trained model replaces `model/` at the end only when it holds a previous model of ours: say so now.
     check_model_dir(output_dir / "model", overwrite=True)
     accelerator = _build_accelerator(args)
@@ -500,7 +508,8 @@ def train(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         log = CsvLog(output_dir / "log.csv", resume_step=step if resumed else None)
-        (output_dir / "train_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        with atomic_output(output_dir / "train_args.json") as staging:
+            staging.write_text(json.dumps(vars(args), indent=2, default=str))
         accelerator.print(
             f"Training {type(vae).__name__}: {sum(p.numel() for p in parameters):,} trainable parameters "
             f"({len(trainable)} tensors), {len(dataset.sources)} videos, {accelerator.num_processes} process(es), "
@@ -509,6 +518,16 @@ def train(args: argparse.Namespace) -> Path:
     parts = _TrainingParts(accelerator, step_module, optimizer, lr_scheduler, ema, parameters, log)
     step = _train_loop(args, parts, dataset, val_clips, _Losses(args, perceptual), step, output_dir)
     return _save_model(accelerator, step_module, ema, output_dir, step)
+
+
+def _check_previous_run(output_dir: Path, args: argparse.Namespace) -> None:
+    """A folder holding another run is continued only with --resume and replaced only with --overwrite."""
+    found = [name for name in ("log.csv", "train_args.json", "model") if (output_dir / name).exists()]
+    if found and args.resume is None and not args.overwrite:
+        raise FileExistsError(
+            f"--output-dir {output_dir} holds a previous training run ({', '.join(found)}); pass --resume latest to "
+            "continue it or --overwrite to start over there."
+        )
 
 
 @dataclass
