@@ -83,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="a diffusers folder, a Hub id or an original checkpoint")
     parser.add_argument("-o", "--output-dir", required=True)
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace an index.json / failed.json there that is not a cache's"
+    )
+    parser.add_argument(
         "--num-frames", type=int, help="frames per clip (default: the longest valid prefix of each video)"
     )
     parser.add_argument(
@@ -316,6 +319,24 @@ def _write_index(output_dir: Path, vae, args: argparse.Namespace, model_id: str)
     return {"clips_in_index": len(clips), "failed": len(all_failed)}
 
 
+def _check_index_files(output_dir: Path, overwrite: bool) -> None:
+    """index.json / failed.json are rebuilt at the end: refuse, unless --overwrite, ones a cache run did not write."""
+    for name, kind in (("index.json", dict), ("failed.json", list)):
+        path = output_dir / name
+        if not path.exists() or overwrite:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            ours = isinstance(data, kind) and (kind is list or data.get("version") == INDEX_VERSION)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise FileExistsError(
+                f"--output-dir {output_dir} holds a {name} that cache-latents did not write; pass --overwrite to "
+                "replace it or choose another folder."
+            )
+
+
 def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
     """Run `videovae cache-latents`; returns a summary (clips written, skipped, failed)."""
     from accelerate import PartialState
@@ -327,6 +348,7 @@ def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    _check_index_files(output_dir, getattr(args, "overwrite", False))
     sources = list_sources(args.data)
     state = PartialState(cpu=args.cpu or not accelerator_available())
     vae = _load_encoder(args, state.device)

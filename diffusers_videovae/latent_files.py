@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -137,10 +138,23 @@ def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, torch
         raise LatentsFileError(f"{path} is not a safetensors file: {error}") from None
     if metadata.get("format") != LATENT_FORMAT or "latents" not in tensors:
         raise LatentsFileError(f"{path} was not written by `videovae encode` (no {LATENT_FORMAT} metadata).")
+    _check_fps(path, metadata.get("fps"))
     conditions = {
         key[len(_CONDITION_PREFIX) :]: value for key, value in tensors.items() if key.startswith(_CONDITION_PREFIX)
     }
     return tensors["latents"], conditions, metadata
+
+
+def _check_fps(path: Path, text: str | None) -> None:
+    try:
+        fps = float(text)
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not math.isfinite(fps) or fps <= 0:
+        raise LatentsFileError(
+            f"{path} records the frame rate fps={text!r}; a latents file needs a finite fps > 0 (encode the clip "
+            "again with `videovae encode`)."
+        )
 
 
 def check_latents_match(

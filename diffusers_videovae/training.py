@@ -523,7 +523,7 @@ def train(args: argparse.Namespace) -> Path:
 def _check_previous_run(output_dir: Path, args: argparse.Namespace) -> None:
     """A folder holding another run is continued only with --resume and replaced only with --overwrite."""
     found = [name for name in ("log.csv", "train_args.json", "model") if (output_dir / name).exists()]
-    if found and args.resume is None and not args.overwrite:
+    if found and args.resume is None and not getattr(args, "overwrite", False):
         raise FileExistsError(
             f"--output-dir {output_dir} holds a previous training run ({', '.join(found)}); pass --resume latest to "
             "continue it or --overwrite to start over there."
