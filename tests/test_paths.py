@@ -185,3 +185,14 @@ def _wait_for(marker: Path, child: subprocess.Popen, timeout: float = 120.0) -> 
         assert child.poll() is None, child.stderr.read().decode()
         assert time.monotonic() < deadline, "the writer never started"
         time.sleep(0.05)
+
+
+def test_the_converter_refuses_an_output_folder_that_reaches_its_checkpoint_through_a_symlink(tmp_path):
+    from diffusers_videovae.checkpoints._common import check_output_dir
+
+    (tmp_path / "release").mkdir()
+    checkpoint = tmp_path / "release" / "model.pth"
+    checkpoint.write_bytes(b"weights")
+    (tmp_path / "out").symlink_to(tmp_path / "release")
+    with pytest.raises(FileExistsError, match="it holds the checkpoint being converted"):
+        check_output_dir(tmp_path / "out", overwrite=True, protect=[checkpoint])
