@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from .cli_args import positive_int
 from .loaders import TORCH_DTYPES
 from .paths import atomic_output, check_output_dir
 
@@ -86,22 +87,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace an index.json / failed.json there that is not a cache's"
     )
     parser.add_argument(
-        "--num-frames", type=int, help="frames per clip (default: the longest valid prefix of each video)"
+        "--num-frames", type=positive_int, help="frames per clip (default: the longest valid prefix of each video)"
     )
     parser.add_argument(
-        "--frame-stride", type=int, help="first frames of successive clips are this far apart (default: --num-frames)"
+        "--frame-stride",
+        type=positive_int,
+        help="first frames of successive clips are this far apart (default: --num-frames)",
     )
-    parser.add_argument("--size", type=int, help="resize so that the short side is this many pixels (default: as is)")
-    parser.add_argument("--shard-size", type=int, default=64, help="clips per shard")
+    parser.add_argument(
+        "--size", type=positive_int, help="resize so that the short side is this many pixels (default: as is)"
+    )
+    parser.add_argument("--shard-size", type=positive_int, default=64, help="clips per shard")
     parser.add_argument("--store-logvar", action="store_true", help="also store the posterior log variance")
     parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="storage dtype")
     parser.add_argument("--tiling", action="store_true", help="encode with the model's tiling (large clips)")
     parser.add_argument("--model-type", help="model type of an original checkpoint (else detected)")
     parser.add_argument("--variant", help="released variant of an original checkpoint")
     parser.add_argument(
-        "--max-clips", type=int, help="stop after encoding this many new clips per process (a time box)"
+        "--max-clips", type=positive_int, help="stop after encoding this many new clips per process (a time box)"
     )
-    parser.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process")
     parser.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
 
 

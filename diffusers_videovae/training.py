@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from .cli_args import positive_int
+
 __all__ = ["add_arguments", "build_model", "main", "register", "train"]
 
 CHECKPOINT_PREFIX = "step-"
@@ -78,19 +80,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", nargs="+", required=True, help="video files, folders or .txt lists (`path [start end]`)"
     )
     data.add_argument("--val-data", nargs="+", help="held-out videos for validation PSNR")
-    data.add_argument("--num-frames", type=int, default=9, help="frames per clip; must follow the model's frame rule")
-    data.add_argument("--height", type=int, default=64, help="crop height (a multiple of the spatial compression)")
-    data.add_argument("--width", type=int, default=64, help="crop width (a multiple of the spatial compression)")
-    data.add_argument("--short-side", type=int, default=144, help="videos are first resized to this shorter side")
+    data.add_argument(
+        "--num-frames", type=positive_int, default=9, help="frames per clip; must follow the model's frame rule"
+    )
+    data.add_argument(
+        "--height", type=positive_int, default=64, help="crop height (a multiple of the spatial compression)"
+    )
+    data.add_argument(
+        "--width", type=positive_int, default=64, help="crop width (a multiple of the spatial compression)"
+    )
+    data.add_argument(
+        "--short-side", type=positive_int, default=144, help="videos are first resized to this shorter side"
+    )
     data.add_argument("--random-scale", type=float, default=1.0, help="random extra zoom-out in [this, 1] per sample")
     data.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch-size", type=int, default=1, help="clips per process and step")
-    optim.add_argument("--max-steps", type=int, default=1000)
+    optim.add_argument("--batch-size", type=positive_int, default=1, help="clips per process and step")
+    optim.add_argument("--max-steps", type=positive_int, default=1000)
     optim.add_argument(
         "--stop-at-step",
-        type=int,
+        type=positive_int,
         help="stop (checkpoint and save) at this step, keeping the LR schedule of --max-steps (staged runs)",
     )
     optim.add_argument("--max-minutes", type=float, help="stop (checkpoint and save) after this much wall time")
@@ -101,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--adam-beta2", type=float, default=0.999)
     optim.add_argument("--weight-decay", type=float, default=0.0)
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables it)")
-    optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    optim.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
     optim.add_argument("--l1-weight", type=float, default=1.0)
     optim.add_argument("--mse-weight", type=float, default=0.0)
     optim.add_argument("--kl-weight", type=float, default=1e-6)
@@ -126,17 +136,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--overwrite", action="store_true", help="start over in a folder that holds a previous run (its log, model)"
     )
-    run.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
+    run.add_argument("--checkpoint-every", type=positive_int, default=500, help="save a checkpoint every N steps")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
-    run.add_argument("--val-every", type=int, default=500)
-    run.add_argument("--val-samples", type=int, default=8, help="number of fixed validation clips")
-    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--val-every", type=positive_int, default=500)
+    run.add_argument("--val-samples", type=positive_int, default=8, help="number of fixed validation clips")
+    run.add_argument("--log-every", type=positive_int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
         "--find-unused-parameters", action="store_true", help="for models whose forward skips some parameters (DDP)"
     )
     run.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
-    run.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    run.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process")
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes decoding clips")
 
 

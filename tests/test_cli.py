@@ -827,12 +827,17 @@ def test_a_latents_file_with_a_bad_fps_is_refused_when_read(capsys, tiny_model, 
         ("decode", "--steps"),
         ("eval", "--size"),
         ("info", "--threads"),
+        ("train", "--batch-size"),
+        ("train", "--num-frames"),
+        ("cache-latents", "--shard-size"),
+        ("cache-latents", "--num-frames"),
     ],
 )
 @pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
 def test_every_count_and_size_flag_takes_only_positive_integers(capsys, command, flag, value):
-    argv = {"reconstruct": [], "encode": ["v.mp4", "-o", "z.safetensors"], "decode": ["z.safetensors", "-o", "d.mp4"]}
-    argv = [command, *argv.get(command, ["MODEL"] if command == "info" else ["v.mp4"]), f"{flag}={value}"]
+    positionals = {"encode": ["v.mp4", "-o", "z.safetensors"], "decode": ["z.safetensors", "-o", "d.mp4"]}
+    positionals.update({"eval": ["v.mp4"], "info": ["MODEL"]})
+    argv = [command, *positionals.get(command, []), f"{flag}={value}"]
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(argv)
     assert exit_info.value.code == 2
