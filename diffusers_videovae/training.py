@@ -500,9 +500,9 @@ def train(args: argparse.Namespace) -> Path:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
-    _check_previous_run(output_dir, args)
     # The trained model replaces `model/` at the end only when it holds a previous model of ours: say so now.
     check_model_dir(output_dir / "model", overwrite=True)
+    _check_previous_run(output_dir, args)
     accelerator = _build_accelerator(args)
     set_seed(args.seed)
     vae, trainable = _prepare_model(args)
