@@ -337,7 +337,7 @@ def _check_index_files(output_dir: Path, overwrite: bool) -> None:
             ours = False
         if not ours:
             raise FileExistsError(
-                f"--output-dir {output_dir} holds a {name} that cache-latents did not write; pass --overwrite to "
+                f"--output-dir {output_dir}: its {name} was not written by cache-latents; pass --overwrite to "
                 "replace it or choose another folder."
             )
 

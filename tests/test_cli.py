@@ -876,3 +876,16 @@ def test_frames_defaults_to_17_everywhere_and_all_reads_the_whole_clip():
         assert parser.parse_args(argv).frames == 17
         assert parser.parse_args([*argv, "--frames", "all"]).frames is None
     assert parser.parse_args(["eval", "v.mp4"]).size == 256
+
+
+def test_cache_latents_keeps_an_index_it_did_not_write_without_overwrite(user_clip):
+    folder = user_clip.parent / "cache"
+    folder.mkdir()
+    (folder / "index.json").write_text('{"my": "own index"}')
+    result = videovae("cache-latents", "--data", user_clip, "-m", NO_MODEL, "-o", folder)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"videovae cache-latents: error: --output-dir {folder}: its index.json was not written by cache-latents; "
+        "pass --overwrite to replace it or choose another folder.\n"
+    )
+    assert (folder / "index.json").read_text() == '{"my": "own index"}'
