@@ -84,6 +84,7 @@ def test_atomic_output_renames_into_place_with_the_umask(tmp_path):
             assert staging.parent == tmp_path / "sub"
             assert staging.name.startswith(".out.csv.tmp-")
             staging.write_text("a,b\n")
+            staging.chmod(0o600)  # as writers that make owner-only files do
             assert not (tmp_path / "sub" / "out.csv").exists()
     finally:
         os.umask(previous)
