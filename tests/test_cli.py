@@ -726,7 +726,7 @@ def user_clip(small_clip, tmp_path) -> Path:
         (["reconstruct", "v.mp4", "-o", "r.mp4", "--side-by-side", "v.mp4"], "--side-by-side", "the input INPUT"),
         (["encode", "v.mp4", "-m", NO_MODEL, "-o", "v.mp4"], "-o", "the input INPUT v.mp4"),
         (["reconstruct", "v.mp4", "--compare", "v.mp4", "-o", "r.mp4"], "--compare", "the input INPUT v.mp4"),
-        (["reconstruct", "s.mp4", "--compare", "r.png", "-o", "r.png"], "--compare", "-o r.png names"),
+        (["reconstruct", "v.mp4", "--compare", "s.mp4", "-o", "s.mp4"], "--compare", "-o s.mp4 names"),
         (["reconstruct", "link.mp4", "-o", "v.mp4", "--overwrite"], "-o", "the input INPUT link.mp4"),
         (["reconstruct", "v.mp4", "-o", "hard.mp4", "--overwrite"], "-o", "the input INPUT v.mp4"),
         (["decode", "z.safetensors", "-m", NO_MODEL, "-o", "z.safetensors"], "-o", "the input INPUT z.safetensors"),
