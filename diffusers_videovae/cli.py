@@ -101,15 +101,16 @@ def check_outputs(args: argparse.Namespace, outputs: list, inputs: list, videos=
     """Refuse, before any compute, outputs that must not be written (`paths.check_outputs`: unwritable, the same
     file as an input or as another output, existing without --overwrite) and outputs of a format we cannot write.
 
-    `outputs` / `inputs` are `(path, option)` pairs; a local `-m` model is an input too. `videos`, `images` and
-    `latents` name the options whose files are videos, PNG images and latents files.
+    `outputs` / `inputs` are `(path, option)` pairs; a local `-m` model and `--original-config` are inputs too.
+    `videos`, `images` and `latents` name the options whose files are videos, PNG images and latents files.
     """
     from .paths import check_outputs as check_paths
     from .video import check_image_output, check_video_output
 
-    model = getattr(args, "model", None)
-    if model is not None and Path(model).exists():
-        inputs = [*inputs, (model, "-m")]
+    for name, option in (("model", "-m"), ("original_config", "--original-config")):
+        path = getattr(args, name, None)
+        if path is not None and Path(path).exists():  # a local file, not a Hub id
+            inputs = [*inputs, (path, option)]
     check_paths(outputs, inputs, overwrite=args.overwrite)
     for path, option in outputs:
         if path is None:

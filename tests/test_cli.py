@@ -730,6 +730,7 @@ def user_clip(small_clip, tmp_path) -> Path:
         (["reconstruct", "link.mp4", "-o", "v.mp4", "--overwrite"], "-o", "the input INPUT link.mp4"),
         (["reconstruct", "v.mp4", "-o", "hard.mp4", "--overwrite"], "-o", "the input INPUT v.mp4"),
         (["decode", "z.safetensors", "-m", NO_MODEL, "-o", "z.safetensors"], "-o", "the input INPUT z.safetensors"),
+        (["encode", "v.mp4", "-m", "z.safetensors", "-o", "z.safetensors"], "-o", "the input -m z.safetensors"),
     ],
 )
 def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_compute(user_clip, argv, flag, other):
