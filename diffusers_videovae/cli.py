@@ -284,10 +284,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .memory import enable_tiling
     from .video import write_video
 
-    check_outputs(args, [(args.output, "-o")], [(args.input, "INPUT")], videos=("-o",))
+    outputs = {"outputs": [(args.output, "-o")], "inputs": [(args.input, "INPUT")], "videos": ("-o",)}
+    check_outputs(args, **outputs)
     latents, conditions, metadata = read_latents(args.input)
     if args.model is None:
         args.model = metadata["model"]
+        check_outputs(args, **outputs)  # the recorded model, when a local file, is an input too
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     check_latents_match(model, latents, conditions, metadata, force=args.force)
