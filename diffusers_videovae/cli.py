@@ -44,6 +44,7 @@ from .cli_args import (
     positive_int,
 )
 from .loaders import TORCH_DTYPES
+from .releases_cli import add_source_arguments
 from .video import VIDEO_FORMATS
 
 VIDEO_SUFFIXES = "/".join(VIDEO_FORMATS)
@@ -77,20 +78,18 @@ def _model_spec(spec: str | None) -> str:
             "No model given and the demo model is not installed in this package "
             f"({DEMO_MODEL_DIR}); pass one with -m (a Hub id, a diffusers folder, or an original checkpoint)."
         )
-    return str(resolve_model_name(spec or "ivvae-demo"))
+    path = resolve_model_name(spec or "ivvae-demo")
+    return str(path) if path.exists() else spec  # release names and Hub links stay as typed
 
 
 def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.nn.Module:
     """The model named by `-m` (or the packaged demo model), in the requested dtype, on `device`."""
     from .loaders import load_model
+    from .releases_cli import source_options
 
     spec = _model_spec(getattr(args, "model", None))
     dtype = TORCH_DTYPES[getattr(args, "dtype", "float32")]
-    options = {}
-    for name in ("model_type", "variant", "original_config"):
-        if getattr(args, name, None):
-            options[name] = getattr(args, name)
-    model = load_model(spec, torch_dtype=dtype, **options)
+    model = load_model(spec, dtype=dtype, **source_options(args))
     args.model_resolved = spec
     if getattr(args, "quiet", False) and hasattr(model, "set_progress_bar_config"):
         model.set_progress_bar_config(disable=True)  # a diffusion decoder's own denoising bar
@@ -383,6 +382,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _variant_of(spec: str, model: torch.nn.Module) -> str:
+    if re.fullmatch(r"\w+:[\w.-]+", spec):  # a release name, MODEL_TYPE:VARIANT
+        return spec.split(":", 1)[1]
     if "variant" in model.config:
         return str(model.config["variant"])
     card = Path(spec) / "README.md"
@@ -490,14 +491,13 @@ def _add_eval(subparsers, demo: str) -> None:
 
 def _add_info(subparsers) -> None:
     sub = subparsers.add_parser("info", help="variant, compression, latent shape and memory estimate of a model")
-    sub.add_argument("model_spec", metavar="MODEL", help="Hub repo id, local diffusers folder, or original checkpoint")
+    sub.add_argument(
+        "model_spec", metavar="MODEL", help="release name, Hub repo id, diffusers folder, or original file"
+    )
     sub.add_argument("--size", type=parse_size, default=(17, 256, 256), help="input TxHxW (default 17x256x256)")
-    for flag, text in (
-        ("--model-type", "model type of an original file"),
-        ("--variant", "variant of an original file"),
-        ("--original-config", "original config file"),
-    ):
+    for flag, text in (("--model-type", "model type of an original file"), ("--original-config", "original config")):
         sub.add_argument(flag, help=text)
+    add_source_arguments(sub)
     sub.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
@@ -534,7 +534,7 @@ def _add_convert_push(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caching, training
+    from . import caching, releases_cli, training
 
     parser = argparse.ArgumentParser(
         prog="videovae",
@@ -553,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_push(subparsers)
     training.register(subparsers)
     caching.register(subparsers)
+    releases_cli.register(subparsers)
     return parser
 
 

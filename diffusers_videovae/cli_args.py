@@ -24,6 +24,7 @@ import math
 import re
 
 from .loaders import TORCH_DTYPES
+from .releases_cli import add_source_arguments
 
 __all__ = [
     "add_decoder_arguments",
@@ -96,11 +97,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False,
         "-m",
         "--model",
         required=required,
-        help="Hub repo id, local diffusers folder, original checkpoint file, or ivvae-demo" + default_help,
+        help="release name (videovae models), Hub repo id, local diffusers folder, original checkpoint file, or "
+        "ivvae-demo" + default_help,
     )
     parser.add_argument("--model-type", help="model type of an original checkpoint file (detected when omitted)")
-    parser.add_argument("--variant", help="released variant of an original checkpoint file (inferred when omitted)")
     parser.add_argument("--original-config", help="the original's own config file, for custom original checkpoints")
+    add_source_arguments(parser)
     parser.add_argument(
         "--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="compute dtype (default float32)"
     )
