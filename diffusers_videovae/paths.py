@@ -43,6 +43,7 @@ __all__ = [
     "check_output_file",
     "check_outputs",
     "file_mode",
+    "process_is_alive",
     "publish",
     "raise_on_sigterm",
     "remove_stale_temporaries",
@@ -156,6 +157,7 @@ def _temporary_pattern(name: str) -> re.Pattern:
 
 
 def process_is_alive(pid: int) -> bool:
+    """Whether the process `pid` (named in a temporary's name) still runs; another user's process counts as alive."""
     if pid == os.getpid():
         return True
     try:
