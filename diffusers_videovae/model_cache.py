@@ -178,8 +178,5 @@ def _staging_of_a_live_process(entry: Path) -> bool:
 
     parts = entry.name.split("-")
     return (
-        entry.name.startswith(".tmp-")
-        and len(parts) >= 3
-        and parts[-2].isdigit()
-        and process_is_alive(int(parts[-2]))
+        entry.name.startswith(".tmp-") and len(parts) >= 3 and parts[-2].isdigit() and process_is_alive(int(parts[-2]))
     )
