@@ -534,7 +534,7 @@ def _add_convert_push(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caching, releases_cli, training
+    from . import caching, compare_cli, releases_cli, training
 
     parser = argparse.ArgumentParser(
         prog="videovae",
@@ -554,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.register(subparsers)
     caching.register(subparsers)
     releases_cli.register(subparsers)
+    compare_cli.register(subparsers)
     return parser
 
 
