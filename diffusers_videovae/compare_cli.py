@@ -63,7 +63,7 @@ def _add_compare(subparsers) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .cli import CLIError, load, resolve_device
+    from .cli_args import CLIError, load, resolve_device
     from .compare import check_new_outputs, compare_models, report_paths, write_report
     from .evaluation import EvalSettings
     from .memory import enable_tiling

@@ -405,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from .cli import load
+    from .cli_args import load
     from .datasets import list_sources
     from .memory import accelerator_available, enable_tiling
 
