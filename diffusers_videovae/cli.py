@@ -35,9 +35,8 @@ from . import __version__
 from .loaders import TORCH_DTYPES
 
 TILING_HELP = (
-    "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
-    "GroupNorms see one tile); exact: tiles that share GroupNorm statistics and read halos, equal to untiled up to "
-    "rounding but several times slower (IV-VAE tiles are always exact)"
+    "on: blended tiles, approximate (OD-VAE, Reducio: the original's tiled mode; IV-VAE's tiles are always exact); "
+    "exact: tiles equal to untiled up to rounding, several times slower (Reducio past its attention window: on only)"
 )
 
 
@@ -235,7 +234,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     video, fps = read_clip(args, model.input_rule)
-    enable_tiling(model, args.tiling, args.tile_size)
+    enable_tiling(model, args.tiling, args.tile_size, tuple(video.shape[2:]))
     latents, conditions = encode_video(model, video)
     num_frames, height, width = video.shape[2:]
     path = save_latents(
@@ -267,7 +266,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     check_latents_match(model, latents, conditions, metadata, force=args.force)
-    enable_tiling(model, args.tiling, args.tile_size)
+    shape = tuple(int(metadata[key]) for key in ("num_frames", "height", "width"))
+    enable_tiling(model, args.tiling, args.tile_size, shape)
     video = decode_latents(
         model,
         latents,
@@ -422,7 +422,7 @@ def _add_reading_arguments(parser: argparse.ArgumentParser, frames_default: int 
 def _add_tiling_arguments(parser: argparse.ArgumentParser, auto: bool = False) -> None:
     if auto:
         choices, default = ["auto", "on", "exact", "off"], "auto"
-        text = "auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs); "
+        text = "auto: on when the clip would not fit in memory or model limits untiled (tiles within both); "
     else:
         choices, default, text = ["on", "exact", "off"], "off", ""
     parser.add_argument("--tiling", choices=choices, default=default, help=text + TILING_HELP)
