@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, reference_dir
+from conftest import reference_dir
 
 from diffusers_videovae import (
     AutoencoderCascadeV,
@@ -31,6 +31,8 @@ from diffusers_videovae import (
     AutoencoderKLOpenSora,
     AutoencoderKLReducio,
 )
+from diffusers_videovae.checkpoints import convert_to_folder
+from diffusers_videovae.cli import main
 
 SMALL = {
     "ivvae": (AutoencoderKLIVVAE, dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)),
@@ -46,18 +48,18 @@ SMALL = {
             temporal_num_groups=2,
         ),
     ),
-    # 4 levels (8x), attention window 8 latent positions: frames up to 64 px run untiled.
+    # 3 levels (4x), attention window 8 latent positions: frames up to 32 px run untiled.
     "reducio": (
         AutoencoderKLReducio,
         dict(
             latent_channels=4,
             z_channels=8,
             conv_in_channels=16,
-            block_out_channels=(16, 16, 16, 16),
+            block_out_channels=(16, 16, 16),
             layers_per_block=1,
             content_conv_in_channels=16,
             content_block_out_channels=(16, 16, 16),
-            fusion_feature_index=(-1, 1, 2, -1),
+            fusion_feature_index=(-1, 1, -1),
             attention_num_heads=2,
             fusion_head_dim=8,
             window_size=8,
@@ -126,7 +128,7 @@ def test_a_tile_size_without_its_stride_gets_a_stride_derived_from_it(name):
         ("odvae", dict(tile_sample_min_num_frames=9, exact=True), "exact tiles are not cut in time"),
         ("opensora", dict(tile_sample_min_num_frames=8), "micro_frame_size"),
         ("reducio", dict(tile_sample_stride_num_frames=16), "not cut in time"),
-        ("reducio", dict(tile_sample_min_height=128), "larger than Reducio-VAE's largest tile"),
+        ("reducio", dict(tile_sample_min_height=64), "larger than Reducio-VAE's largest tile"),
         ("cascadev", dict(tile_sample_min_num_frames=4), "not cut in time"),
         ("cascadev", dict(tile_sample_min_height=60), "multiple of 8"),
         ("cascadev", dict(tile_sample_min_height=64, tile_sample_stride_height=96), "at most"),
@@ -150,7 +152,7 @@ def test_each_model_states_its_tile_limits(name):
         limits.default_stride(limits.default_size),
     )
     if name == "reducio":  # a blended tile runs the whole model: at most the attention window, 8 x 8 latents
-        assert limits.max_size == limits.default_size == 64
+        assert limits.max_size == limits.default_size == 32
 
 
 # --- exact tiles on Reducio and CascadeV -----------------------------------------------------------------------
@@ -158,15 +160,15 @@ def test_each_model_states_its_tile_limits(name):
 
 @torch.no_grad()
 def test_reducio_exact_tiles_encode_and_decode_like_untiled():
-    """48x48 frames in 16-px tiles (3 x 3), past a halo: the windowed cross-attention of the decoder's level 1
-    (24x24 queries, 24x24 context in 8x8 windows) runs on whole frames, as untiled."""
+    """32x32 frames in 8-px tiles (4 x 4), each reading a 12-px halo: the windowed cross-attention of the
+    decoder's level 1 (16x16 queries, 16x16 context in 8x8 windows) runs on whole frames, as untiled."""
     model = small("reducio")
-    video = torch.rand(1, 3, 16, 48, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    video = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     frame = video[:, :, 7]
     moments = model.encode(video).latent_dist.mean
     latents = model.normalize_latents(moments)
     decoded = model.decode(latents, content_frame=frame).sample
-    model.enable_tiling(16, 16, exact=True)
+    model.enable_tiling(8, 8, exact=True)
     assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiled encode")
     assert_relative(model.decode(latents, content_frame=frame).sample, decoded, 1e-4, "exact tiled decode")
     features = model.encode_content(frame)
@@ -189,47 +191,41 @@ def test_cascadev_exact_tiles_decode_svd_latents_like_untiled():
 
 @pytest.fixture(scope="module")
 def reducio_dir(tmp_path_factory) -> Path:
-    """The tiny Reducio fixture converted as a user would: attention window 8 latent positions (64 px)."""
+    """The tiny Reducio fixture converted to a diffusers folder: attention window 8 latent positions (64 px)."""
     ref = reference_dir("reducio")
     output = tmp_path_factory.mktemp("reducio") / "tiny-diffusers"
-    script = REPO_ROOT / "conversion" / "convert_reducio.py"
-    arguments = ["--checkpoint", ref / "tiny_original.ckpt", "--original-config", ref / "tiny_config.yaml"]
-    result = subprocess.run(
-        [sys.executable, script, *arguments, "--output", output], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return output
+    original = ref / "tiny_original.ckpt"
+    return convert_to_folder("reducio", original, output, original_config=ref / "tiny_config.yaml", verbose=False)
 
 
-def _videovae(*arguments) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "videovae"
-    return subprocess.run([script, *map(str, arguments)], capture_output=True, text=True, timeout=600)
+# 72x72 frames (16 of them, one Reducio clip): past the 64-px window, where untiled fails.
+PAST_THE_WINDOW = ("--frames", 16, "--size", 72)
 
 
 @pytest.mark.parametrize("tiling", ["auto", "on"])
 def test_cli_tiles_reducio_frames_past_its_attention_window(reducio_dir, tmp_path, tiling):
-    """96x96 frames: past the 64-px window, untiled fails; the CLI's tiles stay within the window."""
+    """`videovae` as a user runs it: its tiles stay within the window (64-px tiles, the largest that fits)."""
     output = tmp_path / "r.mp4"
-    result = _videovae(
-        "reconstruct", "-m", reducio_dir, "-o", output, "--frames", 16, "--size", 96, "--tiling", tiling
-    )
+    script = Path(sys.executable).parent / "videovae"
+    command = [script, "reconstruct", "-m", reducio_dir, "-o", output, *PAST_THE_WINDOW, "--tiling", tiling]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert output.is_file()
-    assert "64 px tiles" in result.stdout or tiling == "on"
+    assert "tiling on, 64 px tiles" in result.stdout or tiling == "on"
+
+
+def _reconstruct(capsys, reducio_dir, tmp_path, *options) -> tuple[int, str]:
+    code = main(list(map(str, ["reconstruct", "-m", reducio_dir, "-o", tmp_path / "r.mp4", *options])))
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("tiling", ["off", "exact"])
-def test_cli_names_its_flags_when_reducio_frames_pass_the_window(reducio_dir, tmp_path, tiling):
-    result = _videovae(
-        "reconstruct", "-m", reducio_dir, "-o", tmp_path / "r.mp4", "--frames", 16, "--size", 96, "--tiling", tiling
-    )
-    assert result.returncode != 0
-    assert "--tiling on --tile-size 64" in result.stderr and "enable_tiling" not in result.stderr
+def test_cli_names_its_flags_when_reducio_frames_pass_the_window(capsys, reducio_dir, tmp_path, tiling):
+    code, err = _reconstruct(capsys, reducio_dir, tmp_path, *PAST_THE_WINDOW, "--tiling", tiling)
+    assert code != 0
+    assert "--tiling on --tile-size 64" in err and "enable_tiling" not in err
 
 
-def test_cli_refuses_a_tile_larger_than_reducio_runs_in_one_piece(reducio_dir, tmp_path):
-    result = _videovae(
-        "reconstruct", "-m", reducio_dir, "-o", tmp_path / "r.mp4", "--frames", 16, "--size", 96,
-        "--tiling", "on", "--tile-size", 96,
-    )  # fmt: skip
-    assert result.returncode != 0 and "--tile-size 64 or smaller" in result.stderr
+def test_cli_refuses_a_tile_larger_than_reducio_runs_in_one_piece(capsys, reducio_dir, tmp_path):
+    code, err = _reconstruct(capsys, reducio_dir, tmp_path, *PAST_THE_WINDOW, "--tiling", "on", "--tile-size", 72)
+    assert code != 0 and "--tile-size 64 or smaller" in err
