@@ -213,7 +213,7 @@ def choose_tiling(
         size = max(limits.multiple, size // 2 // limits.multiple * limits.multiple)
     enable_tiling(model, "on", size, shape)
     why = f"frames larger than {limits.max_size} px" if too_large else f"untiled needs ~{gib(estimate.untiled)}"
-    return f"on, {size} px tiles (auto: {why}, tiled ~{gib(tiled_bytes(size))}, {gib(estimate.available)} available)"
+    return f"on (auto: {why}; {size} px tiles, ~{gib(tiled_bytes(size))}, {gib(estimate.available)} available)"
 
 
 class PeakMemory:

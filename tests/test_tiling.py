@@ -211,7 +211,7 @@ def test_cli_tiles_reducio_frames_past_its_attention_window(reducio_dir, tmp_pat
     result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert output.is_file()
-    assert "tiling on, 64 px tiles" in result.stdout or tiling == "on"
+    assert "tiling on (auto: frames larger than 64 px; 64 px tiles" in result.stdout or tiling == "on"
 
 
 def _reconstruct(capsys, reducio_dir, tmp_path, *options) -> tuple[int, str]:
