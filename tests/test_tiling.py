@@ -186,6 +186,17 @@ def test_cascadev_exact_tiles_decode_svd_latents_like_untiled():
     assert_relative(model.decode_svd_latents(latents, chunk_size=1), untiled, 1e-4, "exact tiled SVD decode")
 
 
+@torch.no_grad()
+def test_reducio_exact_tiles_run_through_leaf_level_group_offload(tmp_path):
+    """Offloaded to disk, a layer run outside its hooks would compute garbage: exact tiles call layers as modules."""
+    model = small("reducio")
+    video = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    moments = model.encode(video).latent_dist.mean
+    model.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    model.enable_tiling(8, 8, exact=True)
+    assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiles, offloaded")
+
+
 # --- tiles through the command line ------------------------------------------------------------------------------
 
 
