@@ -662,9 +662,9 @@ def test_bad_video_is_rejected(model, bad, error, message):
 
 
 def test_bad_latents_and_noises_are_rejected(model):
-    with pytest.raises(ValueError, match=r"\(B, 16, T, h, w\)"):
+    with pytest.raises(ValueError, match=r"\(B, 16, t, h, w\)"):
         model.decode(torch.zeros(1, 4, 4, 16, 16))
-    with pytest.raises(ValueError, match=r"SVD latent's shape \(1, 4, 4, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"`latents` must have shape \(1, 4, 4, 16, 16\)"):
         model.refine(_latent(), 2, latents=torch.zeros(4, 4, 16, 16))
     with pytest.raises(ValueError, match="one noise per step"):
         model.refine(_latent(), 2, step_noises=[torch.zeros(1, 4, 4, 16, 16)])
