@@ -37,6 +37,7 @@ __all__ = [
     "check_condition",
     "check_finite",
     "check_latents",
+    "check_not_empty",
     "check_positive_int",
     "check_video",
     "halo_spans",
@@ -74,7 +75,8 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
-def _check_not_empty(tensor: torch.Tensor, name: str) -> None:
+def check_not_empty(tensor: torch.Tensor, name: str) -> None:
+    """Raise a clear error for an empty batch (B = 0), and for a tensor with another empty dimension."""
     if tensor.shape[0] == 0:
         raise ValueError(f"`{name}` is an empty batch (B = 0, shape {tuple(tensor.shape)}): pass at least one item.")
     if min(tensor.shape) == 0:
@@ -122,7 +124,7 @@ def check_video(
             f"`{name}` must have {in_channels} channels in dim 1, layout (B, C, T, H, W); got shape "
             f"{tuple(sample.shape)}. If your tensor is (B, T, C, H, W), use `x.permute(0, 2, 1, 3, 4)`."
         )
-    _check_not_empty(sample, name)
+    check_not_empty(sample, name)
     if temporal_compression is not None and (num_frames - 1) % temporal_compression != 0:
         below, above = nearest_valid_num_frames(num_frames, temporal_compression)
         raise ValueError(
@@ -178,7 +180,7 @@ def check_latents(
         raise ValueError(f"`{name}` must have shape {layout} ({description}), got {tuple(latents.shape)}.")
     if not latents.is_floating_point():
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {latents.dtype}.")
-    _check_not_empty(latents, name)
+    check_not_empty(latents, name)
     if frame_multiple and latents.shape[2] % frame_multiple:
         raise ValueError(
             f"`{name}` has {latents.shape[2]} latent frames, but this model decodes groups of {frame_multiple}: "
