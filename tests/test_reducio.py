@@ -395,7 +395,9 @@ def test_decode_needs_exactly_one_content_input_of_the_right_shape():
         model.decode(torch.randn(1, 4, 6, 2, 2), content_frame=frame)
     with pytest.raises(ValueError, match=r"\(B, 4, 4k, h, w\)"):
         model.decode(torch.randn(1, 8, 4, 2, 2), content_frame=frame)
-    with pytest.raises(ValueError, match=r"expected \(1, 32, 16, 16\) \(level 0 of the features of a 16x16 content frame"):
+    with pytest.raises(
+        ValueError, match=r"expected \(1, 32, 16, 16\) \(level 0 of the features of a 16x16 content frame"
+    ):
         model.decode(z, content_features=model.encode_content(torch.zeros(1, 3, 32, 32)))
     with pytest.raises(ValueError, match="NaN"):
         model.decode(torch.full((1, 4, 4, 2, 2), float("nan")), content_frame=frame)
@@ -631,3 +633,85 @@ def test_videovae_train_fine_tunes_the_decoder_with_the_encoders_frozen(tmp_path
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed)
     assert not any(key.startswith(("encoder", "content_encoder", "quant_conv")) for key in changed)
+
+
+# --- content features and latents are checked against each other (issue 18) --------------------------------------
+
+
+def _latents_and_features(model, batch=1):
+    video = _video(batch=batch, height=16, width=16)
+    with torch.no_grad():
+        latents = model.normalize_latents(model.encode(video).latent_dist.mean)
+        features = model.encode_content(video[:, :, 7])
+    return latents, features
+
+
+def _replace_map(features: ReducioContentFeatures, level: int, new: torch.Tensor) -> ReducioContentFeatures:
+    maps = list(features.maps)
+    maps[level] = new
+    return ReducioContentFeatures(tuple(maps))
+
+
+def test_content_features_of_the_wrong_spatial_size_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    wrong = torch.nn.functional.interpolate(features.maps[2], scale_factor=2.0)  # level 2: 4x4 -> 8x8
+    with pytest.raises(ValueError, match=r"`content_features.maps\[2\]` .*expected \(1, 32, 4, 4\)"):
+        model.decode(latents, content_features=_replace_map(features, 2, wrong))
+
+
+def test_content_features_with_the_wrong_channel_count_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    with pytest.raises(ValueError, match=r"`content_features.maps\[1\]` has 32 channels in dim 1, expected 64"):
+        model.decode(latents, content_features=_replace_map(features, 1, features.maps[1][:, :32]))
+
+
+def test_content_features_of_another_batch_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model, batch=2)
+    one = ReducioContentFeatures(tuple(f[:1] for f in features.maps))
+    with pytest.raises(ValueError, match="has batch 1, but the latents have batch 2"):
+        model.decode(latents, content_features=one)
+
+
+def test_nan_in_content_features_is_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    bad = features.maps[3].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"`content_features.maps\[3\]` contains NaN"):
+        model.decode(latents, content_features=_replace_map(features, 3, bad))
+
+
+def test_content_features_of_another_dtype_are_cast_like_the_latents():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    as_float64 = ReducioContentFeatures(tuple(f.double() for f in features.maps))
+    with torch.no_grad():
+        expected = model.decode(latents, content_features=features).sample
+        cast = model.decode(latents.double(), content_features=as_float64).sample
+    assert cast.dtype == torch.float32
+    assert torch.equal(cast, expected)  # float32 values round-trip through float64 exactly
+    with pytest.raises(TypeError, match=r"`content_features.maps\[0\]` must be a floating point tensor"):
+        model.decode(latents, content_features=_replace_map(features, 0, features.maps[0].long()))
+
+
+def test_content_features_are_one_type_not_a_bare_tuple():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    for other in (features.maps, [features.maps], features.maps[0]):
+        with pytest.raises(TypeError, match="`content_features` must be what `encode_content` returns"):
+            model.decode(latents, content_features=other)
+    with pytest.raises(ValueError, match="holds 1 segments' features; the latents hold 2"):
+        model.decode(torch.cat([latents, latents], dim=2), content_features=features)
+
+
+def test_empty_batches_are_reported_as_empty_batches():
+    model = _tiny()
+    with pytest.raises(ValueError, match="`frame` is an empty batch"):
+        model.encode_content(torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="`z` is an empty batch"):
+        model.decode(torch.zeros(0, 4, 4, 2, 2), content_frame=torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="`x` is an empty batch"):
+        model.encode(torch.zeros(0, 3, 16, 16, 16))
