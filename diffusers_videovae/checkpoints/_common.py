@@ -344,7 +344,7 @@ def _variant_mismatch(converted: ConvertedCheckpoint, source: str, error: Checkp
         f"{source} does not fit the model of the released {converted.model_type} variant "
         f"{converted.variant!r} that was tried ({'; '.join(counts)}; e.g. {'; '.join(first)}). A custom model needs "
         "its original config: pass --original-config (original_config=...); another release: --variant "
-        "(variant=...). --verbose lists every mismatch.",
+        "(variant=...). A conversion with --verbose lists every mismatch.",
         details=listing,
     )
 
