@@ -39,6 +39,7 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
 from ._tiling import (
     check_latents,
+    check_positive_int,
     check_video,
     halo_tile_strides,
     stitch_blended_tiles,
@@ -889,7 +890,7 @@ class AutoencoderKLOpenSora(
         low, high = self.num_frames_range(z.shape[2])
         if num_frames is None:
             num_frames = low
-        elif not low <= num_frames <= high:
+        elif not low <= check_positive_int(num_frames, "num_frames") <= high:
             raise ValueError(
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
