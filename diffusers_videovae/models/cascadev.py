@@ -817,7 +817,7 @@ class AutoencoderCascadeV(
         shape = (batch, channels, frames, *size)
         hint = (
             f"the SVD latent's noise (B, {channels}, T, {sr}h, {sr}w); fixture noises stored as (T, {channels}, H, W) "
-            "become (1, 4, T, H, W) with `n.permute(1, 0, 2, 3)[None]`"
+            f"become (1, {channels}, T, H, W) with `n.permute(1, 0, 2, 3)[None]`"
         )
         if step_noises is not None and not ancestral:
             raise ValueError("step_noises only apply to the ancestral (EulerA) scheduler; this one draws no noise.")

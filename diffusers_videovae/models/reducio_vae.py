@@ -55,7 +55,7 @@ from ._tiling import (
     normalize_groups,
 )
 
-__all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
+__all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledContent"]
 
 # Without autograd, 3D resnets and upsamplers compute their output a few frames at a time (`_by_frames`), each step
 # reading at most about this many bytes of input frames (halo included): no full-size normalised copy of a feature map,
