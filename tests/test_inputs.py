@@ -202,3 +202,10 @@ def test_a_condition_is_checked_against_the_latents():
     with pytest.raises(ValueError, match="NaN"):
         check_condition(torch.full_like(good, float("inf")), z, name="c", channels=8, size=(16, 40))
     check_condition(torch.empty(2, 8, 16, 40, device="meta"), z, name="c", channels=8, size=(16, 40))
+
+
+def test_open_sora_latent_frame_count_takes_a_positive_integer():
+    model = _model("opensora")
+    assert model.num_latent_frames(17) == 5
+    with pytest.raises(ValueError, match="`num_frames` must be a positive integer, got 0"):
+        model.num_latent_frames(0)

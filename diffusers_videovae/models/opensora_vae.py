@@ -668,6 +668,7 @@ class AutoencoderKLOpenSora(
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`T'` for a clip of `num_frames` frames (5 per full chunk of 17, `ceil(n / 4)` for a last chunk of n)."""
+        num_frames = check_positive_int(num_frames, "num_frames")
         factor = self.temporal_compression_ratio
         return sum(math.ceil(n / factor) for n in self._chunk_frames(num_frames))
 
