@@ -49,6 +49,7 @@ import torch
 
 from .loaders import TORCH_DTYPES
 from .paths import check_output_dir, publish, staging_path
+from .releases_cli import add_source_arguments
 
 __all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
 
@@ -94,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="storage dtype")
     parser.add_argument("--tiling", action="store_true", help="encode with the model's tiling (large clips)")
     parser.add_argument("--model-type", help="model type of an original checkpoint (else detected)")
-    parser.add_argument("--variant", help="released variant of an original checkpoint")
+    add_source_arguments(parser)
     parser.add_argument(
         "--max-clips", type=int, help="stop after encoding this many new clips per process (a time box)"
     )
@@ -181,9 +182,10 @@ def plan_clips(num_frames_available: int, num_frames: int | None, stride: int | 
 
 def _load_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     from .loaders import load_model
+    from .releases_cli import source_options
     from .video import check_clip_size
 
-    vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(device).eval()
+    vae = load_model(args.model, **source_options(args)).to(device).eval()
     if args.tiling:
         vae.enable_tiling()
     check_clip_size(vae.input_rule, num_frames=args.num_frames)

@@ -33,6 +33,7 @@ import torch
 
 from . import __version__
 from .loaders import TORCH_DTYPES
+from .releases_cli import add_source_arguments
 
 TILING_HELP = (
     "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
@@ -71,20 +72,18 @@ def _model_spec(spec: str | None) -> str:
             "No model given and the demo model is not installed in this package "
             f"({DEMO_MODEL_DIR}); pass one with -m (a Hub id, a diffusers folder, or an original checkpoint)."
         )
-    return str(resolve_model_name(spec or "ivvae-demo"))
+    path = resolve_model_name(spec or "ivvae-demo")
+    return str(path) if path.exists() else spec  # release names and Hub links stay as typed
 
 
 def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.nn.Module:
     """The model named by `-m` (or the packaged demo model), in the requested dtype, on `device`."""
     from .loaders import load_model
+    from .releases_cli import source_options
 
     spec = _model_spec(getattr(args, "model", None))
     dtype = TORCH_DTYPES[getattr(args, "dtype", "float32")]
-    options = {}
-    for name in ("model_type", "variant", "original_config"):
-        if getattr(args, name, None):
-            options[name] = getattr(args, name)
-    model = load_model(spec, torch_dtype=dtype, **options)
+    model = load_model(spec, dtype=dtype, **source_options(args))
     args.model_resolved = spec
     return model.to(device or torch.device("cpu")).eval()
 
@@ -357,6 +356,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _variant_of(spec: str, model: torch.nn.Module) -> str:
+    if re.fullmatch(r"\w+:[\w.-]+", spec):  # a release name, MODEL_TYPE:VARIANT
+        return spec.split(":", 1)[1]
     if "variant" in model.config:
         return str(model.config["variant"])
     card = Path(spec) / "README.md"
@@ -392,11 +393,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = False
         "-m",
         "--model",
         required=required,
-        help="Hub repo id, local diffusers folder, original checkpoint file, or ivvae-demo" + default_help,
+        help="release name (videovae models), Hub repo id, local diffusers folder, original checkpoint file, or "
+        "ivvae-demo" + default_help,
     )
     parser.add_argument("--model-type", help="model type of an original checkpoint file (detected when omitted)")
-    parser.add_argument("--variant", help="released variant of an original checkpoint file (inferred when omitted)")
     parser.add_argument("--original-config", help="the original's own config file, for custom original checkpoints")
+    add_source_arguments(parser)
     parser.add_argument(
         "--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="compute dtype (default float32)"
     )
@@ -517,14 +519,13 @@ def _add_eval(subparsers, demo: str) -> None:
 
 def _add_info(subparsers) -> None:
     sub = subparsers.add_parser("info", help="variant, compression, latent shape and memory estimate of a model")
-    sub.add_argument("model_spec", metavar="MODEL", help="Hub repo id, local diffusers folder, or original checkpoint")
+    sub.add_argument(
+        "model_spec", metavar="MODEL", help="release name, Hub repo id, diffusers folder, or original file"
+    )
     sub.add_argument("--size", type=parse_size, default=(17, 256, 256), help="input TxHxW (default 17x256x256)")
-    for flag, text in (
-        ("--model-type", "model type of an original file"),
-        ("--variant", "variant of an original file"),
-        ("--original-config", "original config file"),
-    ):
+    for flag, text in (("--model-type", "model type of an original file"), ("--original-config", "original config")):
         sub.add_argument(flag, help=text)
+    add_source_arguments(sub)
     sub.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -561,7 +562,7 @@ def _add_convert_push(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caching, training
+    from . import caching, compare_cli, releases_cli, training
 
     parser = argparse.ArgumentParser(
         prog="videovae",
@@ -578,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_push(subparsers)
     training.register(subparsers)
     caching.register(subparsers)
+    releases_cli.register(subparsers)
+    compare_cli.register(subparsers)
     return parser
 
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import torch
 
+from .releases_cli import add_source_arguments
+
 __all__ = ["add_arguments", "build_model", "main", "register", "train"]
 
 CHECKPOINT_PREFIX = "step-"
@@ -71,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train from scratch: a config.json with `_class_name` (e.g. a model folder's config.json)",
     )
     what.add_argument("--model-type", help="model type of an original checkpoint given to --model (else detected)")
-    what.add_argument("--variant", help="released variant of an original checkpoint given to --model")
+    add_source_arguments(what)
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -169,8 +171,9 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model to train: loaded with `loaders.load_model` (--model) or freshly initialised from --config."""
     if args.model:
         from .loaders import load_model
+        from .releases_cli import source_options
 
-        return load_model(args.model, model_type=args.model_type, variant=args.variant)
+        return load_model(args.model, **source_options(args))
     config = json.loads(Path(args.config).read_text())
     if "_class_name" not in config:
         raise ValueError(f"{args.config} has no `_class_name`; write it as a diffusers config.json.")

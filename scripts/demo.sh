@@ -4,8 +4,9 @@
 #   bash scripts/demo.sh [VIDEO] [extra `videovae reconstruct` options]
 #
 # VIDEO defaults to ../shared/media/ivvae_ori.mp4 when present, else a clip the package synthesises itself.
-# The model defaults to the small demo IV-VAE shipped inside the package; pass `-m MODEL` (a converted folder, a Hub
-# id or an ORIGINAL checkpoint file) to use another. Writes out/reconstruction.mp4 and out/compare.png and prints
+# The model defaults to the small demo IV-VAE shipped inside the package; pass `-m MODEL` (a release name such as
+# odvae:v1.2.0 from `videovae models`, a converted folder, a Hub id or an ORIGINAL checkpoint file) to use another,
+# with --subfolder / --revision / --variant where needed. Writes out/reconstruction.mp4 and out/compare.png and prints
 # PSNR/SSIM, the latent shape, the compression ratio, time and peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
