@@ -196,30 +196,21 @@ def report_paths(output_dir: str | os.PathLike, clips: Sequence[str | os.PathLik
 def check_new_outputs(
     outputs: Sequence[str | os.PathLike], inputs: Sequence[str | os.PathLike], overwrite: bool
 ) -> None:
-    """Before any compute, the one check of every `compare` / `stats` output: writable, not one of the inputs, and
-    new unless `overwrite`. Raises `paths.OutputPathError` (an `OSError`) naming the path."""
-    from .paths import OutputPathError, check_output_file
+    """Before any compute, the package's one output check (`paths.check_outputs`) on every `compare` / `stats`
+    output: writable, not the same file as an input (links included) nor as another output, and new unless
+    `overwrite`. Raises `paths.OutputPathError` (an `OSError`) naming the path."""
+    from .paths import check_outputs
 
-    sources = {Path(path).resolve() for path in inputs}
-    for output in outputs:
-        path = check_output_file(output)
-        if path.resolve() in sources:
-            raise OutputPathError(f"Cannot write {path}: it is one of the inputs.")
-        if path.exists() and not overwrite:
-            raise OutputPathError(f"{path} exists; pass --overwrite to replace it.")
+    check_outputs([(path, "output") for path in outputs], [(path, "INPUT") for path in inputs], overwrite=overwrite)
 
 
 def write_file_atomic(path: Path, data: bytes) -> Path:
-    """Every file of `compare` and `stats` goes through here: a temporary name in the same folder, then a rename."""
-    from .paths import publish, staging_path
+    """Every file of `compare` and `stats` goes through `paths.atomic_output`: a temporary name, then a rename."""
+    from .paths import atomic_output
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
-    try:
+    with atomic_output(path) as staging:
         staging.write_bytes(data)
-        return publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    return Path(path)
 
 
 def _format(value: object, digits: int) -> str:

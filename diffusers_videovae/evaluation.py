@@ -355,28 +355,23 @@ def format_eval_table(rows: list[dict[str, Any]], settings: str) -> str:
 
 def write_eval_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """The rows of `evaluate_clips` and their mean as CSV, written atomically with the user's umask."""
-    from .paths import publish, staging_path
+    from .paths import atomic_output
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
-    try:
-        with open(staging, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["clip", "frames", "height_x_width", "psnr", "ssim", "lpips"])
-            for row in rows:
-                writer.writerow(
-                    [
-                        row["clip"],
-                        row["frames"],
-                        row["size"],
-                        f"{row['psnr']:.4f}",
-                        f"{row['ssim']:.6f}",
-                        "" if row["lpips"] is None else f"{row['lpips']:.6f}",
-                    ]
-                )
-            psnr, ssim = _mean([r["psnr"] for r in rows]), _mean([r["ssim"] for r in rows])
-            writer.writerow(["mean", "", "", f"{psnr:.4f}", f"{ssim:.6f}", ""])
-        return publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic_output(path) as staging, open(staging, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["clip", "frames", "height_x_width", "psnr", "ssim", "lpips"])
+        for row in rows:
+            writer.writerow(
+                [
+                    row["clip"],
+                    row["frames"],
+                    row["size"],
+                    f"{row['psnr']:.4f}",
+                    f"{row['ssim']:.6f}",
+                    "" if row["lpips"] is None else f"{row['lpips']:.6f}",
+                ]
+            )
+        psnr, ssim = _mean([r["psnr"] for r in rows]), _mean([r["ssim"] for r in rows])
+        writer.writerow(["mean", "", "", f"{psnr:.4f}", f"{ssim:.6f}", ""])
+    return path

@@ -174,12 +174,9 @@ def clear_cache(root: Path | None = None) -> tuple[int, int]:
 
 
 def _staging_of_a_live_process(entry: Path) -> bool:
-    from .checkpoints._common import _process_is_alive
+    from .paths import process_is_alive
 
     parts = entry.name.split("-")
     return (
-        entry.name.startswith(".tmp-")
-        and len(parts) >= 3
-        and parts[-2].isdigit()
-        and _process_is_alive(int(parts[-2]))
+        entry.name.startswith(".tmp-") and len(parts) >= 3 and parts[-2].isdigit() and process_is_alive(int(parts[-2]))
     )

@@ -208,5 +208,5 @@ def test_an_input_is_never_an_output_even_with_overwrite(data, capsys):
     clip = data["clips"][0]
     before = clip.read_bytes()
     code = main(["stats", "-m", str(data["model"]), "--data", str(clip), "-o", str(clip), "--overwrite", "-q"])
-    assert code == 1 and "one of the inputs" in capsys.readouterr().err
+    assert code == 1 and f"it is the same file as the input INPUT {clip}" in capsys.readouterr().err
     assert clip.read_bytes() == before
