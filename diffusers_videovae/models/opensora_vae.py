@@ -42,6 +42,7 @@ from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
     TilingLimits,
     check_latents,
+    check_positive_int,
     check_video,
     configure_tiling,
     stitch_blended_tiles,
@@ -601,6 +602,7 @@ class AutoencoderKLOpenSora(
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`T'` for a clip of `num_frames` frames (5 per full chunk of 17, `ceil(n / 4)` for a last chunk of n)."""
+        num_frames = check_positive_int(num_frames, "num_frames")
         factor = self.temporal_compression_ratio
         return sum(math.ceil(n / factor) for n in self._chunk_frames(num_frames))
 
@@ -823,7 +825,7 @@ class AutoencoderKLOpenSora(
         low, high = self.num_frames_range(z.shape[2])
         if num_frames is None:
             num_frames = low
-        elif not low <= num_frames <= high:
+        elif not low <= check_positive_int(num_frames, "num_frames") <= high:
             raise ValueError(
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."
