@@ -117,7 +117,16 @@ MODELS = {
     "cascadev": ModelEntry(
         "AutoencoderCascadeV",
         "diffusers_videovae.models.cascadev",
-        {},
+        dict(
+            previewer_hidden_channels=32,
+            transformer_hidden_size=96,
+            transformer_num_layers=2,
+            transformer_num_attention_heads=4,
+            transformer_sample_size=16,
+            transformer_num_frames=4,
+            svd_block_out_channels=(32, 32, 32, 32),  # the SVD decoder's GroupNorm has 32 groups
+            svd_layers_per_block=1,
+        ),
         sized=lambda frames, size: {"transformer_sample_size": size // 8},
         decode_options={"num_inference_steps": 1},
     ),

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_video, tile_starts
+from ._tiling import blend, check_finite, check_video, tile_starts
 
 # The released DiT's grid attention: `[temporal_splits, spatial_splits]` per block (None = full 3-D attention),
 # indexed `block % len(...)`.
@@ -509,9 +509,10 @@ class CascadeVTransformer3DModel(ModelMixin, ConfigMixin):
             if overlap < 2:
                 out[start:end] = piece
             else:
-                weights = torch.ones(frames, dtype=torch.float64)
-                weights[:overlap] = torch.linspace(0, 1, overlap, dtype=torch.float64)
-                weights = weights.to(out.device, torch.float32).to(out.dtype).reshape(-1, 1, 1, 1)
+                # A ramp 0..1 over the shared frames, made on the output's device (no host tensor per window).
+                weights = torch.ones(frames, device=out.device, dtype=torch.float32)
+                weights[:overlap] = torch.arange(overlap, device=out.device, dtype=torch.float32) / (overlap - 1)
+                weights = weights.to(out.dtype).reshape(-1, 1, 1, 1)
                 out[start:end] = out[start:end] * (1.0 - weights) + piece * weights
             last_end = end
         return out
@@ -798,8 +799,9 @@ class AutoencoderCascadeV(
             raise ValueError(f"`{name}` must be the effnet latent (B, {channels}, T, h, w); got {shape}.")
         if min(z.shape) == 0:
             raise ValueError(f"`{name}` is empty: shape {tuple(z.shape)}.")
-        if not z.is_floating_point() or not bool(torch.isfinite(z).all()):
+        if not z.is_floating_point():
             raise ValueError(f"`{name}` must be a finite floating point tensor.")
+        check_finite(z, name)
 
     def _check_noise(self, noise: torch.Tensor, shape: tuple[int, ...], name: str) -> None:
         if tuple(noise.shape) != shape:

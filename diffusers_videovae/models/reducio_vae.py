@@ -44,7 +44,7 @@ from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_video, group_moments, normalize_groups
+from ._tiling import blend, check_finite, check_video, group_moments, normalize_groups
 
 __all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
 
@@ -1046,8 +1046,7 @@ class AutoencoderKLReducio(
             raise ValueError(
                 f"`{name}` is {frame.shape[-2]}x{frame.shape[-1]}; H and W must be multiples of {spatial}."
             )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(frame).all()):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        check_finite(frame, name)
 
     def _check_latents(self, z: torch.Tensor, name: str) -> None:
         channels = self.config.latent_channels
@@ -1062,8 +1061,7 @@ class AutoencoderKLReducio(
                 f"`{name}` has {z.shape[2]} latent frames; each 16-frame segment has {segment}, so it must be a "
                 f"positive multiple of {segment} (shape {tuple(z.shape)})."
             )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        check_finite(z, name)
 
     # --- encoding --------------------------------------------------------------------------------------------------
 
