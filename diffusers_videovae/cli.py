@@ -33,6 +33,7 @@ import torch
 
 from . import __version__
 from .loaders import TORCH_DTYPES
+from .models._common import upcast_if_forced
 
 TILING_HELP = (
     "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
@@ -86,6 +87,9 @@ def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.
             options[name] = getattr(args, name)
     model = load_model(spec, torch_dtype=dtype, **options)
     args.model_resolved = spec
+    if upcast_if_forced(model):
+        print("note: this model's config sets force_upcast: float16 was asked, it runs in float32", file=sys.stderr)
+        args.dtype = "float32"
     return model.to(device or torch.device("cpu")).eval()
 
 

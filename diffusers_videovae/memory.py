@@ -155,7 +155,9 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """
     with torch.device("meta"):
         copy = type(model).from_config(model.config)
-    copy = copy.to("meta", model.dtype).eval()  # also what legacy constructors (`torch.Tensor([...])`) left on CPU
+    # `.to("meta")` also moves what legacy constructors (`torch.Tensor([...])`) left on the CPU; nn.Module's own
+    # `.to` casts without diffusers' warning about modules kept in float32 (a meta copy has no values to keep).
+    copy = torch.nn.Module.to(copy, "meta", model.dtype).eval()
     for name, value in vars(model).items():
         if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None))):
             setattr(copy, name, value)

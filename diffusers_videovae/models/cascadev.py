@@ -563,6 +563,8 @@ class AutoencoderCascadeV(
         num_inference_steps (`int`, default 8): the release's default step count.
         decode_chunk_size (`int`, default 4): frames per independent SVD decoder chunk (5 when T == 25).
         scaling_factor (`float`, default 1.0): pipelines' normalisation of the effnet latent (none).
+        force_upcast (`bool`, default False): whether float16 runs should be upcast to float32, as diffusers
+            pipelines read it; False because the original runs the DiT and the SVD decoder in float16.
         spatial_compression_ratio / temporal_compression_ratio: 32 and 1, stored for pipelines.
     """
 
@@ -600,6 +602,7 @@ class AutoencoderCascadeV(
         num_inference_steps: int = 8,
         decode_chunk_size: int = 4,
         scaling_factor: float = 1.0,
+        force_upcast: bool = False,
         spatial_compression_ratio: int = 32,
         temporal_compression_ratio: int = 1,
     ):

@@ -644,6 +644,8 @@ class AutoencoderKLIVVAE(
         dropout (`float`, defaults to 0.0): dropout inside residual blocks (0 in every release).
         scaling_factor (`float`, defaults to 0.9697) and shift_factor (`float`, defaults to -0.1553): latent
             normalisation of the release (values of `ivvae_z16_dim64`; see the model card for the other variants).
+        force_upcast (`bool`, defaults to False): whether float16 runs should be upcast to float32, as diffusers
+            pipelines read it; False because the original's demo runs in bfloat16, not float32.
         temporal_compression_ratio (`int`, optional): derived, `2 ** sum(temporal_downsample)` (4); stored in the
             config for pipelines to read. Passing a different value raises.
         spatial_compression_ratio (`int`, optional): derived, `2 ** (len(dim_mult) - 1)` (8); stored likewise.
@@ -676,6 +678,7 @@ class AutoencoderKLIVVAE(
         dropout: float = 0.0,
         scaling_factor: float = 0.9697,
         shift_factor: float = -0.1553,
+        force_upcast: bool = False,
         temporal_compression_ratio: int | None = None,
         spatial_compression_ratio: int | None = None,
     ):

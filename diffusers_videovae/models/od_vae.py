@@ -597,6 +597,8 @@ class AutoencoderKLODVAE(
         use_quant_layer (`bool`, defaults to `True`): whether the 1x1x1 `quant_conv` / `post_quant_conv` exist.
         norm_num_groups (`int`, defaults to 32): GroupNorm groups (eps 1e-6 everywhere).
         scaling_factor (`float`, defaults to 0.18215): latent scale used by Open-Sora-Plan pipelines.
+        force_upcast (`bool`, defaults to True): float16 runs are upcast to float32 (diffusers pipelines and
+            `videovae --dtype float16` read it): the release is float32 and its reference runs are float32.
         temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived from the layout
             (4 and 8 for both releases); given values must agree with it.
 
@@ -656,6 +658,7 @@ class AutoencoderKLODVAE(
         use_quant_layer: bool = True,
         norm_num_groups: int = 32,
         scaling_factor: float = 0.18215,
+        force_upcast: bool = True,
         temporal_compression_ratio: int | None = None,
         spatial_compression_ratio: int | None = None,
     ):

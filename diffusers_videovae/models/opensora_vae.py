@@ -393,6 +393,8 @@ class AutoencoderKLOpenSora(
         layers_per_block (`int`, default 2), norm_num_groups (`int`, default 32), act_fn (`str`, default "silu"),
         mid_block_add_attention (`bool`, default True): the rest of the spatial `AutoencoderKL` config.
         spatial_scaling_factor (`float`, default 0.18215): spatial latents are `0.18215 * posterior`, not 0.13025.
+        force_upcast (`bool`, default True): float16 runs are upcast to float32 (diffusers pipelines and
+            `videovae --dtype float16` read it): the spatial half is the SDXL VAE, whose own config sets it.
         spatial_micro_batch_size (`int`, default 4): frames per spatial micro-batch, as in the original: one
             noise draw each, and the spatial mid block (attention) runs on them together; the high-resolution
             layers run one frame at a time (frames are independent there), which bounds memory to one frame's.
@@ -450,6 +452,7 @@ class AutoencoderKLOpenSora(
         micro_frame_size: int | None = 17,
         latents_mean: tuple[float, ...] = (-0.10, 0.34, 0.27, 0.98),
         latents_std: tuple[float, ...] = (3.85, 2.32, 2.33, 3.06),
+        force_upcast: bool = True,
         spatial_compression_ratio: int | None = None,
         temporal_compression_ratio: int | None = None,
     ):
