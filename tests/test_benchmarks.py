@@ -93,3 +93,31 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
         assert float(row["first call s"]) > 0 and row["speed vs float32"].endswith("x")
         assert float(row["max abs diff"]) < 1e-4
         assert "TorchDynamo Cache Lookup" in row["top ops (self time)"]  # the profiled call went through dynamo
+
+
+# --- gpu_check.py: the accelerator table, smoke-tested on the CPU so that it is ready for its first GPU run --------
+
+
+def test_gpu_check_quick_reports_every_dtype_against_cpu_float32():
+    import gpu_check
+
+    threads = torch.get_num_threads()
+    try:
+        rows = gpu_check.main(["--device", "cpu", "--quick", "--models", "odvae", "cascadev"])
+    finally:
+        torch.set_num_threads(threads)
+    cells = {(row["model"], row["clip"].endswith("tiled"), row["dtype"]): row for row in rows}
+    assert set(cells) == {
+        (model, tiled, dtype)
+        for model in ("odvae", "cascadev")
+        for tiled in (False, True)
+        for dtype in ("float32", "bfloat16", "float16")
+    }
+    for (_, _, dtype), row in cells.items():
+        assert row["NaN/inf"] == "no"
+        assert float(row["encode s"]) > 0 and float(row["decode s"]) > 0 and row["peak"].endswith("GiB RSS")
+        video_diff = float(row["video max diff"])
+        if dtype == "float32":  # the same code on the same CPU: the reference itself
+            assert video_diff == 0.0
+        else:  # 8 (bfloat16) or 11 (float16) bits of mantissa: visible, far below the signal
+            assert 0 < video_diff < 0.5
