@@ -98,7 +98,8 @@ def _tiling_arguments(original: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", ENCODE_CASES)
-def test_encode_matches_original(model, cases, name):
+def test_encode_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         posterior = model.encode(cases[f"{name}.input"]).latent_dist
     assert_close(posterior.mean, cases[f"{name}.mean"], _atol(cases, name), f"{name}.mean")
@@ -106,13 +107,15 @@ def test_encode_matches_original(model, cases, name):
 
 
 @pytest.mark.parametrize("name", ENCODE_CASES)
-def test_decode_of_mean_matches_original(model, cases, name):
+def test_decode_of_mean_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         decoded = model.decode(cases[f"{name}.mean"]).sample
     assert_close(decoded, cases[f"{name}.decode_of_mean"], _atol(cases, name), f"{name}.decode_of_mean")
 
 
-def test_decode_latent_matches_original(model, cases):
+def test_decode_latent_matches_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         decoded = model.decode(cases["decode_latent.z"]).sample
     assert_close(decoded, cases["decode_latent.decode"], _atol(cases, "decode_latent"), "decode_latent.decode")
@@ -125,7 +128,8 @@ def test_posterior_std_and_sample_match_original(cases):
     assert_close(posterior.mean + posterior.std * cases["sample.eps"], cases["sample.z"], atol, "sample.z")
 
 
-def test_tiled_encode_and_decode_match_original(model, cases):
+def test_tiled_encode_and_decode_match_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     case = next(case for case in cases.meta["cases"] if case["case"] == "tiled")
     atol = case["suggested_atol"]
     model.enable_tiling(**_tiling_arguments(case["tiling"]))

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from accelerate import init_empty_weights
-from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
+from conftest import REPO_ROOT, TEST_DEVICE, ReferenceCases, assert_close, reference_dir
 from safetensors.torch import load_file, save_file
 
 from diffusers_videovae.checkpoints import CheckpointError, conversion_main, convert_to_folder
@@ -69,8 +69,10 @@ def _check(cases: ReferenceCases, name: str, key: str, actual: torch.Tensor) -> 
 
 
 @pytest.fixture()
-def case_model(model, cases, request):
-    """The converted model with the case's `micro_frame_size` (`nochunk22` runs unchunked, as in the original)."""
+def case_model(device_model, cases, request):
+    """The converted model (on VIDEOVAE_TEST_DEVICE) with the case's `micro_frame_size` (`nochunk22` runs unchunked,
+    as in the original)."""
+    model = device_model
     name = request.param
     previous = model.config.micro_frame_size
     model.register_to_config(micro_frame_size=_case(cases, name)["micro_frame_size"])
@@ -79,12 +81,12 @@ def case_model(model, cases, request):
 
 
 def _input(cases, name):
-    return cases[_case(cases, name)["input"]["tensor"]]
+    return cases[_case(cases, name)["input"]["tensor"]].to(TEST_DEVICE)
 
 
 def _normalise(model, z):
-    mean = torch.tensor(model.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(model.config.latents_std).view(1, -1, 1, 1, 1)
+    mean = torch.tensor(model.config.latents_mean, device=z.device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(model.config.latents_std, device=z.device).view(1, -1, 1, 1, 1)
     return (z - mean) / std
 
 
