@@ -124,6 +124,11 @@ def describe_peak(rss_bytes: int, accelerator_bytes: int | None) -> str:
     return rss if accelerator_bytes is None else f"{gib(accelerator_bytes)} GPU, {rss}"
 
 
+def peak_cell(result: dict) -> str:
+    """The peak of a `measure` result as a table cell: the RSS, and the accelerator's peak beside it when one ran."""
+    return describe_peak(result["peak_bytes"], result.get("accelerator_peak_bytes"))
+
+
 def _child(
     setup: Callable[..., Any], call: Callable[[Any], Any], kwargs: dict, threads: int, device: str, queue
 ) -> None:

@@ -60,7 +60,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import conv_probe, count_flops, format_table, matmul_probe, profile_op_types, timed  # noqa: E402
+from _harness import (  # noqa: E402
+    add_device_argument,
+    conv_probe,
+    count_flops,
+    format_table,
+    matmul_probe,
+    profile_op_types,
+    timed,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -426,7 +434,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         action="store_true",
         help="tiny configs, 5x32x32 clip (16 frames for Reducio), 1 repeat (smoke test)",
     )
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        # The roofline divides by this CPU's own measured convolution and sgemm rates; gpu_check.py times devices.
+        parser.error("bench_roofline.py measures the CPU only; on an accelerator run benchmarks/gpu_check.py --device")
     if args.quick:
         args.frames, args.size, args.repeats, args.matmul_size = 5, 32, 1, 256
     # One thread for the smoke test: on an oversubscribed machine two threads wait on each other at every op.

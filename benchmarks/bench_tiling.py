@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table, gib, measure  # noqa: E402
+from _harness import add_device_argument, format_table, measure, peak_cell  # noqa: E402
 
 CLASSES = {
     "ivvae": "AutoencoderKLIVVAE",
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", default="/tmp/tiling_bench", help="weights and outputs go here")
     parser.add_argument("--quick", action="store_true", help="tiny configs, 5x64x64 clip, 32-px tiles")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.size, args.tile = 5, 64, 32
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 result = measure(
                     setup,
                     call,
+                    device=args.device,
                     repeats=args.repeats,
                     threads=args.threads,
                     name=name,
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                     "call": op,
                     "mode": mode if name != "ivvae" or mode == "untiled" else "tiled (always exact)",
                     "seconds": f"{result['seconds']:.1f}",
-                    "peak RSS": gib(result["peak_bytes"]),
+                    "peak RSS": peak_cell(result),
                 }
                 if mode != "untiled":
                     row["max abs diff vs untiled"] = f"{float((outputs[op, mode] - reference).abs().max()):.1e}"
