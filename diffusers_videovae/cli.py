@@ -426,7 +426,7 @@ def _add_reading_arguments(parser: argparse.ArgumentParser, frames_default: int 
 def _add_tiling_arguments(parser: argparse.ArgumentParser, auto: bool = False) -> None:
     if auto:
         choices, default = ["auto", "on", "exact", "off"], "auto"
-        text = "auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs); "
+        text = "auto: on when the clip would not fit in memory untiled (the run traced at its shape on `meta`); "
     else:
         choices, default, text = ["on", "exact", "off"], "off", ""
     parser.add_argument("--tiling", choices=choices, default=default, help=text + TILING_HELP)
