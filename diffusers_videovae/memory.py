@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import psutil
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -147,6 +149,29 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+class _FusedAttention(TorchFunctionMode):
+    """On `meta`, `F.scaled_dot_product_attention` falls back to its math form, which materialises the attention
+    matrix; CPUs and GPUs run a fused kernel that does not. The trace calls the fused CPU kernel's meta function
+    instead (same output, no matrix), so it allocates what a real run does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or kwargs.get("enable_gqa"):
+            return func(*args, **kwargs)
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+        bound = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, **dict(zip(names, args))}
+        bound.update(kwargs)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            bound["query"],
+            bound["key"],
+            bound["value"],
+            bound["dropout_p"],
+            bound["is_causal"],
+            attn_mask=bound["attn_mask"],
+            scale=bound["scale"],
+        )[0]
+
+
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same model (config, dtype, tiling and slicing settings) with every parameter and buffer on `meta`.
 
@@ -167,7 +192,7 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
 def _traced_peak(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
     """Peak bytes of the tensors an encode + decode of a `(1, 3, T, H, W)` clip creates, traced on `meta`."""
     sample = torch.zeros(1, 3, *shape, device="meta", dtype=model.dtype)
-    with torch.no_grad(), LiveTensorBytes() as live:
+    with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
         if hasattr(model, "decode_svd_latents"):
             _cascadev_stages(model, sample)
         else:
