@@ -27,6 +27,8 @@ Numerics that matter for parity with the original (see the model card):
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -39,11 +41,12 @@ from torch import nn
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
 from ._tiling import (
+    TileStep,
     check_latents,
     check_video,
     halo_tile_strides,
     stitch_blended_tiles,
-    tiled_with_shared_group_norm,
+    tiled_in_layer_order,
 )
 
 __all__ = ["AutoencoderKLODVAE"]
@@ -276,6 +279,28 @@ def _resnets(kind: str, in_channels: int, out_channels: int, count: int, dropout
     )
 
 
+RESNETS = (ODVAEResnetBlock2D, ODVAEResnetBlock3D)
+
+
+def _run_parts(owner: nn.Module, parts: list[tuple[nn.Module, bool]], x: torch.Tensor) -> torch.Tensor:
+    """Run `parts` (layer, per frame) of a level in order on `(B, C, T, H, W)`, folding the frames into the batch
+    only where the layout changes; resnets go through `owner`'s gradient checkpointing."""
+    batch, per_frame = x.shape[0], False
+    for layer, frames in parts:
+        if frames != per_frame:
+            x, per_frame = (_to_frames(x) if frames else _from_frames(x, batch)), frames
+        x = _checkpointed(owner, layer, x) if isinstance(layer, RESNETS) else layer(x)
+    return _from_frames(x, batch) if per_frame else x
+
+
+def _part_reach(layer: nn.Module) -> int:
+    """How far, in input pixels, beyond its own an output pixel of one level part reads: a 3x3 convolution 1,
+    a resnet 2; a stride-2 downsampler 1, rounded up to 2 so that tiles stay aligned to its stride; a 2x upsampler
+    then a 3x3 convolution 1 (nearest: the convolution reads one output pixel past the tile, 1/2 input pixel;
+    trilinear: it clamps at a tile border, which the convolution spreads over 2 output pixels)."""
+    return 2 if isinstance(layer, RESNETS + (ODVAEDownsample2D, ODVAEDownsample3D)) else 1
+
+
 class ODVAEDownBlock(nn.Module):
     """One encoder level: its resnets (`block`), then its spatial (`downsample`) and temporal (`time_downsample`)
     downsamplers where the level has them. 2D resnets and the 2D downsampler run per frame: the frames are folded
@@ -300,21 +325,19 @@ class ODVAEDownBlock(nn.Module):
         self.time_downsample = ODVAETimeDownsampleRes(out_channels) if temporal_downsample else None
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`."""
-        batch = x.shape[0]
-        h = _to_frames(x) if self.per_frame else x
-        for resnet in self.block:
-            h = _checkpointed(self, resnet, h)
-        if isinstance(self.downsample, ODVAEDownsample2D):
-            h = _from_frames(self.downsample(h if self.per_frame else _to_frames(h)), batch)
-        else:
-            h = _from_frames(h, batch) if self.per_frame else h
-            if self.downsample is not None:
-                h = self.downsample(h)
+    def parts(self) -> list[tuple[nn.Module, bool]]:
+        """The level's layers in order, each with whether it runs per frame."""
+        layers = [(resnet, self.per_frame) for resnet in self.block]
+        if self.downsample is not None:
+            layers.append((self.downsample, isinstance(self.downsample, ODVAEDownsample2D)))
         if self.time_downsample is not None:
-            h = self.time_downsample(h)
-        return h
+            layers.append((self.time_downsample, False))
+        return layers
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `parts` runs some of the level's `parts()` only (exact
+        tiles run them one at a time, through this `forward` so that hooks on the level apply)."""
+        return _run_parts(self, self.parts()[parts], x)
 
 
 class ODVAEUpBlock(nn.Module):
@@ -340,20 +363,15 @@ class ODVAEUpBlock(nn.Module):
         self.time_upsample = ODVAETimeUpsampleRes(out_channels) if temporal_upsample else None
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, resnets: bool = True, upsamplers: bool = True) -> torch.Tensor:
-        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `resnets=False` / `upsamplers=False` run one part only
-        (exact tiling runs the resnets of the first upsampling level on whole frames, its upsamplers in tiles)."""
-        if resnets:
-            batch = x.shape[0]
-            x = _to_frames(x) if self.per_frame else x
-            for resnet in self.block:
-                x = _checkpointed(self, resnet, x)
-            x = _from_frames(x, batch) if self.per_frame else x
-        if upsamplers and self.upsample is not None:
-            x = self.upsample(x)
-        if upsamplers and self.time_upsample is not None:
-            x = self.time_upsample(x)
-        return x
+    def parts(self) -> list[tuple[nn.Module, bool]]:
+        """The level's layers in order, each with whether it runs per frame."""
+        layers = [(resnet, self.per_frame) for resnet in self.block]
+        return layers + [(layer, False) for layer in (self.upsample, self.time_upsample) if layer is not None]
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `parts` runs some of the level's `parts()` only (exact
+        tiles run them one at a time, through this `forward` so that hooks on the level apply)."""
+        return _run_parts(self, self.parts()[parts], x)
 
 
 class ODVAEMidBlock(nn.Module):
@@ -424,9 +442,19 @@ class ODVAEEncoder(nn.Module):
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def high_res_steps(self) -> list[TileStep]:
+        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` as steps that exact tiles run one at a time:
+        `conv_in`, then each part of the levels through the last spatial downsampler (local in space apart from
+        their GroupNorms)."""
+        steps = [TileStep(self.conv_in, 1, self.conv_in)]
+        for stage in self.down[: self.num_high_res_levels]:
+            for index, (layer, _) in enumerate(stage.parts()):
+                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+        return steps
+
     def forward_high(self, x: torch.Tensor) -> torch.Tensor:
         """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)`: `conv_in` and the levels through the last
-        spatial downsampler, local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
+        spatial downsampler (`high_res_steps`)."""
         h = self.conv_in(x)
         for stage in self.down[: self.num_high_res_levels]:
             h = stage(h)
@@ -500,7 +528,7 @@ class ODVAEDecoder(nn.Module):
         h = self.mid(h)
         for stage in reversed(self.up):
             h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.output_layers(h)
 
     def forward_low(self, z: torch.Tensor) -> torch.Tensor:
         """`(B, z_channels, t, h, w)` -> features `(B, C, t', h, w)`: `conv_in`, the mid block with its attention,
@@ -509,17 +537,34 @@ class ODVAEDecoder(nn.Module):
         for level in reversed(range(self.first_upsampling_level + 1, len(self.up))):
             h = self.up[level](h)
         if self.first_upsampling_level >= 0:
-            h = self.up[self.first_upsampling_level](h, upsamplers=False)
+            stage = self.up[self.first_upsampling_level]
+            h = stage(h, parts=slice(len(stage.block)))
         return h
 
     def forward_high(self, h: torch.Tensor) -> torch.Tensor:
-        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it,
-        local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
+        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it
+        (`high_res_steps`)."""
         if self.first_upsampling_level >= 0:
-            h = self.up[self.first_upsampling_level](h, resnets=False)
+            stage = self.up[self.first_upsampling_level]
+            h = stage(h, parts=slice(len(stage.block), None))
         for level in reversed(range(self.first_upsampling_level)):
             h = self.up[level](h)
+        return self.output_layers(h)
+
+    def output_layers(self, h: torch.Tensor) -> torch.Tensor:
+        """`norm_out`, SiLU and `conv_out`: `(B, C, T, H, W)` -> `(B, 3, T, H, W)`."""
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def high_res_steps(self) -> list[TileStep]:
+        """`forward_high` as steps that exact tiles run one at a time: each part of the levels it runs (local in
+        space apart from their GroupNorms), then the output layers."""
+        steps = []
+        for level in reversed(range(self.first_upsampling_level + 1)):
+            stage = self.up[level]
+            first = len(stage.block) if level == self.first_upsampling_level else 0
+            for index, (layer, _) in enumerate(stage.parts()[first:], start=first):
+                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+        return steps + [TileStep(self.output_layers, 1, self.norm_out)]
 
     def high_res_stages(self) -> list[nn.Module]:
         """The levels `forward_high` runs (the first upsampling level's resnets do not run there)."""
@@ -1040,15 +1085,10 @@ class AutoencoderKLODVAE(
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""
-        encoder = self.encoder
-        h = tiled_with_shared_group_norm(
-            encoder.forward_high,
-            x,
-            [encoder.conv_in, *encoder.down[: encoder.num_high_res_levels]],
-            core=(self.tile_sample_min_height, self.tile_sample_min_width),
-            halo=self.tile_halo["encode"],
+        h = tiled_in_layer_order(
+            self.encoder.high_res_steps(), x, core=(self.tile_sample_min_height, self.tile_sample_min_width)
         )
-        moments = encoder.forward_low(h)
+        moments = self.encoder.forward_low(h)
         return moments if self.quant_conv is None else self.quant_conv(moments)
 
     def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -1057,13 +1097,8 @@ class AutoencoderKLODVAE(
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         h = self.decoder.forward_low(z)
-        return tiled_with_shared_group_norm(
-            self.decoder.forward_high,
-            h,
-            [*self.decoder.high_res_stages(), self.decoder.norm_out],
-            core=(self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial),
-            halo=self.tile_halo["decode"],
-        )
+        core = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
+        return tiled_in_layer_order(self.decoder.high_res_steps(), h, core)
 
     def forward(
         self,
