@@ -203,9 +203,10 @@ def memory_against_size(runner: Runner, sizes: list[tuple[int, int]]) -> list[di
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=NAMES, default=list(NAMES))
-    parser.add_argument("--size", type=int, default=256, help="height and width of the clip of table 1")
+    parser.add_argument("--size", type=_size, default=(256, 256), help="frame size of table 1, HxW or S")
     parser.add_argument("--tile", type=int, default=128, help="tile size in pixels of table 1")
-    parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2, HxW or S")
+    parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2 (none: skip it)")
+    parser.add_argument("--skip-modes", action="store_true", help="table 2 only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--config", type=json.loads, default={}, help='config overrides, {"model": {...}}')
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--quick", action="store_true", help="tiny configs, 64x64 clips, 32-px tiles, sizes 64 128")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.tile, args.threads = 64, 32, 1
+        args.size, args.tile, args.threads = (64, 64), 32, 1
         args.sizes = args.sizes if args.sizes is not None else [(64, 64), (128, 128)]
     sizes = args.sizes if args.sizes is not None else [(256, 256), (512, 512), (720, 1280)]
     work = Path(args.workdir) / ("quick" if args.quick else "full")
@@ -222,9 +223,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     modes, memory = [], []
     for name in args.models:
         runner = Runner(name, args, work)
-        modes += compare_modes(runner, (args.size, args.size), args.tile)
+        modes += [] if args.skip_modes else compare_modes(runner, args.size, args.tile)
         memory += memory_against_size(runner, sizes) if sizes else []
-    config = "tiny configs" if args.quick else "released configs" + (" with overrides" if args.config else "")
+    config = (
+        "tiny configs"
+        if args.quick
+        else "released configs" + (f" with {json.dumps(args.config)}" if args.config else "")
+    )
     setting = f"{config}, random weights, float32, CPU, {args.threads} threads, median of {args.repeats}"
     print(f"\nTiling at {args.size}x{args.size}, {args.tile}-px tiles; {setting}")
     print(
