@@ -649,10 +649,11 @@ class AutoencoderKLODVAE(
     at the seams, chunks in time), so tiled results equal the original's tiled results and memory stays flat as the
     clip grows; they are not the untiled results, because GroupNorm statistics become per tile and per chunk and the
     trilinear upsamplers clamp at tile borders. `enable_tiling(exact=True)` gives the untiled results up to float
-    rounding instead: the layers above latent resolution run tile by tile with halos that cover their receptive
-    field (`tile_halo`) and GroupNorm statistics shared over all tiles, the rest (mid-block attention included) on
-    whole latent frames. It costs several passes over the tiles and keeps the whole clip in time, so its memory
-    grows with the number of frames.
+    rounding instead: the layers above latent resolution run one level part (a resnet, an up- or downsampler) at a
+    time over all tiles, each tile reading the few pixels around its core that the part needs, with GroupNorm
+    statistics shared over all tiles (`_tiling.tiled_in_layer_order`); the rest (mid-block attention included) runs
+    on whole latent frames. It costs about twice the untiled time and keeps the whole clip in time, so its memory
+    grows with the number of frames and the frame size (below the untiled peak: one part's input and output).
     """
 
     _supports_gradient_checkpointing = True

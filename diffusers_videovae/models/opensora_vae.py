@@ -454,9 +454,10 @@ class AutoencoderKLOpenSora(
     `T = 17k`, and for `T = 17k + 4j + 1`); pass `num_frames=T` for other lengths. Inconsistent values are rejected.
 
     Spatial tiling bounds memory for large frames: `enable_tiling(exact=True)` gives the untiled result up to float
-    rounding (tiles share GroupNorm statistics and read a receptive-field halo, `tile_halo`; attention runs on
-    whole latent frames) at several times the compute; the default blended tiles are fast but approximate. Time is
-    never tiled. See `enable_tiling`.
+    rounding (the tiled stages run one block or layer at a time over all tiles, each tile reading the few pixels
+    around its core that the step needs, with GroupNorm statistics shared over all tiles; attention runs on whole
+    latent frames) at a few times the compute; the default blended tiles are fast but approximate. Time is never
+    tiled. See `enable_tiling`.
 
     Args:
         in_channels / out_channels (`int`, defaults 3): image channels.
