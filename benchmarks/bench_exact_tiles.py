@@ -32,8 +32,15 @@ def _stage_per_group_norm(model, z: torch.Tensor) -> torch.Tensor:
     spatial = model.config.spatial_compression_ratio
     h = model.decoder.forward_low(model.post_quant_conv(z))
     core = (model.tile_sample_min_height // spatial, model.tile_sample_min_width // spatial)
+    steps = model.decoder.high_res_steps()
+
+    def stage(h: torch.Tensor) -> torch.Tensor:
+        for step in steps:
+            h = step.run(h)
+        return h
+
     norms = [*model.decoder.high_res_stages(), model.decoder.norm_out]
-    return tiled_with_shared_group_norm(model.decoder.forward_high, h, norms, core, model.tile_halo["decode"])
+    return tiled_with_shared_group_norm(stage, h, norms, core, model.tile_halo["decode"])
 
 
 def main(argv: list[str] | None = None) -> None:

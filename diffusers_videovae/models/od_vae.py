@@ -452,14 +452,6 @@ class ODVAEEncoder(nn.Module):
                 steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
         return steps
 
-    def forward_high(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)`: `conv_in` and the levels through the last
-        spatial downsampler (`high_res_steps`)."""
-        h = self.conv_in(x)
-        for stage in self.down[: self.num_high_res_levels]:
-            h = stage(h)
-        return h
-
     def forward_low(self, h: torch.Tensor) -> torch.Tensor:
         """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)`: the latent-resolution levels, the mid
         block with its attention, `norm_out` and `conv_out`, on whole frames."""
@@ -470,7 +462,7 @@ class ODVAEEncoder(nn.Module):
 
     def high_res_reach(self) -> int:
         """An upper bound, in input pixels, on how far beyond its own footprint (8x8 input pixels for a latent
-        pixel) an output pixel of `forward_high` reads; `scale` is input pixels per feature pixel at each layer."""
+        pixel) an output pixel of `high_res_steps` reads; `scale` is input pixels per feature pixel at each layer."""
         reach, scale = 1, 1  # conv_in: 3x3
         for stage in self.down[: self.num_high_res_levels]:
             reach += _resnet_reach(stage.block, scale)
@@ -541,23 +533,14 @@ class ODVAEDecoder(nn.Module):
             h = stage(h, parts=slice(len(stage.block)))
         return h
 
-    def forward_high(self, h: torch.Tensor) -> torch.Tensor:
-        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it
-        (`high_res_steps`)."""
-        if self.first_upsampling_level >= 0:
-            stage = self.up[self.first_upsampling_level]
-            h = stage(h, parts=slice(len(stage.block), None))
-        for level in reversed(range(self.first_upsampling_level)):
-            h = self.up[level](h)
-        return self.output_layers(h)
-
     def output_layers(self, h: torch.Tensor) -> torch.Tensor:
         """`norm_out`, SiLU and `conv_out`: `(B, C, T, H, W)` -> `(B, 3, T, H, W)`."""
         return self.conv_out(F.silu(self.norm_out(h)))
 
     def high_res_steps(self) -> list[TileStep]:
-        """`forward_high` as steps that exact tiles run one at a time: each part of the levels it runs (local in
-        space apart from their GroupNorms), then the output layers."""
+        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it,
+        as steps that exact tiles run one at a time: each part of those levels (local in space apart from their
+        GroupNorms), then the output layers."""
         steps = []
         for level in reversed(range(self.first_upsampling_level + 1)):
             stage = self.up[level]
@@ -567,11 +550,11 @@ class ODVAEDecoder(nn.Module):
         return steps + [TileStep(self.output_layers, 1, self.norm_out)]
 
     def high_res_stages(self) -> list[nn.Module]:
-        """The levels `forward_high` runs (the first upsampling level's resnets do not run there)."""
+        """The levels `high_res_steps` run (the first upsampling level's resnets do not run there)."""
         return [self.up[level] for level in reversed(range(self.first_upsampling_level + 1))]
 
     def high_res_reach(self) -> int:
-        """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `forward_high`
+        """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `high_res_steps`
         reads; `scale` is output pixels per feature pixel at each layer (8 at latent resolution).
 
         Walking back from an output pixel, the pixels it depends on span an interval that grows by `scale` on each
