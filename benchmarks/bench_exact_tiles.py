@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         for side in sides
     ]
     print(
-        f"OD-VAE decode, {'tiny' if args.quick else 'full-size release'} config"
+        f"OD-VAE decode, {'tiny config' if args.quick else 'release config'}"
         f"{' with ' + json.dumps(config) if config and not args.quick else ''}, random weights, float32, CPU, "
         f"{args.threads} thread(s), 1x3x{args.frames}x{args.size}x{args.size}, {args.tile}-px exact tiles, "
         f"median of {args.repeats} alternated runs"

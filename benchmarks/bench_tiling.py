@@ -179,11 +179,11 @@ def compare_modes(runner: Runner, size: tuple[int, int], tile: int) -> list[dict
     return rows
 
 
-def memory_against_size(runner: Runner, sizes: list[tuple[int, int]]) -> list[dict]:
+def memory_against_size(runner: Runner, sizes: list[tuple[int, int]], modes: list[str]) -> list[dict]:
     """Table 2 rows of one model: peak RSS per frame size, default tiles (the model's own tile size) and exact."""
     rows = []
     for op in ("encode", "decode"):
-        for mode in MODES[1:]:
+        for mode in modes:
             row, peaks = {"model": runner.name, "call": op, "tiles": mode.split()[0]}, []
             for size in sizes:
                 latents = runner.work / f"{runner.name}_encode_default_{size[0]}x{size[1]}_None.pt"
@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--tile", type=int, default=128, help="tile size in pixels of table 1")
     parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2 (none: skip it)")
     parser.add_argument("--skip-modes", action="store_true", help="table 2 only")
+    parser.add_argument("--memory-modes", nargs="+", choices=MODES[1:], default=list(MODES[1:]), help="of table 2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--config", type=json.loads, default={}, help='config overrides, {"model": {...}}')
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     for name in args.models:
         runner = Runner(name, args, work)
         modes += [] if args.skip_modes else compare_modes(runner, args.size, args.tile)
-        memory += memory_against_size(runner, sizes) if sizes else []
+        memory += memory_against_size(runner, sizes, args.memory_modes) if sizes else []
     config = (
         "tiny configs"
         if args.quick
