@@ -47,8 +47,10 @@ from typing import Any
 
 import torch
 
+from .cli_args import positive_int
 from .loaders import TORCH_DTYPES
-from .paths import check_output_dir, publish, staging_path
+from .paths import atomic_output, check_output_dir
+from .releases_cli import add_source_arguments
 
 __all__ = ["ClipEntry", "add_arguments", "cache_latents", "main", "read_index", "register"]
 
@@ -83,22 +85,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, help="a diffusers folder, a Hub id or an original checkpoint")
     parser.add_argument("-o", "--output-dir", required=True)
     parser.add_argument(
-        "--num-frames", type=int, help="frames per clip (default: the longest valid prefix of each video)"
+        "--overwrite", action="store_true", help="replace an index.json / failed.json there that is not a cache's"
     )
     parser.add_argument(
-        "--frame-stride", type=int, help="first frames of successive clips are this far apart (default: --num-frames)"
+        "--num-frames", type=positive_int, help="frames per clip (default: the longest valid prefix of each video)"
     )
-    parser.add_argument("--size", type=int, help="resize so that the short side is this many pixels (default: as is)")
-    parser.add_argument("--shard-size", type=int, default=64, help="clips per shard")
+    parser.add_argument(
+        "--frame-stride",
+        type=positive_int,
+        help="first frames of successive clips are this far apart (default: --num-frames)",
+    )
+    parser.add_argument(
+        "--size", type=positive_int, help="resize so that the short side is this many pixels (default: as is)"
+    )
+    parser.add_argument("--shard-size", type=positive_int, default=64, help="clips per shard")
     parser.add_argument("--store-logvar", action="store_true", help="also store the posterior log variance")
     parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="storage dtype")
     parser.add_argument("--tiling", action="store_true", help="encode with the model's tiling (large clips)")
     parser.add_argument("--model-type", help="model type of an original checkpoint (else detected)")
-    parser.add_argument("--variant", help="released variant of an original checkpoint")
+    add_source_arguments(parser)
     parser.add_argument(
-        "--max-clips", type=int, help="stop after encoding this many new clips per process (a time box)"
+        "--max-clips", type=positive_int, help="stop after encoding this many new clips per process (a time box)"
     )
-    parser.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process")
     parser.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
 
 
@@ -148,9 +157,8 @@ def read_index(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    staging = staging_path(path)
-    staging.write_text(json.dumps(data, indent=1))
-    publish(staging, path)
+    with atomic_output(path) as staging:
+        staging.write_text(json.dumps(data, indent=1))
 
 
 def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tensors: dict[str, torch.Tensor]) -> Path:
@@ -162,9 +170,9 @@ def write_shard(output_dir: Path, model_id: str, entries: list[ClipEntry], tenso
     for entry in entries:
         entry.shard = final.name
     metadata = {"videovae_cache": json.dumps({"model_id": model_id, "clips": [asdict(e) for e in entries]})}
-    staging = staging_path(final)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
-    return publish(staging, final)
+    with atomic_output(final) as staging:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging), metadata=metadata)
+    return final
 
 
 # ---------------------------------------------------------------------------------------------------------- the work
@@ -181,9 +189,10 @@ def plan_clips(num_frames_available: int, num_frames: int | None, stride: int | 
 
 def _load_encoder(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     from .loaders import load_model
+    from .releases_cli import source_options
     from .video import check_clip_size
 
-    vae = load_model(args.model, model_type=args.model_type, variant=args.variant).to(device).eval()
+    vae = load_model(args.model, **source_options(args)).to(device).eval()
     if args.tiling:
         vae.enable_tiling()
     check_clip_size(vae.input_rule, num_frames=args.num_frames)
@@ -317,6 +326,24 @@ def _write_index(output_dir: Path, vae, args: argparse.Namespace, model_id: str)
     return {"clips_in_index": len(clips), "failed": len(all_failed)}
 
 
+def _check_index_files(output_dir: Path, overwrite: bool) -> None:
+    """index.json / failed.json are rebuilt at the end: refuse, unless --overwrite, ones a cache run did not write."""
+    for name, kind in (("index.json", dict), ("failed.json", list)):
+        path = output_dir / name
+        if not path.exists() or overwrite:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            ours = isinstance(data, kind) and (kind is list or data.get("version") == INDEX_VERSION)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise FileExistsError(
+                f"--output-dir {output_dir}: its {name} was not written by cache-latents; pass --overwrite to "
+                "replace it or choose another folder."
+            )
+
+
 def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
     """Run `videovae cache-latents`; returns a summary (clips written, skipped, failed)."""
     from accelerate import PartialState
@@ -328,6 +355,7 @@ def cache_latents(args: argparse.Namespace) -> dict[str, Any]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
+    _check_index_files(output_dir, getattr(args, "overwrite", False))
     sources = list_sources(args.data)
     state = PartialState(cpu=args.cpu or not accelerator_available())
     vae = _load_encoder(args, state.device)

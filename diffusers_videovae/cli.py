@@ -32,13 +32,22 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .loaders import TORCH_DTYPES
-
-TILING_HELP = (
-    "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
-    "GroupNorms see one tile); exact: tiles that share GroupNorm statistics and read halos, equal to untiled up to "
-    "rounding but several times slower (IV-VAE tiles are always exact)"
+from .cli_args import (
+    DEFAULT_FRAMES,
+    add_decoder_arguments,
+    add_model_arguments,
+    add_output_arguments,
+    add_reading_arguments,
+    add_tiling_arguments,
+    crf,
+    parse_size,
+    positive_int,
 )
+from .loaders import TORCH_DTYPES
+from .releases_cli import add_source_arguments
+from .video import VIDEO_FORMATS
+
+VIDEO_SUFFIXES = "/".join(VIDEO_FORMATS)
 
 
 class CLIError(Exception):
@@ -50,8 +59,6 @@ class CLIError(Exception):
 
 def resolve_device(name: str, threads: int | None = None) -> torch.device:
     if threads is not None:
-        if threads < 1:
-            raise CLIError(f"--threads must be >= 1, got {threads}.")
         torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,38 +78,48 @@ def _model_spec(spec: str | None) -> str:
             "No model given and the demo model is not installed in this package "
             f"({DEMO_MODEL_DIR}); pass one with -m (a Hub id, a diffusers folder, or an original checkpoint)."
         )
-    return str(resolve_model_name(spec or "ivvae-demo"))
+    path = resolve_model_name(spec or "ivvae-demo")
+    return str(path) if path.exists() else spec  # release names and Hub links stay as typed
 
 
 def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.nn.Module:
     """The model named by `-m` (or the packaged demo model), in the requested dtype, on `device`."""
     from .loaders import load_model
+    from .releases_cli import source_options
 
     spec = _model_spec(getattr(args, "model", None))
     dtype = TORCH_DTYPES[getattr(args, "dtype", "float32")]
-    options = {}
-    for name in ("model_type", "variant", "original_config"):
-        if getattr(args, name, None):
-            options[name] = getattr(args, name)
-    model = load_model(spec, torch_dtype=dtype, **options)
+    model = load_model(spec, dtype=dtype, **source_options(args))
     args.model_resolved = spec
+    if getattr(args, "quiet", False) and hasattr(model, "set_progress_bar_config"):
+        model.set_progress_bar_config(disable=True)  # a diffusion decoder's own denoising bar
     return model.to(device or torch.device("cpu")).eval()
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected TxHxW such as 17x256x256, got {text!r}")
-    return tuple(int(group) for group in match.groups())
+def check_outputs(args: argparse.Namespace, outputs: list, inputs: list, videos=(), images=(), latents=()) -> None:
+    """Refuse, before any compute, outputs that must not be written (`paths.check_outputs`: unwritable, the same
+    file as an input or as another output, existing without --overwrite) and outputs of a format we cannot write.
 
+    `outputs` / `inputs` are `(path, option)` pairs; a local `-m` model and `--original-config` are inputs too.
+    `videos`, `images` and `latents` name the options whose files are videos, PNG images and latents files.
+    """
+    from .paths import check_outputs as check_paths
+    from .video import check_image_output, check_video_output
 
-def check_outputs(*paths: tuple[str | None, str]) -> None:
-    """Every `(path, option)` output that is given must be writable: checked before any compute."""
-    from .paths import check_output_file
-
-    for path, option in paths:
-        if path is not None:
-            check_output_file(path, option)
+    for name, option in (("model", "-m"), ("original_config", "--original-config")):
+        path = getattr(args, name, None)
+        if path is not None and Path(path).exists():  # a local file, not a Hub id
+            inputs = [*inputs, (path, option)]
+    check_paths(outputs, inputs, overwrite=args.overwrite)
+    for path, option in outputs:
+        if path is None:
+            continue
+        if option in videos:
+            check_video_output(path, option, args.crf)
+        elif option in images:
+            check_image_output(path, option)
+        elif option in latents and Path(path).suffix.lower() != ".safetensors":
+            raise CLIError(f"Cannot write {option} {path}: a latents file must end in .safetensors.")
 
 
 def _print_lines(lines: list[tuple[str, str]]) -> None:
@@ -120,7 +137,7 @@ def read_input(args: argparse.Namespace, rule) -> tuple[torch.Tensor, float, str
     from .video import fit_to_rule, synthetic_clip
 
     if args.input is None:
-        frames = rule.valid_num_frames(args.frames or 17) or rule.first_num_frames
+        frames = rule.valid_num_frames(args.frames or DEFAULT_FRAMES) or rule.first_num_frames
         side = args.size or 128
         clip = fit_to_rule(synthetic_clip(num_frames=frames, height=side, width=side, seed=args.seed), rule)
         return clip, 25.0, "synthetic clip (no INPUT given)"
@@ -152,7 +169,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .metrics import video_quality
 
     output = args.output or _default_output(args.input)
-    check_outputs((output, "-o"), (args.compare, "--compare"), (args.side_by_side, "--side-by-side"))
+    check_outputs(
+        args,
+        [(output, "-o"), (args.compare, "--compare"), (args.side_by_side, "--side-by-side")],
+        [(args.input, "INPUT")],
+        videos=("-o", "--side-by-side"),
+        images=("--compare",),
+    )
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     rule = model.input_rule
@@ -231,7 +254,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .latent_files import save_latents
     from .memory import enable_tiling
 
-    check_outputs((args.output, "-o"))
+    check_outputs(args, [(args.output, "-o")], [(args.input, "INPUT")], latents=("-o",))
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     video, fps = read_clip(args, model.input_rule)
@@ -260,10 +283,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .memory import enable_tiling
     from .video import write_video
 
-    check_outputs((args.output, "-o"))
+    outputs = {"outputs": [(args.output, "-o")], "inputs": [(args.input, "INPUT")], "videos": ("-o",)}
+    check_outputs(args, **outputs)
     latents, conditions, metadata = read_latents(args.input)
     if args.model is None:
         args.model = metadata["model"]
+        check_outputs(args, **outputs)  # the recorded model, when a local file, is an input too
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     check_latents_match(model, latents, conditions, metadata, force=args.force)
@@ -285,7 +310,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import EvalSettings, evaluate_clips, format_eval_table, write_eval_csv
     from .memory import enable_tiling
 
-    check_outputs((args.csv, "--csv"))
+    check_outputs(args, [(args.csv, "--csv")], [(clip, "CLIP") for clip in args.clips])
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     enable_tiling(model, args.tiling, args.tile_size)
@@ -357,6 +382,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _variant_of(spec: str, model: torch.nn.Module) -> str:
+    if re.fullmatch(r"\w+:[\w.-]+", spec):  # a release name, MODEL_TYPE:VARIANT
+        return spec.split(":", 1)[1]
     if "variant" in model.config:
         return str(model.config["variant"])
     card = Path(spec) / "README.md"
@@ -387,104 +414,52 @@ def cmd_push(args: argparse.Namespace) -> int:
 # -- the parser -------------------------------------------------------------------------------------------------
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, required: bool = False, default_help: str = "") -> None:
-    parser.add_argument(
-        "-m",
-        "--model",
-        required=required,
-        help="Hub repo id, local diffusers folder, original checkpoint file, or ivvae-demo" + default_help,
-    )
-    parser.add_argument("--model-type", help="model type of an original checkpoint file (detected when omitted)")
-    parser.add_argument("--variant", help="released variant of an original checkpoint file (inferred when omitted)")
-    parser.add_argument("--original-config", help="the original's own config file, for custom original checkpoints")
-    parser.add_argument(
-        "--dtype", choices=sorted(TORCH_DTYPES), default="float32", help="compute dtype (default float32)"
-    )
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-
-
-def _add_reading_arguments(parser: argparse.ArgumentParser, frames_default: int | None) -> None:
-    parser.add_argument(
-        "--frames",
-        type=int,
-        default=frames_default,
-        help=f"read at most this many frames (default {frames_default or 'all'}), trimmed to the model's frame rule",
-    )
-    parser.add_argument("--size", type=int, help="resize so the short side has this many pixels (default: keep)")
-    parser.add_argument("--start", type=float, default=0.0, help="seconds to skip at the start")
-    parser.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
-    parser.add_argument(
-        "--fps", type=float, help="resample to this frame rate (picks frames; exclusive with --stride)"
-    )
-
-
-def _add_tiling_arguments(parser: argparse.ArgumentParser, auto: bool = False) -> None:
-    if auto:
-        choices, default = ["auto", "on", "exact", "off"], "auto"
-        text = "auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs); "
-    else:
-        choices, default, text = ["on", "exact", "off"], "off", ""
-    parser.add_argument("--tiling", choices=choices, default=default, help=text + TILING_HELP)
-    parser.add_argument("--tile-size", type=int, metavar="PX", help="tile size in pixels (default: the model's)")
-
-
-def _add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--steps", type=int, help="denoising steps of a diffusion decoder (default: the model's; others ignore it)"
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the posterior sample, a diffusion decoder's noise, synthetic clips",
-    )
-
-
 def _add_reconstruct(subparsers, demo: str) -> None:
     sub = subparsers.add_parser(
         "reconstruct",
         help="encode + decode a clip, print PSNR/SSIM, latent shape, time, memory",
         description="Encode and decode a clip with a VAE and write the reconstruction. Without INPUT, a synthetic "
-        "moving pattern (17 frames, 128x128 unless --frames/--size) is used.",
+        f"moving pattern ({DEFAULT_FRAMES} frames, 128x128 unless --frames/--size) is used.",
     )
     sub.add_argument("input", nargs="?", help="video file (any format av/FFmpeg reads); omit for a synthetic clip")
-    _add_model_arguments(sub, default_help=demo)
-    sub.add_argument("-o", "--output", help="reconstruction .mp4 (default: INPUT_STEM.recon.mp4)")
+    add_model_arguments(sub, default_help=demo)
+    sub.add_argument("-o", "--output", help=f"reconstruction video, {VIDEO_SUFFIXES} (default: INPUT_STEM.recon.mp4)")
     sub.add_argument("--compare", metavar="PNG", help="also write a contact sheet: original | reconstruction | error")
     sub.add_argument("--side-by-side", metavar="MP4", help="also write original and reconstruction side by side")
-    _add_reading_arguments(sub, frames_default=17)
-    _add_tiling_arguments(sub, auto=True)
+    add_output_arguments(sub)
+    add_reading_arguments(sub)
+    add_tiling_arguments(sub, auto=True)
     sub.add_argument(
         "--segment-frames",
-        type=int,
+        type=positive_int,
         help="process long clips in segments of at most this many frames (following the frame rule; causal models "
         "continue each segment from the previous one's last frame); default: the whole clip at once",
     )
     sub.add_argument("--sample", action="store_true", help="sample the posterior instead of taking its mode")
-    _add_decoder_arguments(sub)
-    sub.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) to 51 (default 18)")
+    add_decoder_arguments(sub)
+    sub.add_argument("--crf", type=crf, default=18, help="H.264 quality, 0 (lossless) to 51 (default 18)")
     sub.add_argument("--lpips", action="store_true", help="also LPIPS, when its weights are on disk")
-    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub.set_defaults(func=cmd_reconstruct)
 
 
 def _add_encode_decode(subparsers) -> None:
     sub = subparsers.add_parser("encode", help="video -> latents.safetensors (raw latents + what decoding needs)")
     sub.add_argument("input", help="video file")
-    _add_model_arguments(sub, required=True)
+    add_model_arguments(sub, required=True)
     sub.add_argument("-o", "--output", required=True, help="latents .safetensors")
-    _add_reading_arguments(sub, frames_default=None)
-    _add_tiling_arguments(sub)
+    add_output_arguments(sub)
+    add_reading_arguments(sub)
+    add_tiling_arguments(sub)
     sub.set_defaults(func=cmd_encode)
 
     sub = subparsers.add_parser("decode", help="latents.safetensors -> video .mp4")
     sub.add_argument("input", help="latents written by `videovae encode`")
-    _add_model_arguments(sub, default_help=" (default: the model recorded in the latent file)")
-    sub.add_argument("-o", "--output", required=True, help="video .mp4")
-    _add_tiling_arguments(sub)
-    _add_decoder_arguments(sub)
-    sub.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (lossless) to 51 (default 18)")
+    add_model_arguments(sub, default_help=" (default: the model recorded in the latent file)")
+    sub.add_argument("-o", "--output", required=True, help=f"video, {VIDEO_SUFFIXES}")
+    add_output_arguments(sub)
+    add_tiling_arguments(sub)
+    add_decoder_arguments(sub)
+    sub.add_argument("--crf", type=crf, default=18, help="H.264 quality, 0 (lossless) to 51 (default 18)")
     sub.add_argument("--force", action="store_true", help="decode even if the model's config differs")
     sub.set_defaults(func=cmd_decode)
 
@@ -498,36 +473,34 @@ def _add_eval(subparsers, demo: str) -> None:
         "the aspect ratio).",
     )
     sub.add_argument("clips", nargs="+", help="video files")
-    _add_model_arguments(sub, default_help=demo)
-    _add_reading_arguments(sub, frames_default=17)
-    sub.set_defaults(size=256)
+    add_model_arguments(sub, default_help=demo)
+    add_reading_arguments(sub, size_default=256)
     sub.add_argument(
         "--crop-square",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="center-crop a square of the short side (default on)",
     )
-    _add_tiling_arguments(sub)
-    _add_decoder_arguments(sub)
+    add_tiling_arguments(sub)
+    add_decoder_arguments(sub)
     sub.add_argument("--csv", help="also write the table as CSV")
+    add_output_arguments(sub)
     sub.add_argument("--lpips", action="store_true", help="also LPIPS, when its weights are on disk")
-    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub.set_defaults(func=cmd_eval)
 
 
 def _add_info(subparsers) -> None:
     sub = subparsers.add_parser("info", help="variant, compression, latent shape and memory estimate of a model")
-    sub.add_argument("model_spec", metavar="MODEL", help="Hub repo id, local diffusers folder, or original checkpoint")
+    sub.add_argument(
+        "model_spec", metavar="MODEL", help="release name, Hub repo id, diffusers folder, or original file"
+    )
     sub.add_argument("--size", type=parse_size, default=(17, 256, 256), help="input TxHxW (default 17x256x256)")
-    for flag, text in (
-        ("--model-type", "model type of an original file"),
-        ("--variant", "variant of an original file"),
-        ("--original-config", "original config file"),
-    ):
+    for flag, text in (("--model-type", "model type of an original file"), ("--original-config", "original config")):
         sub.add_argument(flag, help=text)
+    add_source_arguments(sub)
     sub.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="float32")
     sub.add_argument("--device", default="auto")
-    sub.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    sub.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     sub.set_defaults(func=cmd_info)
 
 
@@ -561,11 +534,13 @@ def _add_convert_push(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import caching, training
+    from . import caching, compare_cli, releases_cli, training
 
     parser = argparse.ArgumentParser(
         prog="videovae",
-        description="Video VAEs (IV-VAE, OD-VAE, Open-Sora 1.2) as diffusers models: try, measure, convert, publish.",
+        description="Video VAEs (IV-VAE, OD-VAE, Open-Sora 1.2, Reducio-VAE, CascadeV) as diffusers models: try, "
+        "measure, convert, publish. Outputs are never an input, replace a file only with --overwrite, and are "
+        "written under a temporary name, then renamed.",
     )
     parser.add_argument("--version", action="version", version=f"diffusers-videovae {__version__}")
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks instead of one-line errors")
@@ -578,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_push(subparsers)
     training.register(subparsers)
     caching.register(subparsers)
+    releases_cli.register(subparsers)
+    compare_cli.register(subparsers)
     return parser
 
 

@@ -30,17 +30,22 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .models._common import InputRule
 
+if TYPE_CHECKING:
+    from .metrics import Quality
+
 __all__ = [
+    "ClipEvaluation",
     "EvalSettings",
     "Reconstruction",
     "Segment",
     "encode_video",
+    "evaluate_clip",
     "evaluate_clips",
     "format_eval_table",
     "plan_segments",
@@ -271,32 +276,48 @@ def read_eval_clip(path: str | os.PathLike, settings: EvalSettings, rule: InputR
     return video
 
 
+@dataclass
+class ClipEvaluation:
+    """One clip's evaluation: its table row, the clip as the model saw it, the reconstruction, per-frame quality."""
+
+    row: dict[str, Any]
+    """clip, frames, size, psnr, ssim, lpips: one row of `evaluate_clips`."""
+    video: torch.Tensor
+    """`(1, 3, T, H, W)` in [-1, 1]: the clip read and cropped as the settings say."""
+    reconstruction: Reconstruction
+    quality: Quality
+    """Per-frame PSNR / SSIM (/ LPIPS) and their means."""
+
+
+def evaluate_clip(
+    model: torch.nn.Module, clip: str | os.PathLike, settings: EvalSettings, progress: bool = True
+) -> ClipEvaluation:
+    """Read and reconstruct one clip as `settings` say and measure it (what `evaluate_clips` does per clip)."""
+    from .metrics import video_quality
+
+    video = read_eval_clip(clip, settings, model.input_rule)
+    device, _ = _model_device_dtype(model)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    result = reconstruct_video(
+        model, video, generator=generator, num_inference_steps=settings.num_inference_steps, progress=progress
+    )
+    quality = video_quality(video, result.video, lpips=settings.lpips)
+    row = {
+        "clip": Path(clip).name,
+        "frames": video.shape[2],
+        "size": f"{video.shape[3]}x{video.shape[4]}",
+        "psnr": quality.psnr,
+        "ssim": quality.ssim,
+        "lpips": quality.lpips,
+    }
+    return ClipEvaluation(row, video, result, quality)
+
+
 def evaluate_clips(
     model: torch.nn.Module, clips: list[str | os.PathLike], settings: EvalSettings, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Reconstruct each clip as `settings` say; one row (clip, frames, size, psnr, ssim, lpips) per clip."""
-    from .metrics import video_quality
-
-    rows = []
-    for clip in clips:
-        video = read_eval_clip(clip, settings, model.input_rule)
-        device, _ = _model_device_dtype(model)
-        generator = torch.Generator(device=device).manual_seed(settings.seed)
-        result = reconstruct_video(
-            model, video, generator=generator, num_inference_steps=settings.num_inference_steps, progress=progress
-        )
-        quality = video_quality(video, result.video, lpips=settings.lpips)
-        rows.append(
-            {
-                "clip": Path(clip).name,
-                "frames": video.shape[2],
-                "size": f"{video.shape[3]}x{video.shape[4]}",
-                "psnr": quality.psnr,
-                "ssim": quality.ssim,
-                "lpips": quality.lpips,
-            }
-        )
-    return rows
+    return [evaluate_clip(model, clip, settings, progress).row for clip in clips]
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -334,28 +355,23 @@ def format_eval_table(rows: list[dict[str, Any]], settings: str) -> str:
 
 def write_eval_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """The rows of `evaluate_clips` and their mean as CSV, written atomically with the user's umask."""
-    from .paths import publish, staging_path
+    from .paths import atomic_output
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
-    try:
-        with open(staging, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["clip", "frames", "height_x_width", "psnr", "ssim", "lpips"])
-            for row in rows:
-                writer.writerow(
-                    [
-                        row["clip"],
-                        row["frames"],
-                        row["size"],
-                        f"{row['psnr']:.4f}",
-                        f"{row['ssim']:.6f}",
-                        "" if row["lpips"] is None else f"{row['lpips']:.6f}",
-                    ]
-                )
-            psnr, ssim = _mean([r["psnr"] for r in rows]), _mean([r["ssim"] for r in rows])
-            writer.writerow(["mean", "", "", f"{psnr:.4f}", f"{ssim:.6f}", ""])
-        return publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic_output(path) as staging, open(staging, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["clip", "frames", "height_x_width", "psnr", "ssim", "lpips"])
+        for row in rows:
+            writer.writerow(
+                [
+                    row["clip"],
+                    row["frames"],
+                    row["size"],
+                    f"{row['psnr']:.4f}",
+                    f"{row['ssim']:.6f}",
+                    "" if row["lpips"] is None else f"{row['lpips']:.6f}",
+                ]
+            )
+        psnr, ssim = _mean([r["psnr"] for r in rows]), _mean([r["ssim"] for r in rows])
+        writer.writerow(["mean", "", "", f"{psnr:.4f}", f"{ssim:.6f}", ""])
+    return path

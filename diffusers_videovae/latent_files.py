@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .paths import publish, staging_path
+from .paths import atomic_output
 
 __all__ = [
     "LATENT_FORMAT",
@@ -117,13 +118,9 @@ def save_latents(
         "diffusers_videovae_version": __version__,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_path(path)
-    try:
+    with atomic_output(path) as staging:
         save_file(tensors, str(staging), metadata=metadata)
-        return publish(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    return path
 
 
 def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, str]]:
@@ -141,10 +138,23 @@ def read_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, torch
         raise LatentsFileError(f"{path} is not a safetensors file: {error}") from None
     if metadata.get("format") != LATENT_FORMAT or "latents" not in tensors:
         raise LatentsFileError(f"{path} was not written by `videovae encode` (no {LATENT_FORMAT} metadata).")
+    _check_fps(path, metadata.get("fps"))
     conditions = {
         key[len(_CONDITION_PREFIX) :]: value for key, value in tensors.items() if key.startswith(_CONDITION_PREFIX)
     }
     return tensors["latents"], conditions, metadata
+
+
+def _check_fps(path: Path, text: str | None) -> None:
+    try:
+        fps = float(text)
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not math.isfinite(fps) or fps <= 0:
+        raise LatentsFileError(
+            f"{path} records the frame rate fps={text!r}; a latents file needs a finite fps > 0 (encode the clip "
+            "again with `videovae encode`)."
+        )
 
 
 def check_latents_match(

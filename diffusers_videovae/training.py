@@ -50,6 +50,9 @@ from typing import Any
 
 import torch
 
+from .cli_args import positive_int
+from .releases_cli import add_source_arguments
+
 __all__ = ["add_arguments", "build_model", "main", "register", "train"]
 
 CHECKPOINT_PREFIX = "step-"
@@ -71,26 +74,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train from scratch: a config.json with `_class_name` (e.g. a model folder's config.json)",
     )
     what.add_argument("--model-type", help="model type of an original checkpoint given to --model (else detected)")
-    what.add_argument("--variant", help="released variant of an original checkpoint given to --model")
+    add_source_arguments(what)
 
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data", nargs="+", required=True, help="video files, folders or .txt lists (`path [start end]`)"
     )
     data.add_argument("--val-data", nargs="+", help="held-out videos for validation PSNR")
-    data.add_argument("--num-frames", type=int, default=9, help="frames per clip; must follow the model's frame rule")
-    data.add_argument("--height", type=int, default=64, help="crop height (a multiple of the spatial compression)")
-    data.add_argument("--width", type=int, default=64, help="crop width (a multiple of the spatial compression)")
-    data.add_argument("--short-side", type=int, default=144, help="videos are first resized to this shorter side")
+    data.add_argument(
+        "--num-frames", type=positive_int, default=9, help="frames per clip; must follow the model's frame rule"
+    )
+    data.add_argument(
+        "--height", type=positive_int, default=64, help="crop height (a multiple of the spatial compression)"
+    )
+    data.add_argument(
+        "--width", type=positive_int, default=64, help="crop width (a multiple of the spatial compression)"
+    )
+    data.add_argument(
+        "--short-side", type=positive_int, default=144, help="videos are first resized to this shorter side"
+    )
     data.add_argument("--random-scale", type=float, default=1.0, help="random extra zoom-out in [this, 1] per sample")
     data.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch-size", type=int, default=1, help="clips per process and step")
-    optim.add_argument("--max-steps", type=int, default=1000)
+    optim.add_argument("--batch-size", type=positive_int, default=1, help="clips per process and step")
+    optim.add_argument("--max-steps", type=positive_int, default=1000)
     optim.add_argument(
         "--stop-at-step",
-        type=int,
+        type=positive_int,
         help="stop (checkpoint and save) at this step, keeping the LR schedule of --max-steps (staged runs)",
     )
     optim.add_argument("--max-minutes", type=float, help="stop (checkpoint and save) after this much wall time")
@@ -101,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--adam-beta2", type=float, default=0.999)
     optim.add_argument("--weight-decay", type=float, default=0.0)
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 disables it)")
-    optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    optim.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
     optim.add_argument("--l1-weight", type=float, default=1.0)
     optim.add_argument("--mse-weight", type=float, default=0.0)
     optim.add_argument("--kl-weight", type=float, default=1e-6)
@@ -123,17 +134,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output-dir", required=True)
     run.add_argument("--resume", help="`latest` or a checkpoint folder; `latest` starts fresh when there is none")
-    run.add_argument("--checkpoint-every", type=int, default=500, help="save a checkpoint every N steps")
+    run.add_argument(
+        "--overwrite", action="store_true", help="start over in a folder that holds a previous run (its log, model)"
+    )
+    run.add_argument("--checkpoint-every", type=positive_int, default=500, help="save a checkpoint every N steps")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
-    run.add_argument("--val-every", type=int, default=500)
-    run.add_argument("--val-samples", type=int, default=8, help="number of fixed validation clips")
-    run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--val-every", type=positive_int, default=500)
+    run.add_argument("--val-samples", type=positive_int, default=8, help="number of fixed validation clips")
+    run.add_argument("--log-every", type=positive_int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument(
         "--find-unused-parameters", action="store_true", help="for models whose forward skips some parameters (DDP)"
     )
     run.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
-    run.add_argument("--num-threads", type=int, help="torch CPU threads per process")
+    run.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process")
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes decoding clips")
 
 
@@ -169,8 +183,9 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model to train: loaded with `loaders.load_model` (--model) or freshly initialised from --config."""
     if args.model:
         from .loaders import load_model
+        from .releases_cli import source_options
 
-        return load_model(args.model, model_type=args.model_type, variant=args.variant)
+        return load_model(args.model, **source_options(args))
     config = json.loads(Path(args.config).read_text())
     if "_class_name" not in config:
         raise ValueError(f"{args.config} has no `_class_name`; write it as a diffusers config.json.")
@@ -304,24 +319,28 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 class CsvLog:
-    """Append-only CSV of losses and validation PSNR; on resume, rows after the resumed step are dropped."""
+    """CSV of losses and validation PSNR, rewritten through `atomic_output` at each row (a killed run leaves the
+    previous complete log); on resume, rows after the resumed step are dropped."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        rows = []
+        self.rows: list[dict[str, Any]] = []
         if resume_step is not None and path.exists():
             with path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+                self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
+        self._save()
 
     def write(self, **row: Any) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, LOG_FIELDS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._save()
+
+    def _save(self) -> None:
+        from .paths import atomic_output
+
+        with atomic_output(self.path) as staging, staging.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 # -------------------------------------------------------------------------------------------------------------- train
@@ -478,13 +497,14 @@ def train(args: argparse.Namespace) -> Path:
     from accelerate.utils import set_seed
 
     from .checkpoints._common import check_output_dir as check_model_dir
-    from .paths import check_output_dir
+    from .paths import atomic_output, check_output_dir
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = check_output_dir(Path(args.output_dir).resolve(), "--output-dir")
     # The trained model replaces `model/` at the end only when it holds a previous model of ours: say so now.
     check_model_dir(output_dir / "model", overwrite=True)
+    _check_previous_run(output_dir, args)
     accelerator = _build_accelerator(args)
     set_seed(args.seed)
     vae, trainable = _prepare_model(args)
@@ -500,7 +520,8 @@ def train(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         log = CsvLog(output_dir / "log.csv", resume_step=step if resumed else None)
-        (output_dir / "train_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        with atomic_output(output_dir / "train_args.json") as staging:
+            staging.write_text(json.dumps(vars(args), indent=2, default=str))
         accelerator.print(
             f"Training {type(vae).__name__}: {sum(p.numel() for p in parameters):,} trainable parameters "
             f"({len(trainable)} tensors), {len(dataset.sources)} videos, {accelerator.num_processes} process(es), "
@@ -509,6 +530,16 @@ def train(args: argparse.Namespace) -> Path:
     parts = _TrainingParts(accelerator, step_module, optimizer, lr_scheduler, ema, parameters, log)
     step = _train_loop(args, parts, dataset, val_clips, _Losses(args, perceptual), step, output_dir)
     return _save_model(accelerator, step_module, ema, output_dir, step)
+
+
+def _check_previous_run(output_dir: Path, args: argparse.Namespace) -> None:
+    """A folder holding another run is continued only with --resume and replaced only with --overwrite."""
+    found = [name for name in ("log.csv", "train_args.json", "model") if (output_dir / name).exists()]
+    if found and args.resume is None and not getattr(args, "overwrite", False):
+        raise FileExistsError(
+            f"--output-dir {output_dir} holds a previous training run ({', '.join(found)}); pass --resume latest to "
+            "continue it or --overwrite to start over there."
+        )
 
 
 @dataclass

@@ -37,7 +37,10 @@ __all__ = [
     "InputRule",
     "VideoInfo",
     "VideoReadError",
+    "VIDEO_FORMATS",
     "check_clip_size",
+    "check_image_output",
+    "check_video_output",
     "contact_sheet",
     "fit_to_rule",
     "from_uint8",
@@ -55,6 +58,9 @@ __all__ = [
 # Larger than any real camera or codec level (H.264 level 6.2 tops out at 8192x4320); such a header is damaged or
 # crafted, and decoding it would allocate gigabytes per frame.
 MAX_SIDE = 16384
+# Containers that hold the H.264 stream `write_video` makes, by file extension (the extension decides the format).
+VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+VIDEO_CODEC = "libx264"
 
 
 class VideoReadError(ValueError):
@@ -396,6 +402,31 @@ def from_uint8(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0).unsqueeze(0).contiguous()
 
 
+def check_video_output(path: str | os.PathLike, option: str = "output", crf: int = 18) -> str:
+    """The container format `write_video` uses for `path` (from its extension); a ValueError naming `option` and
+    the path when the extension, the encoder or `crf` cannot make that file. Cheap: call it before any compute."""
+    path = Path(path)
+    container = VIDEO_FORMATS.get(path.suffix.lower())
+    if container is None:
+        raise ValueError(
+            f"Cannot write {option} {path}: unknown video format {path.suffix or '(no extension)'!r}; use one of "
+            f"{', '.join(VIDEO_FORMATS)}."
+        )
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be between 0 (lossless) and 51, got {crf}.")
+    try:
+        av.codec.Codec(VIDEO_CODEC, "w")
+    except (av.FFmpegError, ValueError):
+        raise ValueError(f"Cannot write {option} {path}: this FFmpeg build has no {VIDEO_CODEC} encoder.") from None
+    return container
+
+
+def check_image_output(path: str | os.PathLike, option: str = "output") -> None:
+    """A ValueError naming `option` unless `path` ends in .png (the format `contact_sheet` writes)."""
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"Cannot write {option} {path}: it must be a .png file (a PNG image is written).")
+
+
 def write_video(
     path: str | os.PathLike,
     video: torch.Tensor | np.ndarray,
@@ -404,21 +435,22 @@ def write_video(
     crf: int = 18,
     preset: str = "medium",
 ) -> Path:
-    """Write H.264 (libx264, yuv420p) mp4 playable everywhere.
+    """Write H.264 (libx264, yuv420p) video playable everywhere, through a temporary name (`paths.atomic_output`).
 
     Args:
-        path: output file (`.mp4`).
+        path: output file; its extension picks the container (`VIDEO_FORMATS`: .mp4, .m4v, .mov, .mkv, .avi).
         video: `(1, 3, T, H, W)` / `(3, T, H, W)` in [-1, 1], or `(T, H, W, 3)` uint8.
         fps: frame rate to store (the input's, to keep timing).
         crf: x264 constant rate factor: 0 is lossless, 18 visually lossless, 23 x264's default, 51 worst.
         preset: x264 speed/size preset.
 
-    Odd sizes are padded by one edge pixel (yuv420p needs even sizes).
+    Odd sizes are padded by one edge pixel (yuv420p needs even sizes). An interrupted write leaves the previous file.
     """
-    if not 0 <= crf <= 51:
-        raise ValueError(f"crf must be between 0 (lossless) and 51, got {crf}.")
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}.")
+    from .paths import atomic_output
+
+    container_format = check_video_output(path, "path", crf)
+    if not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a finite number > 0, got {fps}.")
     frames = video if isinstance(video, np.ndarray) else to_uint8(video)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"Expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}.")
@@ -426,10 +458,9 @@ def write_video(
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
+    with atomic_output(path) as staging, av.open(str(staging), mode="w", format=container_format) as container:
+        stream = container.add_stream(VIDEO_CODEC, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": preset}
@@ -466,6 +497,7 @@ def contact_sheet(
     """
     from PIL import Image, ImageDraw
 
+    check_image_output(path, "path")
     left, right = to_uint8(original), to_uint8(reconstruction)
     if left.shape != right.shape:
         raise ValueError(f"Videos differ in shape: {left.shape} vs {right.shape}.")
@@ -481,9 +513,11 @@ def contact_sheet(
         tiles = (left[index], right[index], np.clip(error, 0, 255).astype(np.uint8))
         for column, tile in enumerate(tiles):
             sheet.paste(Image.fromarray(tile), (column * (width + gap), header + row * (height + gap)))
+    from .paths import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, format="PNG")
+    with atomic_output(path) as staging:
+        sheet.save(staging, format="PNG")
     return path
 
 

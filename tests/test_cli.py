@@ -695,3 +695,198 @@ def test_segments_of_whole_group_models_are_independent_multiples_of_the_group()
     assert [(s.start, s.stop) for s in plan_segments(48, 32, rule)] == [(0, 32), (32, 48)]
     with pytest.raises(ValueError, match=r"--segment-frames 24 breaks the model's frame rule \(T = 16k"):
         plan_segments(64, 24, rule)
+
+
+# -- the real `videovae` command: outputs never destroy a user's file, and bad options fail at once ---------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NO_MODEL = "/nonexistent/model"  # loading it would fail: an error about an output proves it came first
+
+
+def videovae(*argv, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `videovae` command on this checkout, as a user would."""
+    script = Path(sys.executable).parent / "videovae"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "diffusers_videovae.cli"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+@pytest.fixture
+def user_clip(small_clip, tmp_path) -> Path:
+    path = tmp_path / "v.mp4"
+    path.write_bytes(small_clip.read_bytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "other"),
+    [
+        (["reconstruct", "v.mp4", "-o", "v.mp4"], "-o", "the input INPUT v.mp4"),
+        (["reconstruct", "v.mp4", "-o", "r.mp4", "--side-by-side", "v.mp4"], "--side-by-side", "the input INPUT"),
+        (["encode", "v.mp4", "-m", NO_MODEL, "-o", "v.mp4"], "-o", "the input INPUT v.mp4"),
+        (["reconstruct", "v.mp4", "--compare", "v.mp4", "-o", "r.mp4"], "--compare", "the input INPUT v.mp4"),
+        (["reconstruct", "v.mp4", "--compare", "s.mp4", "-o", "s.mp4"], "--compare", "-o s.mp4 names"),
+        (["reconstruct", "link.mp4", "-o", "v.mp4", "--overwrite"], "-o", "the input INPUT link.mp4"),
+        (["reconstruct", "v.mp4", "-o", "hard.mp4", "--overwrite"], "-o", "the input INPUT v.mp4"),
+        (["decode", "z.safetensors", "-m", NO_MODEL, "-o", "z.safetensors"], "-o", "the input INPUT z.safetensors"),
+        (["encode", "v.mp4", "-m", "z.safetensors", "-o", "z.safetensors"], "-o", "the input -m z.safetensors"),
+    ],
+)
+def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_compute(user_clip, argv, flag, other):
+    folder = user_clip.parent
+    (folder / "link.mp4").symlink_to(user_clip)
+    os.link(user_clip, folder / "hard.mp4")
+    (folder / "z.safetensors").write_bytes(b"latents")
+    original = user_clip.read_bytes()
+    if "-m" not in argv:
+        argv = [*argv, "-m", NO_MODEL]
+    result = videovae(*argv, cwd=folder)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert f"error: Refusing to write {flag} " in result.stderr and other in result.stderr
+    assert user_clip.read_bytes() == original
+    assert (folder / "z.safetensors").read_bytes() == b"latents"
+    assert sorted(os.listdir(folder)) == ["hard.mp4", "link.mp4", "v.mp4", "z.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["reconstruct", "v.mp4", "-o", "old.mp4"], "-o"),
+        (["encode", "v.mp4", "-o", "old.safetensors"], "-o"),
+        (["eval", "v.mp4", "--csv", "old.csv"], "--csv"),
+    ],
+)
+def test_an_existing_output_is_kept_without_overwrite(user_clip, argv, flag):
+    folder = user_clip.parent
+    (folder / "z.safetensors").write_bytes(b"latents")
+    path = folder / argv[argv.index(flag) + 1]
+    path.write_bytes(b"the user's file")
+    result = videovae(*argv, "-m", NO_MODEL, cwd=folder)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"videovae {argv[0]}: error: {flag} {path.name} already exists; pass --overwrite to replace it."
+    )
+    assert path.read_bytes() == b"the user's file"
+
+
+def test_overwrite_replaces_an_existing_output(user_clip):
+    folder = user_clip.parent
+    (folder / "old.mp4").write_bytes(b"the user's file")
+    result = videovae(
+        "reconstruct", "v.mp4", "-o", "old.mp4", "--overwrite", "--frames", 5, "--size", 40, "-q", cwd=folder
+    )
+    assert result.returncode == 0, result.stderr
+    assert probe_video(folder / "old.mp4").num_frames == 5
+    assert sorted(os.listdir(folder)) == ["old.mp4", "v.mp4"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reconstruct", "v.mp4", "-o", "out.xyz"], "Cannot write -o out.xyz: unknown video format '.xyz'"),
+        (["reconstruct", "v.mp4", "-o", "r.mp4", "--compare", "c.jpg"], "Cannot write --compare c.jpg: it must be"),
+        (["decode", "z.safetensors", "-o", "out.xyz"], "Cannot write -o out.xyz: unknown video format '.xyz'"),
+        (["encode", "v.mp4", "-o", "z.mp4"], "Cannot write -o z.mp4: a latents file must end in .safetensors"),
+        (["reconstruct", "v.mp4", "-o", "r.mp4", "--crf", "99"], "argument --crf: expected an integer from 0"),
+    ],
+)
+def test_a_bad_format_or_option_fails_before_the_model_loads(user_clip, argv, message):
+    (user_clip.parent / "z.safetensors").write_bytes(b"latents")
+    result = videovae(*argv, "-m", NO_MODEL, cwd=user_clip.parent)
+    assert result.returncode in (1, 2)  # 2: argparse's own exit status
+    assert message in result.stderr.splitlines()[-1]
+    assert sorted(os.listdir(user_clip.parent)) == ["v.mp4", "z.safetensors"]
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "0.0"])
+def test_a_latents_file_with_a_bad_fps_is_refused_when_read(capsys, tiny_model, user_clip, tmp_path, fps):
+    run(capsys, "encode", user_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
+    bad = _rewrite_metadata(tmp_path / "z.safetensors", tmp_path / "bad.safetensors", fps=fps)
+    result = videovae("decode", bad, "-m", NO_MODEL, "-o", tmp_path / "d.mp4")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"videovae decode: error: {bad} records the frame rate fps={fps!r}; a latents file needs a finite fps > 0 "
+        "(encode the clip again with `videovae encode`).\n"
+    )
+    assert not (tmp_path / "d.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("reconstruct", "--frames"),
+        ("reconstruct", "--size"),
+        ("reconstruct", "--steps"),
+        ("reconstruct", "--segment-frames"),
+        ("reconstruct", "--tile-size"),
+        ("reconstruct", "--threads"),
+        ("reconstruct", "--stride"),
+        ("encode", "--frames"),
+        ("decode", "--steps"),
+        ("eval", "--size"),
+        ("info", "--threads"),
+        ("train", "--batch-size"),
+        ("train", "--num-frames"),
+        ("cache-latents", "--shard-size"),
+        ("cache-latents", "--num-frames"),
+    ],
+)
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_every_count_and_size_flag_takes_only_positive_integers(capsys, command, flag, value):
+    positionals = {"encode": ["v.mp4", "-o", "z.safetensors"], "decode": ["z.safetensors", "-o", "d.mp4"]}
+    positionals.update({"eval": ["v.mp4"], "info": ["MODEL"]})
+    argv = [command, *positionals.get(command, []), f"{flag}={value}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a positive integer, got " in capsys.readouterr().err
+
+
+def test_steps_zero_is_refused_by_the_command():
+    result = videovae("reconstruct", "--steps", "0", "-m", NO_MODEL, "-o", "r.mp4")
+    assert result.returncode == 2
+    assert (
+        result.stderr.splitlines()[-1]
+        == "videovae reconstruct: error: argument --steps: expected a positive integer, got 0"
+    )
+
+
+def test_help_states_the_defaults_the_commands_use(capsys):
+    top = videovae("--help").stdout
+    for name in ("IV-VAE", "OD-VAE", "Open-Sora 1.2", "Reducio-VAE", "CascadeV"):
+        assert name in top
+    frames_help = "read at most this many frames (default 17; `all` for the whole clip)"
+    pages = {}
+    for command in ("reconstruct", "encode", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        pages[command] = " ".join(capsys.readouterr().out.split())
+    for command, page in pages.items():
+        assert frames_help in page, command
+    assert "--size SIZE resize so the short side has this many pixels (default: 256)" in pages["eval"]
+    assert "--size SIZE resize so the short side has this many pixels (default: keep)" in pages["reconstruct"]
+    assert "-q, --quiet" in videovae("decode", "--help").stdout
+
+
+def test_frames_defaults_to_17_everywhere_and_all_reads_the_whole_clip():
+    parser = cli.build_parser()
+    for argv in (["reconstruct"], ["encode", "v.mp4", "-m", "M", "-o", "z.safetensors"], ["eval", "v.mp4"]):
+        assert parser.parse_args(argv).frames == 17
+        assert parser.parse_args([*argv, "--frames", "all"]).frames is None
+    assert parser.parse_args(["eval", "v.mp4"]).size == 256
+
+
+def test_cache_latents_keeps_an_index_it_did_not_write_without_overwrite(user_clip):
+    folder = user_clip.parent / "cache"
+    folder.mkdir()
+    (folder / "index.json").write_text('{"my": "own index"}')
+    result = videovae("cache-latents", "--data", user_clip, "-m", NO_MODEL, "-o", folder)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"videovae cache-latents: error: --output-dir {folder}: its index.json was not written by cache-latents; "
+        "pass --overwrite to replace it or choose another folder.\n"
+    )
+    assert (folder / "index.json").read_text() == '{"my": "own index"}'

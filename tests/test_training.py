@@ -243,3 +243,13 @@ def test_missing_video_path_is_named(tmp_path):
 def test_clips_longer_than_the_video_are_refused(workspace):
     with pytest.raises(ValueError, match="smaller than the requested clips of 17 frames"):
         datasets.VideoClipDataset(workspace / "clip0.mp4", 17, 32, 32, short_side=40)
+
+
+def test_a_previous_run_is_continued_only_with_resume_and_replaced_only_with_overwrite(workspace, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("the previous run's log")
+    with pytest.raises(FileExistsError, match=r"holds a previous training run \(log\.csv\); pass --resume latest"):
+        training.train(args_for(workspace, tmp_path / "run", "--max-steps", "1"))
+    assert (tmp_path / "run" / "log.csv").read_text() == "the previous run's log"
+    training.train(args_for(workspace, tmp_path / "run", "--max-steps", "1", "--overwrite"))
+    assert {row["step"] for row in read_log(tmp_path / "run")} == {"1"}  # the old log is gone

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -144,6 +150,98 @@ def test_write_video_pads_odd_sizes_for_yuv420(tmp_path):
 def test_write_video_refuses_a_crf_out_of_range(tmp_path):
     with pytest.raises(ValueError, match="crf"):
         write_video(tmp_path / "x.mp4", synthetic_clip(num_frames=1), 25, crf=60)
+
+
+@pytest.mark.parametrize(("name", "container"), [("v.mp4", "mov,mp4,m4a,3gp,3g2,mj2"), ("v.mkv", "matroska,webm")])
+def test_the_extension_picks_the_container_although_the_temporary_name_has_none(tmp_path, name, container):
+    path = write_video(tmp_path / name, synthetic_clip(num_frames=2, height=16, width=16), 25)
+    with av.open(str(path)) as opened:
+        assert opened.format.name == container
+    assert os.listdir(tmp_path) == [name]
+
+
+@pytest.mark.parametrize("name", ["out.xyz", "out", "out.webm"])
+def test_an_unknown_video_format_is_refused_before_writing(tmp_path, name):
+    with pytest.raises(ValueError, match=rf"Cannot write path .*{name}: unknown video format"):
+        write_video(tmp_path / name, synthetic_clip(num_frames=1), 25)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_contact_sheet_is_a_png_file(tmp_path):
+    with pytest.raises(ValueError, match=r"sheet\.jpg: it must be a \.png file"):
+        contact_sheet(synthetic_clip(num_frames=1), synthetic_clip(num_frames=1), tmp_path / "sheet.jpg")
+    assert os.listdir(tmp_path) == []
+
+
+# A writer that encodes slowly: the test interrupts it once part of the new file is on disk.
+SLOW_WRITER = textwrap.dedent(
+    """
+    import signal, sys, time
+    from pathlib import Path
+    import av
+    import numpy as np
+    from diffusers_videovae.video import write_video
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test runner ignores SIGINT
+    final = Path(sys.argv[1])
+    make_frame = av.VideoFrame.from_ndarray
+
+    def slow_frame(array, format):
+        time.sleep(0.05)
+        return make_frame(array, format=format)
+
+    av.VideoFrame.from_ndarray = slow_frame
+    noise = np.random.default_rng(0).integers(0, 256, (400, 64, 64, 3), dtype=np.uint8)  # KBs a frame
+    write_video(final, noise, 25)
+    """
+)
+
+
+def _start_slow_write(final: Path) -> subprocess.Popen:
+    """Start `SLOW_WRITER` on `final`; return once part of the new video is on disk (wherever it is written)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    old_size = final.stat().st_size
+    child = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(final)], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+
+    def new_bytes() -> int:
+        written = [p.stat().st_size for p in final.parent.glob(f".{final.name}.tmp-*")]
+        return sum(written) + (final.stat().st_size != old_size) * 10**6
+
+    while new_bytes() < 1000:
+        assert child.poll() is None, child.stderr.read().decode()
+        assert time.monotonic() < deadline, "the writer never wrote"
+        time.sleep(0.05)
+    return child
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_write_leaves_the_old_video_and_no_temporary(tmp_path, signum):
+    final = write_video(tmp_path / "mine.mp4", synthetic_clip(num_frames=3, height=16, width=16), 25)
+    old = final.read_bytes()
+    child = _start_slow_write(final)
+    try:
+        child.send_signal(signum)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode != 0
+    assert final.read_bytes() == old
+    assert os.listdir(tmp_path) == ["mine.mp4"]
+
+
+def test_a_killed_write_leaves_the_old_video_and_the_next_write_removes_its_temporary(tmp_path):
+    final = write_video(tmp_path / "mine.mp4", synthetic_clip(num_frames=3, height=16, width=16), 25)
+    old = final.read_bytes()
+    child = _start_slow_write(final)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert final.read_bytes() == old
+    assert len(os.listdir(tmp_path)) == 2  # the old video and the killed writer's temporary
+    write_video(final, synthetic_clip(num_frames=2, height=16, width=16), 25)
+    assert os.listdir(tmp_path) == ["mine.mp4"]
+    assert probe_video(final).duration == pytest.approx(2 / 25, abs=0.05)
 
 
 def test_side_by_side_places_original_left_and_reconstruction_right():

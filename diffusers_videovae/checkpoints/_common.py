@@ -24,16 +24,12 @@ Nothing outside `checkpoints/` knows original key names.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import signal
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,11 +324,6 @@ _OUR_FILE_PATTERNS = (
 )
 
 
-def _temp_name_pattern(output_name: str) -> re.Pattern:
-    """Names of our staging (`.tmp-`) and replaced (`.old-`) folders beside `output_name`, with the writer's pid."""
-    return re.compile(rf"\.{re.escape(output_name)}\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{{8}}")
-
-
 def _our_model_class_names() -> set[str]:
     from . import MODEL_TYPES  # the registry imports this file: read it when called, not at import time
 
@@ -369,8 +360,8 @@ def check_output_dir(
     """
     output_dir = Path(output_dir).absolute()
     for source in protect:
-        source = Path(source).absolute()
-        if source == output_dir or output_dir in source.parents:
+        source, real_output = Path(source).resolve(), output_dir.resolve()  # through symlinks
+        if source == real_output or real_output in source.parents:
             raise FileExistsError(
                 f"Refusing to write {output_dir}: it holds the checkpoint being converted ({source}); "
                 "choose another output folder."
@@ -395,65 +386,24 @@ def check_output_dir(
     return output_dir
 
 
-def _process_is_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def remove_stale_temp_dirs(output_dir: str | os.PathLike) -> list[Path]:
     """Remove the staging folders an interrupted save of `output_dir` left beside it; returns what was removed.
 
-    Only folders named by our own pattern (`.<name>.tmp-<pid>-<hex>` / `.<name>.old-<pid>-<hex>`) are touched, and
-    only when the process that wrote them (its pid is in the name) is no longer running.
+    The package's one rule (`paths.remove_stale_temporaries`): only names of our own pattern
+    (`.<name>.tmp-<pid>-<hex>` / `.<name>.old-<pid>-<hex>`) are touched, and only when the process that wrote them
+    (its pid is in the name) is no longer running.
     """
-    output_dir = Path(output_dir).absolute()
-    if not output_dir.parent.is_dir():
-        return []
-    pattern = _temp_name_pattern(output_dir.name)
-    removed = []
-    for item in output_dir.parent.iterdir():
-        match = pattern.fullmatch(item.name)
-        if match and item.is_dir() and not item.is_symlink() and not _process_is_alive(int(match["pid"])):
-            shutil.rmtree(item, ignore_errors=True)
-            removed.append(item)
-    return removed
+    from ..paths import remove_stale_temporaries
 
-
-@contextlib.contextmanager
-def _cleanup_on_sigterm():
-    """Turn SIGTERM into an exception while a folder is staged, so `finally` blocks remove it.
-
-    Only where SIGTERM would otherwise kill the process outright (the default handler, in the main thread): a
-    handler the application installed is left alone.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
-        signal.SIG_DFL,
-        None,
-    ):
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return remove_stale_temporaries(output_dir)
 
 
 def _make_sibling_dir(output_dir: Path, kind: str) -> Path:
     """A new folder `.<name>.<kind>-<pid>-<hex>` beside `output_dir`, created with the user's umask."""
+    from ..paths import temporary_name
+
     while True:
-        path = output_dir.with_name(f".{output_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+        path = temporary_name(output_dir, kind)
         try:
             path.mkdir(mode=0o777)
             return path
@@ -498,10 +448,12 @@ def save_pretrained_atomic(
     is untouched; staging folders that a killed run left behind are removed first. `overwrite` replaces only a
     previous model of ours (see `check_output_dir`); files and folders are created with the user's umask.
     """
+    from ..paths import raise_on_sigterm, temporary_name
+
     output_dir = check_output_dir(output_dir, overwrite=overwrite, protect=protect)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(output_dir)
-    with _cleanup_on_sigterm():
+    with raise_on_sigterm():
         staging = _make_sibling_dir(output_dir, "tmp")
         try:
             model.save_pretrained(staging, safe_serialization=safe_serialization)
@@ -512,7 +464,7 @@ def save_pretrained_atomic(
             _apply_umask(staging)
             if output_dir.exists():
                 check_output_dir(output_dir, overwrite=overwrite, protect=protect)  # nothing new appeared meanwhile
-                backup = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                backup = temporary_name(output_dir, "old")
                 output_dir.rename(backup)
                 staging.rename(output_dir)
                 _remove_previous_model(backup)
