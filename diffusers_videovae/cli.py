@@ -258,7 +258,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     video, fps = read_clip(args, model.input_rule)
-    enable_tiling(model, args.tiling, args.tile_size)
+    enable_tiling(model, args.tiling, args.tile_size, tuple(video.shape[2:]))
     latents, conditions = encode_video(model, video)
     num_frames, height, width = video.shape[2:]
     path = save_latents(
@@ -292,7 +292,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     model = load(args, device)
     check_latents_match(model, latents, conditions, metadata, force=args.force)
-    enable_tiling(model, args.tiling, args.tile_size)
+    shape = tuple(int(metadata[key]) for key in ("num_frames", "height", "width"))
+    enable_tiling(model, args.tiling, args.tile_size, shape)
     video = decode_latents(
         model,
         latents,

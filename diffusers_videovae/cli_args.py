@@ -41,9 +41,8 @@ __all__ = [
 
 DEFAULT_FRAMES = 17
 TILING_HELP = (
-    "on: the model's default tiles (OD-VAE: the original's tiled mode; approximate for OD-VAE and Open-Sora, whose "
-    "GroupNorms see one tile); exact: tiles that share GroupNorm statistics and read halos, equal to untiled up to "
-    "rounding but several times slower (IV-VAE tiles are always exact)"
+    "on: blended tiles, approximate (OD-VAE, Reducio: the original's tiled mode; IV-VAE's tiles are always exact); "
+    "exact: tiles equal to untiled up to rounding, several times slower (Reducio past its attention window: on only)"
 )
 
 
@@ -134,7 +133,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser, size_default: int | N
 def add_tiling_arguments(parser: argparse.ArgumentParser, auto: bool = False) -> None:
     if auto:
         choices, default = ["auto", "on", "exact", "off"], "auto"
-        text = "auto: on when the clip would not fit in memory untiled (estimated from two tiny probe runs); "
+        text = "auto: on when the clip would not fit in memory or model limits untiled (tiles within both); "
     else:
         choices, default, text = ["on", "exact", "off"], "off", ""
     parser.add_argument("--tiling", choices=choices, default=default, help=text + TILING_HELP)

@@ -138,29 +138,47 @@ def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device:
     )
 
 
-def enable_tiling(model: torch.nn.Module, mode: str, tile_size: int | None = None) -> None:
+def enable_tiling(
+    model: torch.nn.Module, mode: str, tile_size: int | None = None, shape: tuple[int, int, int] | None = None
+) -> None:
     """Tiling `"on"` (the model's default tiles) or `"exact"` (tiles equal to untiled); `"off"` disables it.
 
-    A custom `tile_size` (pixels, a multiple of the spatial compression) keeps the model's default overlap ratio
-    (stride / size), rounded down to the spatial compression; exact tiles do not overlap.
+    A custom `tile_size` (pixels) keeps the model's default overlap ratio. Checked against the model's
+    `tiling_limits()` and, when the clip's `(T, H, W)` `shape` is given, against what the model can run untiled;
+    errors name the command-line flags (`--tiling`, `--tile-size`).
     """
+    if mode not in ("on", "exact", "off"):
+        raise ValueError(f"tiling mode must be one of on, exact, off; got {mode!r}.")
+    limits = model.tiling_limits()
+    if tile_size is not None and mode != "off":
+        if tile_size <= 0 or tile_size % limits.multiple:
+            raise ValueError(f"--tile-size must be a positive multiple of {limits.multiple}, got {tile_size}.")
+        if mode == "on" and limits.max_size is not None and tile_size > limits.max_size:
+            raise ValueError(
+                f"--tile-size {tile_size} is larger than {limits.name}'s largest tile ({limits.max_size} px, what it "
+                f"runs in one piece): use --tile-size {limits.max_size} or smaller."
+            )
+    if shape is not None:
+        _check_runs_in_one_piece(limits, mode, shape)
     if mode == "off":
         model.disable_tiling()
         return
-    if mode not in ("on", "exact"):
-        raise ValueError(f"tiling mode must be one of on, exact, off; got {mode!r}.")
-    sizes = {}
-    if tile_size is not None:
-        multiple = model.input_rule.spatial_multiple
-        if tile_size <= 0 or tile_size % multiple:
-            raise ValueError(f"--tile-size must be a positive multiple of {multiple}, got {tile_size}.")
-        ratio = model.tile_sample_stride_height / model.tile_sample_min_height
-        stride = max(multiple, int(tile_size * ratio) // multiple * multiple)
-        for axis in ("height", "width"):
-            sizes[f"tile_sample_min_{axis}"] = tile_size
-            if mode == "on":
-                sizes[f"tile_sample_stride_{axis}"] = stride
-    model.enable_tiling(**sizes, **({"exact": True} if mode == "exact" else {}))
+    size = {} if tile_size is None else {"tile_sample_min_height": tile_size, "tile_sample_min_width": tile_size}
+    model.enable_tiling(**size, exact=mode == "exact")
+
+
+def _check_runs_in_one_piece(limits, mode: str, shape: tuple[int, int, int]) -> None:
+    """Refuse, naming the flags, a frame larger than what the model runs in one piece (Reducio's attention
+    window) without blended tiles, which are the only ones that cut the attention."""
+    height, width = shape[1:]
+    if limits.max_size is None or max(height, width) <= limits.max_size or mode == "on":
+        return
+    how = "untiled" if mode == "off" else "with exact tiles (their attention spans the whole frame)"
+    raise ValueError(
+        f"{limits.name} cannot run {height}x{width} frames {how}: its attention window covers at most "
+        f"{limits.max_size} px per side. Use --tiling on --tile-size {min(limits.default_size, limits.max_size)} "
+        "(blended tiles), or smaller frames (--size)."
+    )
 
 
 def choose_tiling(
@@ -168,18 +186,34 @@ def choose_tiling(
 ) -> str:
     """Set the model's tiling for a `(T, H, W)` clip as `mode` says; returns a one-line explanation.
 
-    `"auto"` turns the default tiles on when `estimate_memory` says the untiled run would not fit.
+    `"auto"` turns tiles on when the frame is larger than the model runs in one piece (`tiling_limits().max_size`)
+    or when `estimate_memory` says the untiled run would not fit; then the tile is the largest (from `tile_size` or
+    the model's default, halved as needed) whose estimate fits.
     """
     if mode != "auto":
-        enable_tiling(model, mode, tile_size)
+        enable_tiling(model, mode, tile_size, shape)
         return mode if tile_size is None or mode == "off" else f"{mode} ({tile_size} px tiles)"
+    limits = model.tiling_limits()
+    height, width = shape[1:]
+    too_large = limits.max_size is not None and max(height, width) > limits.max_size
     estimate = estimate_memory(model, shape, device)
-    fits = estimate.fits_untiled()
-    enable_tiling(model, "off" if fits else "on", tile_size)
-    return (
-        f"{'off' if fits else 'on'} (auto: untiled needs ~{gib(estimate.untiled)}, tiled ~{gib(estimate.tiled)}, "
-        f"{gib(estimate.available)} available)"
-    )
+    if estimate.fits_untiled() and not too_large:
+        enable_tiling(model, "off")
+        return f"off (auto: untiled needs ~{gib(estimate.untiled)}, {gib(estimate.available)} available)"
+    default = min(limits.default_size, limits.max_size or limits.default_size)
+    size = tile_size or default
+    base_area = min(height, model.tile_sample_min_height) * min(width, model.tile_sample_min_width)
+
+    def tiled_bytes(side: int) -> float:
+        return estimate.tiled * min(height, side) * min(width, side) / base_area
+
+    while (
+        tile_size is None and size > 2 * limits.multiple and tiled_bytes(size) > MEMORY_HEADROOM * estimate.available
+    ):
+        size = max(limits.multiple, size // 2 // limits.multiple * limits.multiple)
+    enable_tiling(model, "on", size, shape)
+    why = f"frames larger than {limits.max_size} px" if too_large else f"untiled needs ~{gib(estimate.untiled)}"
+    return f"on (auto: {why}; {size} px tiles, ~{gib(tiled_bytes(size))}, {gib(estimate.available)} available)"
 
 
 class PeakMemory:

@@ -25,7 +25,6 @@ from diffusers_videovae.models._tiling import (
     check_latents,
     check_video,
     halo_spans,
-    halo_tile_strides,
     nearest_valid_num_frames,
     tile_starts,
     tiled_with_shared_group_norm,
@@ -282,11 +281,6 @@ def test_tile_cores_partition_the_frame_and_halos_stop_at_its_border():
     assert [(span.core_start, span.core_end) for span in spans] == [(0, 4), (4, 8), (8, 12), (12, 16)]
     assert [(span.start, span.end) for span in spans] == [(0, 9), (0, 13), (3, 16), (7, 16)]
     assert [(span.start, span.end, span.core_end) for span in halo_spans(10, 4, 2)][-1] == (6, 10, 10)
-
-
-def test_halo_tiles_stride_by_their_size_whatever_stride_is_asked():
-    sizes = {"height": 64, "width": 96}
-    assert halo_tile_strides(sizes, {"height": None, "width": 32}) == sizes
 
 
 # ---------------------------------------------------------------- tiles that share GroupNorm statistics

@@ -613,7 +613,9 @@ def test_exact_tiling_arguments_are_checked_and_strides_follow_the_tile_size():
     model = _exact_tiny()
     with pytest.raises(ValueError, match="True or False"):
         model.enable_tiling(exact="yes")
-    model.enable_tiling(16, 16, 9, 8, 8, 8, exact=True)
+    with pytest.raises(ValueError, match="tile_sample_stride_height=8 cannot be used"):
+        model.enable_tiling(16, 16, None, 8, 8, exact=True)
+    model.enable_tiling(16, 16, exact=True)
     assert (model.tile_sample_stride_height, model.tile_sample_stride_width, model.tile_exact) == (16, 16, True)
     model.enable_tiling()
     assert not model.tile_exact
@@ -626,7 +628,8 @@ def test_exact_tiling_does_not_cut_time(stage_calls):
     video = _ramp_video(13, 16, 16)
     with torch.no_grad():
         untiled = model.encode(video).latent_dist.mean
-        model.enable_tiling(16, 16, 5, 16, 16, 4, exact=True)  # 5-frame chunks would apply in the default mode
+        model.enable_tiling(16, 16, 5, 16, 16, 4)
+        model.enable_tiling(exact=True)  # the 5-frame chunks set above apply in the default mode only
         tiled = model.encode(video).latent_dist.mean
     assert stage_calls == []
     assert torch.equal(tiled, untiled)

@@ -566,7 +566,9 @@ def test_exact_tiling_refuses_bad_arguments(tiny_random_model, kwargs, message):
 
 def test_exact_tiles_do_not_overlap_and_blended_tiles_stay_available(tiny_random_model):
     model = tiny_random_model
-    model.enable_tiling(64, 64, None, 32, 32, exact=True)  # the stride is ignored, with a warning
+    with pytest.raises(ValueError, match="tile_sample_stride_height=32 cannot be used"):
+        model.enable_tiling(64, 64, None, 32, 32, exact=True)
+    model.enable_tiling(64, 64, exact=True)
     assert model.use_tiling and model.tile_exact
     assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (64, 64)
     model.enable_tiling(64, 64, None, 48, 48)

@@ -594,7 +594,7 @@ def test_tiled_decode_also_takes_whole_frame_features():
     with torch.no_grad():
         latents = model.normalize_latents(model.encode(video).latent_dist.mean)
         whole = model.encode_content(video[:, :, 7])
-        model.enable_tiling(24, 24, 16, 16)
+        model.enable_tiling(24, 24, tile_sample_stride_height=16, tile_sample_stride_width=16)
         tiled_content = model.encode_content(video[:, :, 7])
         from_whole = model.decode(latents, content_features=whole).sample
         from_tiles = model.decode(latents, content_features=tiled_content).sample

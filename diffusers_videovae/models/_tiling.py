@@ -20,6 +20,7 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -37,11 +38,14 @@ __all__ = [
     "check_finite",
     "check_latents",
     "check_video",
+    "configure_tiling",
+    "TilingLimits",
+    "blend_tile_grid",
     "halo_spans",
-    "halo_tile_strides",
     "has_values",
     "nearest_valid_num_frames",
     "stitch_blended_tiles",
+    "tile_settings",
     "tile_starts",
     "tiled_in_layer_order",
     "tiled_with_shared_group_norm",
@@ -151,6 +155,140 @@ def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z
     check_finite(latents, name)
 
 
+@dataclass(frozen=True)
+class TilingLimits:
+    """What one model's `enable_tiling` accepts (its `tiling_limits()`), in sample pixels and frames.
+
+    Attributes:
+        name: the model's name, for messages.
+        multiple: tile sizes and strides are positive multiples of it (the spatial compression).
+        default_size: the default tile side in pixels.
+        stride_ratio: default stride / size of blended tiles (a stride not given follows its size); None when the
+            model has no blended tiles (its tiles never overlap).
+        max_size: the largest tile side blended tiles may have (what one tile can run untiled), or None.
+        frame_offset, frame_multiple: temporal chunks of `frame_offset + k * frame_multiple` frames (k >= 1);
+            `frame_offset` None when the model has no temporal chunks.
+        frames_overlap: temporal chunks overlap (default stride: size - frame_offset) instead of carrying a cache
+            (stride = size).
+        exact_frames: exact tiles are also chunked in time.
+        exact_only: the model's only tiles are exact (`exact=False` gives them too).
+        frames_note: why the model's tiles are not cut in time, added to the refusal of `*_num_frames` arguments.
+    """
+
+    name: str
+    multiple: int
+    default_size: int
+    stride_ratio: Fraction | None
+    max_size: int | None = None
+    frame_offset: int | None = None
+    frame_multiple: int = 1
+    frames_overlap: bool = False
+    exact_frames: bool = False
+    exact_only: bool = False
+    frames_note: str = ""
+
+    def default_stride(self, size: int) -> int:
+        """The stride of blended tiles of side `size`: `stride_ratio * size`, rounded down to `multiple`."""
+        if self.stride_ratio is None:
+            return size
+        return max(self.multiple, int(size * self.stride_ratio) // self.multiple * self.multiple)
+
+
+def tile_settings(limits: TilingLimits, current: dict[str, int], exact: bool, **given: int | None) -> dict[str, int]:
+    """The tile attributes `enable_tiling(**given, exact=exact)` sets, checked against `limits` (one clear
+    ValueError naming the argument otherwise).
+
+    `current` holds the model's `tile_sample_*` attributes. A size not given keeps its current value; a stride not
+    given follows its size (the model's default ratio, or the size itself where tiles do not overlap). An argument
+    the model (or the chosen mode) cannot use raises instead of being ignored.
+    """
+    if not isinstance(exact, bool):
+        raise ValueError(f"`exact` must be True or False, got {exact!r}.")
+    exact = exact or limits.exact_only
+    settings = {}
+    for axis in ("height", "width"):
+        size_name, stride_name = f"tile_sample_min_{axis}", f"tile_sample_stride_{axis}"
+        size = current[size_name] if given.get(size_name) is None else int(given[size_name])
+        stride = given.get(stride_name)
+        if size <= 0 or size % limits.multiple:
+            raise ValueError(
+                f"{size_name} must be a positive multiple of {limits.multiple}, got {size} (tile sizes and strides "
+                f"are multiples of {limits.multiple}, the spatial compression)."
+            )
+        if exact or limits.stride_ratio is None:
+            if stride is not None and int(stride) != size:
+                raise ValueError(
+                    f"{limits.name}'s {'exact ' if limits.stride_ratio is not None else ''}tiles do not overlap (each "
+                    f"reads a halo instead): {stride_name}={stride} cannot be used; leave it unset or equal to "
+                    f"{size_name}={size}."
+                )
+            stride = size
+        else:
+            if limits.max_size is not None and size > limits.max_size:
+                raise ValueError(
+                    f"{size_name}={size} is larger than {limits.name}'s largest tile ({limits.max_size} px: "
+                    f"{limits.name} cannot run a larger frame in one piece)."
+                )
+            stride = limits.default_stride(size) if stride is None else int(stride)
+            if stride <= 0 or stride % limits.multiple or stride > size:
+                raise ValueError(
+                    f"{stride_name}={stride} must be a positive multiple of {limits.multiple}, at most "
+                    f"{size_name}={size}."
+                )
+        settings[size_name], settings[stride_name] = size, stride
+    settings.update(_frame_settings(limits, current, exact, given))
+    return settings
+
+
+def configure_tiling(model: nn.Module, exact: bool, **given: int | None) -> None:
+    """`enable_tiling` of every model: check `given` against `model.tiling_limits()` (`tile_settings`), set the
+    `tile_sample_*` attributes, `tile_exact` and `use_tiling`."""
+    limits = model.tiling_limits()
+    current = {name: getattr(model, name) for name in _TILE_ATTRIBUTES if hasattr(model, name)}
+    settings = tile_settings(limits, current, exact, **given)
+    for name, value in settings.items():
+        setattr(model, name, value)
+    model.tile_exact = exact or limits.exact_only
+    model.use_tiling = True
+
+
+_TILE_ATTRIBUTES = tuple(
+    f"tile_sample_{kind}_{axis}" for kind in ("min", "stride") for axis in ("height", "width", "num_frames")
+)
+
+
+def _frame_settings(limits: TilingLimits, current: dict[str, int], exact: bool, given: dict) -> dict[str, int]:
+    """The `*_num_frames` part of `tile_settings`."""
+    size, stride = given.get("tile_sample_min_num_frames"), given.get("tile_sample_stride_num_frames")
+    if limits.frame_offset is None or (exact and not limits.exact_frames):
+        if size is not None or stride is not None:
+            what = "tiles" if limits.frame_offset is None else "exact tiles"
+            raise ValueError(
+                f"{limits.name}'s {what} are not cut in time{limits.frames_note}: leave tile_sample_min_num_frames "
+                "and tile_sample_stride_num_frames unset."
+            )
+        return {}
+    offset, multiple = limits.frame_offset, limits.frame_multiple
+    size = current["tile_sample_min_num_frames"] if size is None else int(size)
+    if size < offset + multiple or (size - offset) % multiple:
+        rule = f"{offset} + {multiple}k" if offset else f"a positive multiple of {multiple}"
+        raise ValueError(f"tile_sample_min_num_frames={size} must be {rule} with k >= 1.")
+    if not limits.frames_overlap:
+        if stride is not None and int(stride) != size:
+            raise ValueError(
+                f"{limits.name}'s temporal chunks carry a causal cache and do not overlap: "
+                "tile_sample_stride_num_frames must equal tile_sample_min_num_frames (or stay unset)."
+            )
+        return {"tile_sample_min_num_frames": size, "tile_sample_stride_num_frames": size}
+    stride = size - offset if stride is None else int(stride)
+    if stride <= 0 or stride % multiple or stride > size - offset:
+        raise ValueError(
+            f"tile_sample_stride_num_frames={stride} must be a positive multiple of {multiple} and at most "
+            f"tile_sample_min_num_frames - {offset} = {size - offset}."
+        )
+    return {"tile_sample_min_num_frames": size, "tile_sample_stride_num_frames": stride}
+
+
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     """Start offsets of tiles of length `tile` every `stride` that cover `[0, size)` with no tile past the end.
 
@@ -186,6 +324,24 @@ def blend(previous: torch.Tensor, current: torch.Tensor, extent: int, dim: int) 
     return current
 
 
+def blend_tile_grid(tiles: list[list], starts_h: list[int], starts_w: list[int], scale: int = 1) -> None:
+    """Cross-fade every tile of a grid with its neighbours, in place, as diffusers' VAEs and the originals do.
+
+    Tile `(i, j)` starts at `scale * (starts_h[i], starts_w[j])` in its own units. In diffusers' order, each tile is
+    blended with the already blended tile above it, then with the one on its left, over their whole overlap
+    (`blend` on the last two dimensions).
+    """
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            if i > 0:
+                above = tiles[i - 1][j]
+                tile = blend(above, tile, scale * (starts_h[i - 1] - starts_h[i]) + above.shape[-2], dim=-2)
+            if j > 0:
+                left = row[j - 1]
+                tile = blend(left, tile, scale * (starts_w[j - 1] - starts_w[j]) + left.shape[-1], dim=-1)
+            row[j] = tile
+
+
 def stitch_blended_tiles(
     tiles: list[list[torch.Tensor]], starts_h: list[int], starts_w: list[int], scale: int = 1
 ) -> torch.Tensor:
@@ -193,21 +349,13 @@ def stitch_blended_tiles(
     diffusers' VAEs and of the originals that tile).
 
     Tile `(i, j)` covers the output from `scale * (starts_h[i], starts_w[j])` (starts in input units, `scale`
-    output units per input unit). In diffusers' order, each tile is blended with the already blended tile above it,
-    then with the one on its left, over their whole overlap (`blend`), and keeps its part up to where the next tile
-    starts (all of it for the last row / column). `tiles` is updated in place with the blended, uncropped tiles.
+    output units per input unit). The tiles are blended as `blend_tile_grid` does (`tiles` is updated in place
+    with the blended, uncropped tiles), then each keeps its part up to where the next tile starts (all of it for
+    the last row / column).
     """
+    blend_tile_grid(tiles, starts_h, starts_w, scale)
     rows = []
     for i, row in enumerate(tiles):
-        for j, tile in enumerate(row):
-            if i > 0:
-                above = tiles[i - 1][j]
-                overlap = scale * (starts_h[i - 1] - starts_h[i]) + above.shape[-2]
-                tile = blend(above, tile, overlap, dim=-2)
-            if j > 0:
-                left = row[j - 1]
-                tile = blend(left, tile, scale * (starts_w[j - 1] - starts_w[j]) + left.shape[-1], dim=-1)
-            row[j] = tile
         keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(tiles) else None
         pieces = [
             tile[..., :keep_h, : scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else None]
@@ -246,18 +394,6 @@ def halo_spans(size: int, core: int, halo: int) -> list[TileSpan]:
         TileSpan(max(0, start - halo), min(size, start + core + halo), start, min(start + core, size))
         for start in range(0, size, core)
     ]
-
-
-def halo_tile_strides(sizes: dict[str, int], strides: dict[str, int | None]) -> dict[str, int]:
-    """The strides of halo tiles, by axis ("height", "width"): always the tile size, as cores do not overlap (each
-    reads a halo instead). A different stride asked for in `strides` is ignored with a warning."""
-    for axis, stride in strides.items():
-        if stride is not None and int(stride) != sizes[axis]:
-            logger.warning(
-                f"Exact tiles do not overlap (each reads a halo instead): tile_sample_stride_{axis}={stride} is "
-                f"ignored, the stride equals tile_sample_min_{axis}={sizes[axis]}."
-            )
-    return dict(sizes)
 
 
 class _StatisticsTaken(Exception):

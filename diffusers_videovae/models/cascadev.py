@@ -25,6 +25,9 @@ The decode is stochastic: `generator` (or explicit `latents` / `step_noises`) de
 
 from __future__ import annotations
 
+import itertools
+import math
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -43,7 +46,14 @@ from tqdm.auto import tqdm
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_video, tile_starts
+from ._tiling import (
+    TilingLimits,
+    check_video,
+    configure_tiling,
+    stitch_blended_tiles,
+    tile_starts,
+    tiled_with_shared_group_norm,
+)
 
 # The released DiT's grid attention: `[temporal_splits, spatial_splits]` per block (None = full 3-D attention),
 # indexed `block % len(...)`.
@@ -649,48 +659,51 @@ class AutoencoderCascadeV(
         self.tile_sample_min_width = 512
         self.tile_sample_stride_height = 384
         self.tile_sample_stride_width = 384
+        self.tile_exact = False
         self._progress_bar_config: dict[str, Any] = {}
 
     # -- configuration ----------------------------------------------------------------------------------------
+
+    def tiling_limits(self) -> TilingLimits:
+        """What `enable_tiling` accepts: SVD-decoder tiles of 512 px every 384 px, never cut in time."""
+        factor = 2 ** (len(self.config.svd_block_out_channels) - 1)
+        return TilingLimits(
+            "CascadeV", factor, 512, Fraction(3, 4), frames_note=" (the SVD decoder's chunks are the model's own)"
+        )
 
     def enable_tiling(
         self,
         tile_sample_min_height: int | None = None,
         tile_sample_min_width: int | None = None,
+        tile_sample_min_num_frames: int | None = None,
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
+        tile_sample_stride_num_frames: int | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Decode the SVD latents in overlapping spatial tiles (blended linearly) to bound the decoder's memory.
+        r"""Run the SVD decoder in spatial tiles, so that its memory depends on the tile: blended tiles (default,
+        close to untiled) or exact tiles (`exact=True`: equal to untiled up to float rounding, slower). The encoder
+        works per frame and the DiT on its own windows; the model card compares the modes.
 
-        Sizes are in output pixels, multiples of 8 (defaults: 512 tiles every 384). Only the SVD decoder is tiled:
-        the DiT already works on `transformer_sample_size` windows and the encoder is per frame. Blended tiles are
-        close to, not equal to, the untiled decode (the decoder's receptive field crosses tile borders).
+        Args:
+            tile_sample_min_height (`int`, *optional*): tile height in output pixels, a multiple of 8 (default 512).
+            tile_sample_min_width (`int`, *optional*): tile width in output pixels, a multiple of 8 (default 512).
+            tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 8 at most the height
+                (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_stride_width (`int`, *optional*): the same for the width.
+            tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is not tiled).
+            exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
         """
-        self.use_tiling = True
-        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
-        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
-        # A tile size given without its stride moves by 3/4 of the tile (as the defaults, 512 every 384).
-        if tile_sample_stride_height is None and tile_sample_min_height is not None:
-            tile_sample_stride_height = max(8, tile_sample_min_height * 3 // 4 // 8 * 8)
-        if tile_sample_stride_width is None and tile_sample_min_width is not None:
-            tile_sample_stride_width = max(8, tile_sample_min_width * 3 // 4 // 8 * 8)
-        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
-        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
-        for name in (
-            "tile_sample_min_height",
-            "tile_sample_min_width",
-            "tile_sample_stride_height",
-            "tile_sample_stride_width",
-        ):
-            if getattr(self, name) % 8:
-                raise ValueError(
-                    f"{name} must be a multiple of 8 (the SVD decoder's factor), got {getattr(self, name)}."
-                )
-        if (
-            self.tile_sample_stride_height > self.tile_sample_min_height
-            or self.tile_sample_stride_width > self.tile_sample_min_width
-        ):
-            raise ValueError("Tile strides must not exceed the tile sizes, or parts of the frame would be skipped.")
+        configure_tiling(
+            self,
+            exact,
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_num_frames=tile_sample_min_num_frames,
+            tile_sample_stride_height=tile_sample_stride_height,
+            tile_sample_stride_width=tile_sample_stride_width,
+            tile_sample_stride_num_frames=tile_sample_stride_num_frames,
+        )
 
     def progress_bar(self, iterable=None, total=None):
         """A tqdm bar over the denoising steps, configured by `set_progress_bar_config` (diffusers' convention)."""
@@ -914,26 +927,66 @@ class AutoencoderCascadeV(
 
     def _svd_decode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """One chunk (n, 4, h, w) of raw SVD latents -> (n, 3, 8h, 8w), tiled when enabled and large enough."""
-        factor = 2 ** (len(self.config.svd_block_out_channels) - 1)
+        factor = self.tiling_limits().multiple
         n, _, height, width = frames.shape
         if not self.use_tiling or (
             height * factor <= self.tile_sample_min_height and width * factor <= self.tile_sample_min_width
         ):
             return self.svd_vae.decode(frames, num_frames=n).sample
+        if self.tile_exact:
+            return self._svd_decode_exact(frames)
         tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
         starts_h = tile_starts(height, tile_h, self.tile_sample_stride_height // factor)
         starts_w = tile_starts(width, tile_w, self.tile_sample_stride_width // factor)
-        rows = []
-        for h0 in starts_h:
-            row = None
-            for j, w0 in enumerate(starts_w):
-                tile = self.svd_vae.decode(frames[..., h0 : h0 + tile_h, w0 : w0 + tile_w], num_frames=n).sample
-                row = tile if row is None else _stitch(row, tile, factor * (starts_w[j - 1] + tile_w - w0), -1)
-            rows.append(row)
-        out = rows[0]
-        for i in range(1, len(rows)):
-            out = _stitch(out, rows[i], factor * (starts_h[i - 1] + tile_h - starts_h[i]), -2)
-        return out
+        tiles = [
+            [
+                self.svd_vae.decode(frames[..., h0 : h0 + tile_h, w0 : w0 + tile_w], num_frames=n).sample
+                for w0 in starts_w
+            ]
+            for h0 in starts_h
+        ]
+        return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
+
+    def _svd_tile_halo(self) -> int:
+        """Latent pixels an exact SVD tile reads beyond its core on every side: the receptive field of the tiled
+        layers (from the first upsampler on), each counted in its input's pixels: one per 3x3 convolution after a
+        nearest 2x upsampling, two per spatial resnet (the temporal ones are 3x1x1), one for `conv_out`."""
+        reach, scale = Fraction(1), 2
+        for block in self.svd_vae.decoder.up_blocks[1:]:
+            reach += Fraction(2 * len(block.resnets), scale)
+            if block.upsamplers is not None:
+                reach += Fraction(1, scale)
+                scale *= 2
+        return math.ceil(reach + Fraction(1, scale))
+
+    def _svd_decode_exact(self, frames: torch.Tensor) -> torch.Tensor:
+        """`svd_vae.decode(frames)` with the layers above latent resolution (from the first upsampler on) in tiles
+        that read a halo and share the GroupNorm statistics of the whole frame (`tiled_with_shared_group_norm`);
+        the layers before, the mid block's attention over the frame included, run on whole latent frames."""
+        decoder, factor = self.svd_vae.decoder, self.tiling_limits().multiple
+        first, rest = decoder.up_blocks[0], decoder.up_blocks[1:]
+        indicator = torch.zeros(1, frames.shape[0], dtype=frames.dtype, device=frames.device)
+        h = decoder.mid_block(decoder.conv_in(frames), image_only_indicator=indicator)
+        h = h.to(next(itertools.chain(decoder.up_blocks.parameters(), decoder.up_blocks.buffers())).dtype)
+        for resnet in first.resnets:
+            h = resnet(h, image_only_indicator=indicator)
+
+        def high_resolution(x: torch.Tensor) -> torch.Tensor:
+            for upsampler in first.upsamplers or ():
+                x = upsampler(x)
+            for up_block in rest:
+                x = up_block(x, image_only_indicator=indicator)
+            x = decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
+            clip = decoder.time_conv_out(x.unsqueeze(0).transpose(1, 2))
+            return clip.transpose(1, 2).squeeze(0)
+
+        return tiled_with_shared_group_norm(
+            high_resolution,
+            h,
+            [rest, decoder.conv_norm_out],
+            core=(self.tile_sample_min_height // factor, self.tile_sample_min_width // factor),
+            halo=self._svd_tile_halo(),
+        )
 
     def decode_svd_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Raw SVD latents `(B, 4, T, h, w)` -> video `(B, 3, T, 8h, 8w)`, in independent chunks of frames.
@@ -1015,10 +1068,3 @@ class AutoencoderCascadeV(
         r"""Reconstruct `sample (B, 3, T, H, W)`: encode (deterministic), then decode with `generator`'s noise."""
         z = self.encode(sample).latent_dist.mode()
         return self.decode(z, num_inference_steps=num_inference_steps, generator=generator, return_dict=return_dict)
-
-
-def _stitch(previous: torch.Tensor, current: torch.Tensor, overlap: int, dim: int) -> torch.Tensor:
-    """Join two tiles along `dim`, cross-fading the `overlap` entries they share."""
-    current = blend(previous, current, overlap, dim)
-    keep = previous.shape[dim] - overlap
-    return torch.cat([previous.narrow(dim, 0, keep), current], dim=dim)

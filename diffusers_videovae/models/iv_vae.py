@@ -43,7 +43,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
-from ._tiling import TileSpan, check_latents, check_video, halo_spans, halo_tile_strides
+from ._tiling import TileSpan, TilingLimits, check_latents, check_video, configure_tiling, halo_spans
 
 # F.normalize clamps the L2 norm at this value (the original's normalisation).
 NORM_EPS = 1e-12
@@ -722,6 +722,13 @@ class AutoencoderKLIVVAE(
         self.tile_sample_min_num_frames = temporal
         self.tile_sample_stride_num_frames = temporal
 
+    def tiling_limits(self) -> TilingLimits:
+        """What `enable_tiling` accepts: halo tiles (never overlapping) and temporal chunks of 4k frames."""
+        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
+        return TilingLimits(
+            "IV-VAE", spatial, 256, None, frame_offset=0, frame_multiple=temporal, exact_frames=True, exact_only=True
+        )
+
     def enable_tiling(
         self,
         tile_sample_min_height: int | None = None,
@@ -730,65 +737,31 @@ class AutoencoderKLIVVAE(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Process the high-resolution stages in spatial tiles ("halo tiling") and set the temporal chunk size.
-
-        Only the stages that run above 1/8 resolution are tiled: the encoder up to its last spatial downsample
-        and the decoder from its first upsample on. They are purely local (convolutions, per-pixel norms,
-        resampling), so each tile reads a halo around its core that covers their receptive field, and the core of
-        its output is exact; cores are stitched without blending. Attention and the pyramid head run on whole
-        latent frames, which are 64 times smaller. Tiled results therefore equal untiled ones up to float
-        rounding. The halo is fixed by the architecture (`tile_halo`: 5 latent pixels = 40 px for the encoder, 7 =
-        56 px for the decoder, with any base width and the released 4 levels). Temporal chunks are exact too: the
-        causal cache is kept for whole frames (stitched from the tiles' cores, like the outputs) and each tile
-        reads its window of it, so caches take no more memory than untiled.
+        r"""Run the stages above 1/8 resolution in spatial tiles that read a halo, so that memory depends on the
+        tile. IV-VAE's tiles are always exact (equal to untiled up to float rounding): `exact` may be True or False.
+        The model card compares the tiling modes of the five models.
 
         Args:
-            tile_sample_min_height, tile_sample_min_width (`int`, optional): tile core size in pixels (multiples
-                of 8; default 256). Each tile reads its core plus the halo on every side inside the frame.
-            tile_sample_stride_height, tile_sample_stride_width (`int`, optional): accepted for API compatibility;
-                the stride always equals the core (halos make overlaps unnecessary). A different value is ignored
-                with a warning.
-            tile_sample_min_num_frames (`int`, optional): frames per temporal chunk after the first frame
-                (a multiple of the temporal compression, 4).
-            tile_sample_stride_num_frames (`int`, optional): must equal `tile_sample_min_num_frames` (chunks carry
-                the cache instead of overlapping).
-            exact (`bool`, optional): IV-VAE's tiles are always exact, so a plain `enable_tiling()` gives the
-                untiled result up to float rounding with bounded memory; `True` is accepted, `False` is refused
-                (the OD-VAE and Open-Sora VAEs default to blended tiles and offer `exact=True`).
+            tile_sample_min_height (`int`, *optional*): tile core height in pixels, a multiple of 8 (default 256).
+            tile_sample_min_width (`int`, *optional*): tile core width in pixels, a multiple of 8 (default 256).
+            tile_sample_min_num_frames (`int`, *optional*): frames per temporal chunk after the first frame, a
+                multiple of 4 (default 4).
+            tile_sample_stride_height, tile_sample_stride_width, tile_sample_stride_num_frames (`int`, *optional*):
+                unset or equal to the size: halo tiles and cache-carrying chunks do not overlap.
+            exact (`bool`, defaults to `False`): accepted for the common signature; both values give exact tiles.
         """
-        if exact not in (None, True):
-            raise ValueError(
-                "IV-VAE's tiles are always exact (halo tiles, per-pixel norms); there is no approximate mode: "
-                "leave `exact` unset (or True)."
-            )
-        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
-        settings = {}
-        for axis, core, stride in (
-            ("height", tile_sample_min_height, tile_sample_stride_height),
-            ("width", tile_sample_min_width, tile_sample_stride_width),
-        ):
-            core = core or getattr(self, f"tile_sample_min_{axis}")
-            for name, value in ((f"tile_sample_min_{axis}", core), (f"tile_sample_stride_{axis}", stride or core)):
-                if value <= 0 or value % spatial:
-                    raise ValueError(f"{name} must be a positive multiple of {spatial}, got {value}.")
-            settings[f"tile_sample_stride_{axis}"] = halo_tile_strides({axis: core}, {axis: stride})[axis]
-            settings[f"tile_sample_min_{axis}"] = core
-        num_frames = tile_sample_min_num_frames or self.tile_sample_min_num_frames
-        if num_frames <= 0 or num_frames % temporal:
-            raise ValueError(
-                f"tile_sample_min_num_frames must be a positive multiple of {temporal}, got {num_frames}."
-            )
-        if tile_sample_stride_num_frames not in (None, num_frames):
-            raise ValueError(
-                "IV-VAE's temporal chunks carry a causal cache and do not overlap: "
-                "tile_sample_stride_num_frames must equal tile_sample_min_num_frames."
-            )
-        settings["tile_sample_min_num_frames"] = settings["tile_sample_stride_num_frames"] = num_frames
-        for name, value in settings.items():
-            setattr(self, name, value)
-        self.use_tiling = True
+        configure_tiling(
+            self,
+            exact,
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_num_frames=tile_sample_min_num_frames,
+            tile_sample_stride_height=tile_sample_stride_height,
+            tile_sample_stride_width=tile_sample_stride_width,
+            tile_sample_stride_num_frames=tile_sample_stride_num_frames,
+        )
 
     @property
     def tile_halo(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ Numerics that matter for parity with the original (see the model card):
 
 from __future__ import annotations
 
+from fractions import Fraction
 from functools import partial
 
 import torch
@@ -42,9 +43,10 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin
 from ._tiling import (
     TileStep,
+    TilingLimits,
     check_latents,
     check_video,
-    halo_tile_strides,
+    configure_tiling,
     stitch_blended_tiles,
     tiled_in_layer_order,
 )
@@ -810,6 +812,13 @@ class AutoencoderKLODVAE(
                 f"block_out_channels {tuple(block_out_channels)} must be multiples of norm_num_groups={groups}."
             )
 
+    def tiling_limits(self) -> TilingLimits:
+        """What `enable_tiling` accepts: 256-px tiles every 224 px, chunks of 29 frames every 28 (blended)."""
+        spatial, temporal = self.config.spatial_compression_ratio, self.config.temporal_compression_ratio
+        return TilingLimits(
+            "OD-VAE", spatial, 256, Fraction(7, 8), frame_offset=1, frame_multiple=temporal, frames_overlap=True
+        )
+
     def enable_tiling(
         self,
         tile_sample_min_height: int | None = None,
@@ -818,98 +827,36 @@ class AutoencoderKLODVAE(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Encode and decode in tiles: as the original's tiled mode does (default), or exactly (`exact=True`).
+        r"""Encode and decode in tiles, so that memory depends on the tile: the original's blended tiles (default,
+        its tiled results, not the untiled ones) or exact tiles (`exact=True`: equal to untiled up to float
+        rounding, slower, not cut in time). The model card compares the modes.
 
-        **Default (original-compatible) mode.** Results equal the original's tiled results (checked against its
-        numbers), not the untiled ones: GroupNorm statistics are per tile and per chunk, and the trilinear
-        upsamplers clamp at tile borders. Memory stays flat as the clip grows in any dimension. A clip takes the
-        tiled path when it is larger than one tile in any dimension; then tiles start every `stride` pixels (edge
-        tiles are smaller), neighbours are cross-faded over `min - stride` pixels (`(min - stride) / 8` latents when
-        encoding) and each tile keeps its first `stride` pixels. Time is cut into chunks of
-        `tile_sample_min_num_frames` frames (`1 + (n - 1) / 4` latents when decoding) every
-        `tile_sample_stride_num_frames`; overlapping frames of later chunks are dropped, not blended.
-
-        The original's attributes map as: `tile_sample_min_size = S` -> `tile_sample_min_height = width = S`;
-        `tile_overlap_factor = f` -> `tile_sample_stride_height = width = int(S * (1 - f))`;
-        `tile_sample_min_size_t = n` -> `tile_sample_min_num_frames = n`, `tile_sample_stride_num_frames = n - 1`
-        (with `tile_latent_min_size = S / 8` and `tile_latent_min_size_t = 1 + (n - 1) / 4`).
-
-        **Exact mode** (`exact=True`). Results equal the untiled ones up to float rounding (a few 1e-6 on random
-        tiny models). The layers above latent resolution (encoder: `conv_in` and the down levels through the last
-        spatial downsampler; decoder: the levels from the first spatial upsampler on, `norm_out` and `conv_out`)
-        run on non-overlapping tiles of `tile_sample_min_height` x `tile_sample_min_width` pixels (`/ 8` latent
-        pixels when decoding),
-        each read with a halo (`tile_halo`) that covers their receptive field, and their GroupNorms normalise every
-        tile with statistics measured over all tiles (`tiled_with_shared_group_norm`). The rest, including the
-        mid-block attention (global over each frame), runs untiled on whole latent-resolution frames. A clip takes
-        the tiled path when it is larger than one tile in height or width. The price:
-
-        - compute: one partial pass over the tiles (with their halos) per GroupNorm of the tiled layers, then one
-          full pass: 12 + 1 passes in the released encoder, 19 + 1 in its decoder, several times the untiled work;
-        - memory: the activations of one tile, plus the whole input and whole-clip tensors at latent resolution;
-        - time is not cut into chunks (the 3D blocks' GroupNorms span all frames, so chunks would change their
-          statistics): every tile holds the whole clip and memory grows with T. The default mode is the one whose
-          memory stays flat.
-
-        When every tile would read the whole frame (halo and core cover it), the tiled layers run once, untiled.
-        In exact mode the spatial strides are set to the tile size (a different value given is ignored with a
-        warning; unspecified arguments keep their current values, so pass strides again when switching back); `tile_sample_min_num_frames` and `tile_sample_stride_num_frames` are checked and kept for the
-        default mode but not used. Exact tiling is meant for inference: the shared statistics are constants for
-        autograd, and gradient checkpointing is not applied inside the tiles.
+        The original's `tile_sample_min_size = S`, `tile_overlap_factor = f`, `tile_sample_min_size_t = n` are
+        `enable_tiling(S, S, n, int(S * (1 - f)), int(S * (1 - f)), n - 1)`.
 
         Args:
-            tile_sample_min_height / tile_sample_min_width (`int`, defaults to 256): tile size in pixels,
-                a multiple of 8.
-            tile_sample_min_num_frames (`int`, defaults to 29): chunk length in frames, `1 + 4k`.
-            tile_sample_stride_height / tile_sample_stride_width (`int`, defaults to 224): tile stride in pixels,
-                a multiple of 8, at most the tile size.
-            tile_sample_stride_num_frames (`int`, defaults to 28): chunk stride in frames, a multiple of 4 and at
-                most `tile_sample_min_num_frames - 1`.
-            exact (`bool`, optional): `True` for exact mode (see above); `None` (a plain `enable_tiling()`) or
-                `False` give the default mode: the original's blended tiles, bounded memory, close to but not
-                equal to untiled.
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 8 (default 256).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels, a multiple of 8 (default 256).
+            tile_sample_min_num_frames (`int`, *optional*): frames per chunk, `1 + 4k` (default 29).
+            tile_sample_stride_height (`int`, *optional*): step between tiles in pixels, a multiple of 8 at most
+                the height (default: 7/8 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_stride_width (`int`, *optional*): the same for the width.
+            tile_sample_stride_num_frames (`int`, *optional*): step between chunks, a multiple of 4 at most
+                `tile_sample_min_num_frames - 1` (default: that). Exact tiles are not cut in time: unset.
+            exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
         """
-        if exact is not None and not isinstance(exact, bool):
-            raise ValueError(f"`exact` must be True or False, got {exact!r}.")
-        exact = bool(exact)
-        values = {
-            "tile_sample_min_height": tile_sample_min_height,
-            "tile_sample_min_width": tile_sample_min_width,
-            "tile_sample_min_num_frames": tile_sample_min_num_frames,
-            "tile_sample_stride_height": tile_sample_stride_height,
-            "tile_sample_stride_width": tile_sample_stride_width,
-            "tile_sample_stride_num_frames": tile_sample_stride_num_frames,
-        }
-        values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
-        if exact:
-            strides = halo_tile_strides(
-                {axis: values[f"tile_sample_min_{axis}"] for axis in ("height", "width")},
-                {"height": tile_sample_stride_height, "width": tile_sample_stride_width},
-            )
-            values.update({f"tile_sample_stride_{axis}": stride for axis, stride in strides.items()})
-        spatial = self.config.spatial_compression_ratio
-        temporal = self.config.temporal_compression_ratio
-        for axis in ("height", "width"):
-            size, stride = values[f"tile_sample_min_{axis}"], values[f"tile_sample_stride_{axis}"]
-            if size % spatial or stride % spatial or not 0 < stride <= size:
-                raise ValueError(
-                    f"tile_sample_min_{axis}={size} and tile_sample_stride_{axis}={stride} must be positive multiples "
-                    f"of {spatial} with stride <= size."
-                )
-        frames, frame_stride = values["tile_sample_min_num_frames"], values["tile_sample_stride_num_frames"]
-        if frames < 1 + temporal or (frames - 1) % temporal:
-            raise ValueError(f"tile_sample_min_num_frames={frames} must be 1 + {temporal}k with k >= 1.")
-        if frame_stride % temporal or not 0 < frame_stride <= frames - 1:
-            raise ValueError(
-                f"tile_sample_stride_num_frames={frame_stride} must be a positive multiple of {temporal} and at most "
-                f"tile_sample_min_num_frames - 1 = {frames - 1}."
-            )
-        for name, value in values.items():
-            setattr(self, name, value)
-        self.tile_exact = exact
-        self.use_tiling = True
+        configure_tiling(
+            self,
+            exact,
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_num_frames=tile_sample_min_num_frames,
+            tile_sample_stride_height=tile_sample_stride_height,
+            tile_sample_stride_width=tile_sample_stride_width,
+            tile_sample_stride_num_frames=tile_sample_stride_num_frames,
+        )
 
     @property
     def tile_halo(self) -> dict[str, int]:

@@ -23,6 +23,7 @@ chunk giving `ceil(n / 4)` latent frames (5 for a full chunk).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from functools import partial
 
 import torch
@@ -41,9 +42,10 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
 from ._tiling import (
     TileStep,
+    TilingLimits,
     check_latents,
     check_video,
-    halo_tile_strides,
+    configure_tiling,
     stitch_blended_tiles,
     tile_starts,
     tiled_in_layer_order,
@@ -596,6 +598,16 @@ class AutoencoderKLOpenSora(
         self.tile_sample_stride_width = 192
         self.tile_exact = False
 
+    def tiling_limits(self) -> TilingLimits:
+        """What `enable_tiling` accepts: 256-px tiles every 192 px, never cut in time."""
+        return TilingLimits(
+            "Open-Sora",
+            self.spatial_compression_ratio,
+            256,
+            Fraction(3, 4),
+            frames_note=" (its micro_frame_size chunks are part of the model's numbers)",
+        )
+
     def enable_tiling(
         self,
         tile_sample_min_height: int | None = None,
@@ -604,77 +616,32 @@ class AutoencoderKLOpenSora(
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
         tile_sample_stride_num_frames: int | None = None,
-        exact: bool | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Encode and decode in spatial tiles (both stages), so that memory depends on the tile, not the frame.
-
-        Two modes (the original has no tiling):
-
-        - `exact=False` (default), blended tiles: each tile goes through the whole model and overlapping tiles are
-          cross-faded. Approximate: every GroupNorm takes its statistics from the tile alone and a tile sees zero
-          padding at its edges. The error is not small: on tiny random models the max abs difference to untiled
-          was measured at 2.4 to 3.3 on latents and 3.8 to 4.7 on pixels, as large as the outputs themselves.
-        - `exact=True`, shared-statistics tiles: the result equals the untiled one up to float rounding. Each
-          network is split at its attention. The high-resolution part of the spatial VAE (encoder: `conv_in` and
-          the down blocks; decoder: the up blocks, `conv_norm_out` and `conv_out`) and the whole temporal VAE (it
-          has no attention) run in non-overlapping tiles that read a halo covering their receptive field
-          (`tile_halo`) and normalise with GroupNorm statistics measured over all tiles first
-          (`_tiling.tiled_with_shared_group_norm`); the mid blocks with their attention run on whole latent frames
-          (64 times fewer pixels). Memory is that of one tile; compute is one partial pass per GroupNorm of a
-          tiled stage plus one full pass, each over the tiles with their halos, i.e. many times the untiled
-          compute (the temporal VAE has 41 GroupNorms). Statistics are constants for autograd: use it at
-          inference. A stage whose tiles would all read the whole frame (small frames, wide halos) runs once,
-          untiled. Cores do not overlap: the strides are set to the tile size (a different stride is ignored with a
-          warning) and stay so, as every unspecified argument keeps its current value: pass strides again when
-          switching back to blended tiles.
-
-        Time is never tiled: the temporal chunks of `micro_frame_size` frames are the model's own and stay exact,
-        so `tile_sample_min_num_frames` / `tile_sample_stride_num_frames` must stay `None`.
+        r"""Encode and decode in spatial tiles, so that memory depends on the tile: blended tiles (default,
+        approximate: each tile has its own GroupNorm statistics) or exact tiles (`exact=True`: equal to untiled up
+        to float rounding, slower). The original has no tiling; the model card compares the modes.
 
         Args:
-            tile_sample_min_height / tile_sample_min_width (`int`, default 256): tile size in pixels (multiple of 8);
-                the core of an exact tile (the temporal VAE and the spatial decoder use it divided by 8).
-            tile_sample_stride_height / tile_sample_stride_width (`int`, default 192): tile step in pixels
-                (multiple of 8, at most the tile size); the overlap `tile - stride` is blended. Ignored if `exact`
-                (set to the tile size).
-            exact (`bool`, optional): `True` for shared-statistics tiles equal to untiled (see above); `None` (a
-                plain `enable_tiling()`) or `False` give blended tiles: bounded memory, approximate.
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 8 (default 256).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels, a multiple of 8 (default 256).
+            tile_sample_stride_height (`int`, *optional*): step between tiles in pixels, a multiple of 8 at most
+                the height (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_stride_width (`int`, *optional*): the same for the width.
+            tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is never tiled: the temporal
+                chunks of `micro_frame_size` frames are the model's own).
+            exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
         """
-        if exact is not None and not isinstance(exact, bool):
-            raise ValueError(f"`exact` must be True or False, got {exact!r}.")
-        exact = bool(exact)
-        if tile_sample_min_num_frames is not None or tile_sample_stride_num_frames is not None:
-            raise ValueError(
-                "Open-Sora's temporal chunks (`micro_frame_size` frames, independent and unblended) are part of the "
-                "model's numbers; temporal tiling is not configurable. Leave the *_num_frames arguments as None."
-            )
-        factor = self.spatial_compression_ratio
-        if exact:
-            size = {
-                "height": tile_sample_min_height or self.tile_sample_min_height,
-                "width": tile_sample_min_width or self.tile_sample_min_width,
-            }
-            for axis, value in size.items():
-                if value <= 0 or value % factor:
-                    raise ValueError(f"tile_sample_min_{axis} must be a positive multiple of {factor}, got {value}.")
-            strides = halo_tile_strides(size, {"height": tile_sample_stride_height, "width": tile_sample_stride_width})
-            self.tile_sample_min_height, self.tile_sample_stride_height = size["height"], strides["height"]
-            self.tile_sample_min_width, self.tile_sample_stride_width = size["width"], strides["width"]
-            self.use_tiling = self.tile_exact = True
-            return
-        self.use_tiling = True
-        self.tile_exact = False
-        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
-        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
-        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
-        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
-        for name in ("min_height", "min_width", "stride_height", "stride_width"):
-            value = getattr(self, f"tile_sample_{name}")
-            if value <= 0 or value % factor:
-                raise ValueError(f"tile_sample_{name} must be a positive multiple of {factor}, got {value}.")
-        for axis in ("height", "width"):
-            if getattr(self, f"tile_sample_stride_{axis}") > getattr(self, f"tile_sample_min_{axis}"):
-                raise ValueError(f"tile_sample_stride_{axis} must not exceed tile_sample_min_{axis}.")
+        configure_tiling(
+            self,
+            exact,
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_num_frames=tile_sample_min_num_frames,
+            tile_sample_stride_height=tile_sample_stride_height,
+            tile_sample_stride_width=tile_sample_stride_width,
+            tile_sample_stride_num_frames=tile_sample_stride_num_frames,
+        )
 
     @property
     def tile_halo(self) -> dict[str, int]:

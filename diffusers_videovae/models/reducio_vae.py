@@ -31,7 +31,11 @@ What makes this model unlike the package's others:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +48,16 @@ from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
-from ._tiling import blend, check_video, group_moments, normalize_groups
+from ._tiling import (
+    TilingLimits,
+    blend_tile_grid,
+    check_video,
+    configure_tiling,
+    group_moments,
+    normalize_groups,
+    stitch_blended_tiles,
+    tiled_with_shared_group_norm,
+)
 
 __all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
 
@@ -53,6 +66,18 @@ __all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
 # and no full-size copy inside the convolution, ever exists. Decoding 16x256x256 peaks at less than half the memory of
 # the original this way (README, bench_reducio.py).
 _FRAME_STEP_BYTES = 128 * 2**20
+# Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_with_shared_group_norm`), which
+# the frame steps bypass (they normalise with `ReducioGroupNorm.statistics`): blocks run whole clips inside them.
+_FRAME_STEPS_ALLOWED = ContextVar("reducio_frame_steps_allowed", default=True)
+
+
+@contextmanager
+def _without_frame_steps() -> Iterator[None]:
+    token = _FRAME_STEPS_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _FRAME_STEPS_ALLOWED.reset(token)
 
 
 class ReducioGroupNorm(nn.GroupNorm):
@@ -95,6 +120,7 @@ def _streams(x: torch.Tensor, growth: int = 1) -> bool:
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and _frames_per_step(x, growth) < x.shape[2]
+        and _FRAME_STEPS_ALLOWED.get()
     )
 
 
@@ -901,11 +927,12 @@ class AutoencoderKLReducio(
 
         self.use_slicing = False
         self.use_tiling = False
-        # The released settings: tile_sample_min_size 256, tile_overlap_factor 0.25 -> 320-px tiles every 256 px.
-        self.tile_sample_min_height = 320
-        self.tile_sample_min_width = 320
-        self.tile_sample_stride_height = 256
-        self.tile_sample_stride_width = 256
+        # The released settings: tile_sample_min_size 256, tile_overlap_factor 0.25 -> 320-px tiles every 256 px
+        # (smaller where the attention window is: a blended tile runs in one piece).
+        limits = self.tiling_limits()
+        self.tile_sample_min_height = self.tile_sample_min_width = limits.default_size
+        self.tile_sample_stride_height = self.tile_sample_stride_width = limits.default_stride(limits.default_size)
+        self.tile_exact = False
 
     # --- the package-wide contract -------------------------------------------------------------------------------
 
@@ -965,52 +992,58 @@ class AutoencoderKLReducio(
 
     # --- tiling ----------------------------------------------------------------------------------------------------
 
+    def tiling_limits(self) -> TilingLimits:
+        """What `enable_tiling` accepts: 320-px tiles every 256 px (the release's), at most the attention window
+        (`window_size` latent positions per side) for blended tiles, which run the whole model on one tile."""
+        spatial = self.config.spatial_compression_ratio
+        largest = self.config.window_size * spatial
+        return TilingLimits(
+            "Reducio-VAE",
+            spatial,
+            min(320, largest),
+            Fraction(4, 5),
+            max_size=largest,
+            frames_note=" (each 16-frame segment is one clip)",
+        )
+
     def enable_tiling(
         self,
         tile_sample_min_height: int | None = None,
         tile_sample_min_width: int | None = None,
+        tile_sample_min_num_frames: int | None = None,
         tile_sample_stride_height: int | None = None,
         tile_sample_stride_width: int | None = None,
+        tile_sample_stride_num_frames: int | None = None,
+        exact: bool = False,
     ) -> None:
-        r"""Encode, compute content features and decode in overlapping spatial tiles, as the original's tiled mode.
+        r"""Encode, compute content features and decode in spatial tiles, so that memory depends on the tile: the
+        original's blended tiles (default, its tiled results, not the untiled ones) or exact tiles (`exact=True`:
+        equal to untiled up to float rounding, slower; attention and cross-attention run on whole latent frames, so
+        frames past the attention window fail as untiled). The model card compares the modes.
 
-        The original's `tile_sample_min_size = S`, `tile_overlap_factor = ov` map to
-        `enable_tiling(int(S * (1 + ov)), int(S * (1 + ov)), S, S)` (defaults: the released 256 / 0.25 -> 320-px
-        tiles every 256 px). A frame larger than one tile in H or W is cut into tiles starting every stride pixels
-        (edge tiles are smaller). Encoding: each tile's moments are blended with the upper then left neighbour over
-        `(min - stride) / 32` latent pixels and cropped to `stride / 32`. Content features: each tile's features are
-        blended with its neighbours level by level over `int(n / (1 + ov) * ov)` of the neighbour's n positions and
-        kept uncropped, per tile (`ReducioTiledContent`). Decoding: latent tile (i, j) (`min / 32` wide, every
-        `stride / 32`) is decoded with content tile (i, j), blended over `min - stride` pixels and cropped to
-        `stride`. The results are the original's tiled results (tested), not the untiled ones: each tile sees only
-        its own part of the frame in GroupNorm, attention and the content features. The original only checks H to
-        decide whether to tile; here both H and W follow the same rule. Memory is bounded by the tile size, which
-        is how the released 1024-px configs run.
+        The original's `tile_sample_min_size = S`, `tile_overlap_factor = ov` are
+        `enable_tiling(int(S * (1 + ov)), int(S * (1 + ov)), tile_sample_stride_height=S, tile_sample_stride_width=S)`.
 
         Args:
-            tile_sample_min_height / tile_sample_min_width (`int`, defaults to 320): tile size in pixels, a
-                multiple of 32.
-            tile_sample_stride_height / tile_sample_stride_width (`int`, defaults to 256): tile stride in pixels, a
-                multiple of 32, at most the tile size.
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 32 (default 320, at most
+                `window_size * 32` for blended tiles).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels, likewise.
+            tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 32 at most the height
+                (default: 4/5 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_stride_width (`int`, *optional*): the same for the width.
+            tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (each 16-frame segment is one clip).
+            exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
         """
-        values = {
-            "tile_sample_min_height": tile_sample_min_height,
-            "tile_sample_min_width": tile_sample_min_width,
-            "tile_sample_stride_height": tile_sample_stride_height,
-            "tile_sample_stride_width": tile_sample_stride_width,
-        }
-        values = {name: getattr(self, name) if value is None else int(value) for name, value in values.items()}
-        spatial = self.config.spatial_compression_ratio
-        for axis in ("height", "width"):
-            size, stride = values[f"tile_sample_min_{axis}"], values[f"tile_sample_stride_{axis}"]
-            if size % spatial or stride % spatial or not 0 < stride <= size:
-                raise ValueError(
-                    f"tile_sample_min_{axis}={size} and tile_sample_stride_{axis}={stride} must be positive multiples "
-                    f"of {spatial} with stride <= size."
-                )
-        for name, value in values.items():
-            setattr(self, name, value)
-        self.use_tiling = True
+        configure_tiling(
+            self,
+            exact,
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_num_frames=tile_sample_min_num_frames,
+            tile_sample_stride_height=tile_sample_stride_height,
+            tile_sample_stride_width=tile_sample_stride_width,
+            tile_sample_stride_num_frames=tile_sample_stride_num_frames,
+        )
 
     def _tiles_needed(self, height: int, width: int) -> bool:
         """Whether a frame of `height x width` pixels takes the tiled path."""
@@ -1111,11 +1144,12 @@ class AutoencoderKLReducio(
             A tuple of `len(content_block_out_channels) + 1` feature maps, in the original's order: level i's
             output `(B, content_block_out_channels[i], H / 2^i, W / 2^i)`, then the mid feature (released: 5 maps,
             128 x H, 256 x H/2, 512 x H/4, 512 x H/8, 512 x H/8). With tiling enabled and a frame larger than one
-            tile: a `ReducioTiledContent` holding the feature tuple of every tile (see `enable_tiling`).
+            tile: a `ReducioTiledContent` holding the feature tuple of every tile (blended tiles; exact tiles use the
+            whole frame's features, computed untiled: one 2D frame).
         """
         self._check_frame(frame, "frame")
         frame = self._to_compute_dtype(frame)
-        if self._tiles_needed(frame.shape[-2], frame.shape[-1]):
+        if self._tiles_needed(frame.shape[-2], frame.shape[-1]) and not self.tile_exact:
             return self.tiled_encode_content(frame)
         if self.use_slicing and frame.shape[0] > 1:
             parts = [self.content_encoder(item) for item in frame.split(1)]
@@ -1235,56 +1269,37 @@ class AutoencoderKLReducio(
 
     # --- tiles -----------------------------------------------------------------------------------------------------
 
-    def _overlap_factor(self, axis: str) -> float:
-        """The original's `tile_overlap_factor` for these tile settings: `(min - stride) / stride`."""
-        size, stride = getattr(self, f"tile_sample_min_{axis}"), getattr(self, f"tile_sample_stride_{axis}")
-        return (size - stride) / stride
-
-    @staticmethod
-    def _blend_grid(rows: list[list], blend_rows, blend_cols) -> None:
-        """Blend every tile with its (already blended) upper neighbour, then its left one, in place in `rows`."""
-        for i, row in enumerate(rows):
-            for j, tile in enumerate(row):
-                if i > 0:
-                    tile = blend_rows(rows[i - 1][j], tile)
-                if j > 0:
-                    tile = blend_cols(row[j - 1], tile)
-                row[j] = tile
-
     def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """Moments `(B, 2 * latent_channels, t, H / 32, W / 32)` of one segment, tile by tile (see `enable_tiling`)."""
+        if self.tile_exact:
+            return self._exact_tiled_encode(x)
         spatial = self.config.spatial_compression_ratio
         size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
-        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        rows = [
-            [
-                self._encode_moments(x[:, :, :, top : top + size_h, left : left + size_w])
-                for left in range(0, x.shape[-1], stride_w)
-            ]
-            for top in range(0, x.shape[-2], stride_h)
+        tops = range(0, x.shape[-2], self.tile_sample_stride_height)
+        lefts = range(0, x.shape[-1], self.tile_sample_stride_width)
+        tiles = [
+            [self._encode_moments(x[:, :, :, top : top + size_h, left : left + size_w]) for left in lefts]
+            for top in tops
         ]
-        extent_h, extent_w = (size_h - stride_h) // spatial, (size_w - stride_w) // spatial
-        self._blend_grid(rows, lambda a, b: blend(a, b, extent_h, dim=3), lambda a, b: blend(a, b, extent_w, dim=4))
-        keep_h, keep_w = stride_h // spatial, stride_w // spatial
-        return torch.cat([torch.cat([t[..., :keep_h, :keep_w] for t in row], dim=4) for row in rows], dim=3)
+        return stitch_blended_tiles(tiles, [top // spatial for top in tops], [left // spatial for left in lefts])
 
     def tiled_encode_content(self, frame: torch.Tensor) -> ReducioTiledContent:
         """Content features of `frame` `(B, 3, H, W)` per pixel tile, blended and uncropped (see `enable_tiling`)."""
         size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
-        stride_h, stride_w = self.tile_sample_stride_height, self.tile_sample_stride_width
+        tops = range(0, frame.shape[-2], self.tile_sample_stride_height)
+        lefts = range(0, frame.shape[-1], self.tile_sample_stride_width)
         rows = [
-            [
-                self.content_encoder(frame[:, :, top : top + size_h, left : left + size_w])
-                for left in range(0, frame.shape[-1], stride_w)
-            ]
-            for top in range(0, frame.shape[-2], stride_h)
+            [self.content_encoder(frame[:, :, top : top + size_h, left : left + size_w]) for left in lefts]
+            for top in tops
         ]
-        ov_h, ov_w = self._overlap_factor("height"), self._overlap_factor("width")
-
-        def blend_maps(a, b, dim, ov):
-            return tuple(blend(fa, fb, int(fa.shape[dim] / (1 + ov) * ov), dim=dim) for fa, fb in zip(a, b))
-
-        self._blend_grid(rows, lambda a, b: blend_maps(a, b, 2, ov_h), lambda a, b: blend_maps(a, b, 3, ov_w))
+        # Feature k is at 1 / 2^k of the frame's size (the mid feature at the last level's).
+        levels = len(self.config.content_block_out_channels)
+        for k in range(levels + 1):
+            factor = 2 ** min(k, levels - 1)
+            grid = [[tile[k] for tile in row] for row in rows]
+            blend_tile_grid(grid, [top // factor for top in tops], [left // factor for left in lefts])
+            for row, blended in zip(rows, grid):
+                row[:] = [(*tile[:k], feature, *tile[k + 1 :]) for tile, feature in zip(row, blended)]
         return ReducioTiledContent(rows)
 
     def _tile_features(self, features, top: int, left: int, index: tuple[int, int], frame_size: tuple[int, int]):
@@ -1311,25 +1326,113 @@ class AutoencoderKLReducio(
         """One segment's normalised latents decoded tile by tile with the matching content tiles (see
         `enable_tiling`). `features`: a `ReducioTiledContent`, or whole-frame features (each tile then reads the
         part under its pixels), or a content frame `(B, 3, H, W)`."""
+        if self.tile_exact:
+            return self._exact_tiled_decode(z, features)
         spatial = self.config.spatial_compression_ratio
         frame_size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
         if isinstance(features, torch.Tensor):
             features = self.tiled_encode_content(features)
         size_h, size_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
-        stride_h, stride_w = self.tile_sample_stride_height // spatial, self.tile_sample_stride_width // spatial
-        rows = []
-        for i, top in enumerate(range(0, z.shape[-2], stride_h)):
+        tops = range(0, z.shape[-2], self.tile_sample_stride_height // spatial)
+        lefts = range(0, z.shape[-1], self.tile_sample_stride_width // spatial)
+        tiles = []
+        for i, top in enumerate(tops):
             row = []
-            for j, left in enumerate(range(0, z.shape[-1], stride_w)):
+            for j, left in enumerate(lefts):
                 tile = self.post_quant_conv(z[:, :, :, top : top + size_h, left : left + size_w])
                 tile_features = self._tile_features(features, top * spatial, left * spatial, (i, j), frame_size)
                 row.append(self.decoder(tile, tile_features))
-            rows.append(row)
-        extent_h = self.tile_sample_min_height - self.tile_sample_stride_height
-        extent_w = self.tile_sample_min_width - self.tile_sample_stride_width
-        self._blend_grid(rows, lambda a, b: blend(a, b, extent_h, dim=3), lambda a, b: blend(a, b, extent_w, dim=4))
-        keep_h, keep_w = self.tile_sample_stride_height, self.tile_sample_stride_width
-        return torch.cat([torch.cat([t[..., :keep_h, :keep_w] for t in row], dim=4) for row in rows], dim=3)
+            tiles.append(row)
+        return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
+
+    def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """`tiled_encode` with exact tiles: the levels above latent resolution in halo tiles with shared GroupNorm
+        statistics, the last level, the mid block (its attention spans the clip) and the output on whole frames."""
+        encoder, spatial = self.encoder, self.config.spatial_compression_ratio
+        high = encoder.down[:-1]
+        # Receptive field in pixels: conv_in, two 3x3 convolutions per resnet and the downsampler's one pixel past
+        # its own two (zero padding right/bottom), at each level's scale; rounded up to whole latent pixels so
+        # that tiles stay aligned to the downsampling.
+        reach = 1 + sum(2**i * (2 * len(level.block) + 1) for i, level in enumerate(high))
+
+        def high_resolution(part: torch.Tensor) -> torch.Tensor:
+            h = encoder.conv_in(part)
+            for level in high:
+                for block in level.block:
+                    h = block(h)
+                h = level.downsample(h)
+            return h
+
+        with _without_frame_steps():
+            h = tiled_with_shared_group_norm(
+                high_resolution,
+                x,
+                [encoder.conv_in, *high],
+                core=(self.tile_sample_min_height, self.tile_sample_min_width),
+                halo=-(-reach // spatial) * spatial,
+            )
+        for block in encoder.down[-1].block:
+            h = block(h)
+        h = encoder.mid.block_2(encoder.mid.attn_1(encoder.mid.block_1(h)))
+        return self.quant_conv(encoder.conv_out(F.silu(encoder.norm_out(h))))
+
+    def _exact_tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
+        """`tiled_decode` with exact tiles: the mid block (attention over the clip) and every fusion block
+        (cross-attention to the whole content feature) on whole frames, the layers between them (resnets,
+        upsamplers, the output) in halo tiles with shared GroupNorm statistics."""
+        if isinstance(features, ReducioTiledContent):
+            raise ValueError(
+                "Exact tiles decode with the content features of the whole frame: pass `content_frame`, or the "
+                "features `encode_content` returns with exact tiling on (not blended tiles' features)."
+            )
+        if isinstance(features, torch.Tensor):
+            features = self.encode_content(features)
+        decoder = self.decoder
+        mid = decoder.mid
+        h = mid.block_1(decoder.conv_in(self.post_quant_conv(z)))
+        if mid.fusion is not None:
+            h = mid.fusion(h, features[-1])
+        h = mid.block_2(mid.attn_1(h))
+        local, scale = [], 1
+        for i in reversed(range(len(decoder.up))):
+            level = decoder.up[i]
+            local += list(level.block_1)
+            if level.fusion is not None:
+                h = self._tiled_local_layers(local, h, scale)
+                h, local = level.fusion(h, features[decoder.fusion_feature_index[i]]), []
+                scale = 2 ** (len(decoder.up) - 1 - i)
+            local += level.block_2
+            if level.upsample is not None:
+                local.append(level.upsample)
+        return self._tiled_local_layers(local, h, scale, output=True)
+
+    def _tiled_local_layers(
+        self, layers: list[nn.Module], h: torch.Tensor, scale: int, output: bool = False
+    ) -> torch.Tensor:
+        """The decoder's `layers` (resnets and upsamplers; then its output layers when `output`) applied to `h`,
+        which has `scale` pixels per latent pixel, in halo tiles of `tile_sample_min_*` video pixels that share the
+        GroupNorm statistics of the whole frame."""
+        decoder = self.decoder
+        if not layers and not output:
+            return h
+        # Receptive field in pixels of `h`: two 3x3 convolutions per resnet, one input pixel per upsampler (its
+        # convolution after the nearest 2x), the output convolution; each at the scale it runs at.
+        reach, step = Fraction(0), 1
+        for layer in layers:
+            reach += Fraction(2 if isinstance(layer, ReducioResnetBlock) else 1, step)
+            step *= 2 if isinstance(layer, ReducioUpsample) else 1
+        reach += Fraction(1, step) if output else 0
+
+        def stage(part: torch.Tensor) -> torch.Tensor:
+            for layer in layers:
+                part = layer(part)
+            return decoder.conv_out(F.silu(decoder.norm_out(part))) if output else part
+
+        spatial = self.config.spatial_compression_ratio
+        core = (self.tile_sample_min_height // spatial * scale, self.tile_sample_min_width // spatial * scale)
+        with _without_frame_steps():
+            norms = [*layers, decoder.norm_out] if output else layers
+            return tiled_with_shared_group_norm(stage, h, norms, core=core, halo=math.ceil(reach))
 
     def forward(
         self,

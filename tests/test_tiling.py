@@ -1,0 +1,242 @@
+# Copyright 2026 The diffusers-videovae contributors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The tiling contract shared by the five models: one `enable_tiling` signature and meaning, exact tiles on Reducio
+and CascadeV, and tiles chosen through the command line within each model's limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import reference_dir
+
+from diffusers_videovae import (
+    AutoencoderCascadeV,
+    AutoencoderKLIVVAE,
+    AutoencoderKLODVAE,
+    AutoencoderKLOpenSora,
+    AutoencoderKLReducio,
+)
+from diffusers_videovae.checkpoints import convert_to_folder
+from diffusers_videovae.cli import main
+
+SMALL = {
+    "ivvae": (AutoencoderKLIVVAE, dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)),
+    "odvae": (AutoencoderKLODVAE, dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)),
+    "opensora": (
+        AutoencoderKLOpenSora,
+        dict(
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
+            temporal_filters=4,
+            temporal_num_res_blocks=1,
+            temporal_num_groups=2,
+        ),
+    ),
+    # 3 levels (4x), attention window 8 latent positions: frames up to 32 px run untiled.
+    "reducio": (
+        AutoencoderKLReducio,
+        dict(
+            latent_channels=4,
+            z_channels=8,
+            conv_in_channels=16,
+            block_out_channels=(16, 16, 16),
+            layers_per_block=1,
+            content_conv_in_channels=16,
+            content_block_out_channels=(16, 16, 16),
+            fusion_feature_index=(-1, 1, -1),
+            attention_num_heads=2,
+            fusion_head_dim=8,
+            window_size=8,
+            content_window_size=4,
+            norm_num_groups=4,
+        ),
+    ),
+    "cascadev": (
+        AutoencoderCascadeV,
+        dict(
+            with_previewer=False,
+            transformer_hidden_size=72,
+            transformer_num_layers=1,
+            transformer_num_attention_heads=2,
+            transformer_sample_size=8,
+            svd_block_out_channels=(32, 32, 32, 32),
+            svd_layers_per_block=1,
+        ),
+    ),
+}
+NAMES = list(SMALL)
+
+
+def small(name: str) -> torch.nn.Module:
+    cls, config = SMALL[name]
+    torch.manual_seed(0)
+    model = cls(**config).eval()
+    with torch.no_grad():  # random weights with some spread in every layer (default inits leave zero biases)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model
+
+
+def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
+    worst, scale = float((actual - expected).abs().max()), float(expected.abs().max())
+    assert actual.shape == expected.shape and worst <= tolerance * scale, (
+        f"{name}: max abs difference {worst:.3e} > {tolerance:.0e} x max |untiled| {scale:.3e}"
+    )
+
+
+# --- one signature, one meaning ------------------------------------------------------------------------------------
+
+# What `enable_tiling(32, 32)` gives: the stride of blended tiles follows the size with each model's default ratio
+# (OD-VAE 224/256, Open-Sora 192/256, Reducio 256/320, CascadeV 384/512), rounded down to the model's multiple;
+# IV-VAE's halo tiles never overlap.
+STRIDE_OF_32 = {"ivvae": 32, "odvae": 24, "opensora": 24, "reducio": 24, "cascadev": 24}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_tile_size_without_its_stride_gets_a_stride_derived_from_it(name):
+    model = small(name)
+    model.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32)
+    assert model.use_tiling
+    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (32, 32)
+    assert (model.tile_sample_stride_height, model.tile_sample_stride_width) == (STRIDE_OF_32[name],) * 2
+    model.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, exact=True)
+    assert model.tile_exact and model.tile_sample_stride_height == 32  # exact tiles do not overlap
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "message"),
+    [
+        ("ivvae", dict(tile_sample_min_height=32, tile_sample_stride_height=16), "stride_height=16 cannot be used"),
+        ("ivvae", dict(tile_sample_min_num_frames=8, tile_sample_stride_num_frames=4), "do not overlap"),
+        ("odvae", dict(tile_sample_min_height=32, tile_sample_stride_height=16, exact=True), "cannot be used"),
+        ("odvae", dict(tile_sample_min_num_frames=9, exact=True), "exact tiles are not cut in time"),
+        ("opensora", dict(tile_sample_min_num_frames=8), "micro_frame_size"),
+        ("reducio", dict(tile_sample_stride_num_frames=16), "not cut in time"),
+        ("reducio", dict(tile_sample_min_height=64), "larger than Reducio-VAE's largest tile"),
+        ("cascadev", dict(tile_sample_min_num_frames=4), "not cut in time"),
+        ("cascadev", dict(tile_sample_min_height=60), "multiple of 8"),
+        ("cascadev", dict(tile_sample_min_height=64, tile_sample_stride_height=96), "at most"),
+        ("opensora", dict(exact="yes"), "True or False"),
+    ],
+)
+def test_an_argument_a_model_cannot_use_is_refused(name, arguments, message):
+    model = small(name)
+    with pytest.raises(ValueError, match=message):
+        model.enable_tiling(**arguments)
+    assert not model.use_tiling
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_model_states_its_tile_limits(name):
+    model = small(name)
+    limits = model.tiling_limits()
+    assert limits.multiple == model.input_rule.spatial_multiple or name == "cascadev"
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (
+        limits.default_size,
+        limits.default_stride(limits.default_size),
+    )
+    if name == "reducio":  # a blended tile runs the whole model: at most the attention window, 8 x 8 latents
+        assert limits.max_size == limits.default_size == 32
+
+
+# --- exact tiles on Reducio and CascadeV -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_reducio_exact_tiles_encode_and_decode_like_untiled():
+    """32x32 frames in 8-px tiles (4 x 4), each reading a 12-px halo: the windowed cross-attention of the
+    decoder's level 1 (16x16 queries, 16x16 context in 8x8 windows) runs on whole frames, as untiled."""
+    model = small("reducio")
+    video = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    frame = video[:, :, 7]
+    moments = model.encode(video).latent_dist.mean
+    latents = model.normalize_latents(moments)
+    decoded = model.decode(latents, content_frame=frame).sample
+    model.enable_tiling(8, 8, exact=True)
+    assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiled encode")
+    assert_relative(model.decode(latents, content_frame=frame).sample, decoded, 1e-4, "exact tiled decode")
+    features = model.encode_content(frame)
+    assert isinstance(features, tuple)  # whole-frame features: what exact decoding reads
+    assert_relative(model.decode(latents, content_features=features).sample, decoded, 1e-4, "from features")
+
+
+@torch.no_grad()
+def test_cascadev_exact_tiles_decode_svd_latents_like_untiled():
+    """192x192 px in 64-px tiles (3 x 3) around a halo of 6 latent pixels."""
+    model = small("cascadev")
+    latents = torch.randn(1, 4, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    untiled = model.decode_svd_latents(latents, chunk_size=1)
+    model.enable_tiling(64, 64, exact=True)
+    assert_relative(model.decode_svd_latents(latents, chunk_size=1), untiled, 1e-4, "exact tiled SVD decode")
+
+
+@torch.no_grad()
+def test_reducio_exact_tiles_run_through_leaf_level_group_offload(tmp_path):
+    """Offloaded to disk, a layer run outside its hooks would compute garbage: exact tiles call layers as modules."""
+    model = small("reducio")
+    video = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    moments = model.encode(video).latent_dist.mean
+    model.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    model.enable_tiling(8, 8, exact=True)
+    assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiles, offloaded")
+
+
+# --- tiles through the command line ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reducio_dir(tmp_path_factory) -> Path:
+    """The tiny Reducio fixture converted to a diffusers folder: attention window 8 latent positions (64 px)."""
+    ref = reference_dir("reducio")
+    output = tmp_path_factory.mktemp("reducio") / "tiny-diffusers"
+    original = ref / "tiny_original.ckpt"
+    return convert_to_folder("reducio", original, output, original_config=ref / "tiny_config.yaml", verbose=False)
+
+
+# 72x72 frames (16 of them, one Reducio clip): past the 64-px window, where untiled fails.
+PAST_THE_WINDOW = ("--frames", 16, "--size", 72)
+
+
+@pytest.mark.parametrize("tiling", ["auto", "on"])
+def test_cli_tiles_reducio_frames_past_its_attention_window(reducio_dir, tmp_path, tiling):
+    """`videovae` as a user runs it: its tiles stay within the window (64-px tiles, the largest that fits)."""
+    output = tmp_path / "r.mp4"
+    script = Path(sys.executable).parent / "videovae"
+    command = [script, "reconstruct", "-m", reducio_dir, "-o", output, *PAST_THE_WINDOW, "--tiling", tiling]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert output.is_file()
+    assert "tiling on (auto: frames larger than 64 px; 64 px tiles" in result.stdout or tiling == "on"
+
+
+def _reconstruct(capsys, reducio_dir, tmp_path, *options) -> tuple[int, str]:
+    code = main(list(map(str, ["reconstruct", "-m", reducio_dir, "-o", tmp_path / "r.mp4", *options])))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tiling", ["off", "exact"])
+def test_cli_names_its_flags_when_reducio_frames_pass_the_window(capsys, reducio_dir, tmp_path, tiling):
+    code, err = _reconstruct(capsys, reducio_dir, tmp_path, *PAST_THE_WINDOW, "--tiling", tiling)
+    assert code != 0
+    assert "--tiling on --tile-size 64" in err and "enable_tiling" not in err
+
+
+def test_cli_refuses_a_tile_larger_than_reducio_runs_in_one_piece(capsys, reducio_dir, tmp_path):
+    code, err = _reconstruct(capsys, reducio_dir, tmp_path, *PAST_THE_WINDOW, "--tiling", "on", "--tile-size", 72)
+    assert code != 0 and "--tile-size 64 or smaller" in err
