@@ -252,10 +252,7 @@ def traced_peak(impl: str, task: str, side: int, original_repo: str | None, tile
 
     with FakeTensorMode():
         if impl == "ours":
-            model = AutoencoderKLReducio(**_config(False))
-            # The NaN checks read values, which fake tensors do not have.
-            for name in ("_check_latents", "_check_frame", "_check_video"):
-                setattr(model, name, lambda *args: None)
+            model = AutoencoderKLReducio(**_config(False))  # its value checks skip fake tensors (`has_values`)
             if tiled:
                 model.enable_tiling()
         else:

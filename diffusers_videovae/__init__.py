@@ -14,6 +14,7 @@ _LAZY = {
     "AutoencoderKLODVAE": "diffusers_videovae.models.od_vae",
     "AutoencoderKLOpenSora": "diffusers_videovae.models.opensora_vae",
     "AutoencoderKLReducio": "diffusers_videovae.models.reducio_vae",
+    "ReducioContentFeatures": "diffusers_videovae.models.reducio_vae",
     "AutoencoderCascadeV": "diffusers_videovae.models.cascadev",
     "CascadeVTransformer3DModel": "diffusers_videovae.models.cascadev",
     "load_model": "diffusers_videovae.loaders",
@@ -31,6 +32,7 @@ __all__ = [
     "AutoencoderKLReducio",
     "CascadeVTransformer3DModel",
     "CheckpointError",
+    "ReducioContentFeatures",
     "__version__",
     "load_model",
 ]
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from .models.iv_vae import AutoencoderKLIVVAE
     from .models.od_vae import AutoencoderKLODVAE
     from .models.opensora_vae import AutoencoderKLOpenSora
-    from .models.reducio_vae import AutoencoderKLReducio
+    from .models.reducio_vae import AutoencoderKLReducio, ReducioContentFeatures
 
 
 def __getattr__(name: str):

@@ -221,3 +221,82 @@ def test_a_rerun_removes_only_stale_staging_folders_of_ours(tmp_path):
     save_pretrained_atomic(_Model(), tmp_path / "out")
     assert _staging_dirs(tmp_path) == sorted([alive.name, users.name])
     assert (tmp_path / "out" / "config.json").exists()
+
+
+# ---------------------------------------------------------------- what is wrong with a checkpoint, in one line
+
+
+def _with_an_integer_weight(model_type: str, tmp_path) -> tuple[list, str]:
+    """A tiny original file of `model_type` with its first float weight stored as int64, and converter args."""
+    import torch
+
+    ref = reference_dir(model_type)
+    name, config = {
+        "ivvae": ("tiny_original.pth", "tiny_config.json"),
+        "odvae": ("tiny_original.ckpt", "tiny_config.json"),
+        "reducio": ("tiny_original.ckpt", "tiny_config.yaml"),
+    }[model_type]
+    loaded = torch.load(ref / name, weights_only=True)
+    state = loaded.get("state_dict", loaded)
+    key = next(key for key, value in state.items() if value.is_floating_point() and value.ndim > 1)
+    state[key] = state[key].long()
+    path = tmp_path / name
+    torch.save(loaded, path)
+    return ["--checkpoint", path, "--original-config", ref / config, "--output", tmp_path / "out"], key
+
+
+@pytest.mark.parametrize("model_type", ["ivvae", "odvae", "reducio"])
+def test_an_integer_tensor_where_float_weights_belong_is_named_in_one_line(tmp_path, capsys, model_type):
+    argv, key = _with_an_integer_weight(model_type, tmp_path)
+    message = _one_line_error(capsys, model_type, argv)
+    assert "holds integer tensors where the model has floating point weights" in message
+    assert "torch.int64" in message and message.count(" (torch.int64)") == 1
+    assert cli.main(["convert", model_type, *map(str, argv)]) == 1
+    assert capsys.readouterr().err == f"videovae convert: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_custom_checkpoint_without_its_config_says_which_variant_was_tried(tmp_path, capsys):
+    checkpoint = reference_dir("odvae") / "tiny_original.ckpt"
+    argv = ["--checkpoint", checkpoint, "--output", tmp_path / "out"]
+    message = _one_line_error(capsys, "odvae", argv)
+    assert "tiny_original.ckpt does not fit the model of the released odvae variant 'v1.2.0' that was tried" in message
+    assert "242 shape mismatch(es); e.g. decoder.conv_in.conv.bias: checkpoint (32,) vs model (512,)" in message
+    assert "A custom model needs its original config: pass --original-config" in message
+    assert run_conversion_script("odvae", [*map(str, argv), "--verbose"]) == 1
+    verbose = capsys.readouterr().err
+    assert verbose.startswith(f"convert_odvae: error: {message}\n242 shape mismatch(es):\n  decoder.conv_in.conv.bias")
+    assert verbose.count("\n") > 40  # the full listing (40 keys shown, then a count of the rest)
+    assert cli.main(["info", str(checkpoint)]) == 1
+    assert capsys.readouterr().err == f"videovae info: error: {message}\n"
+
+
+def test_the_dropped_keys_are_named(tmp_path, capsys):
+    ref = reference_dir("reducio")
+    argv = ["--checkpoint", ref / "tiny_original.ckpt", "--original-config", ref / "tiny_config.yaml"]
+    assert run_conversion_script("reducio", [*map(str, argv), "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "dropped 10 original key(s) on purpose (encoder_2d.mid.block_2.conv1.bias, "
+        "encoder_2d.mid.block_2.conv1.weight, encoder_2d.mid.block_2.conv2.bias, ...; reasons in README.md)"
+    ) in out
+
+
+@pytest.mark.parametrize("model_type, config", [("odvae", "tiny_config.json"), ("reducio", "tiny_config.yaml")])
+def test_a_config_that_is_not_utf8_is_named(tmp_path, capsys, model_type, config):
+    ref = reference_dir(model_type)
+    bad = tmp_path / config
+    bad.write_bytes((ref / config).read_bytes() + b"\xff\xfe")
+    checkpoint = ref / "tiny_original.ckpt"
+    argv = ["--checkpoint", checkpoint, "--original-config", bad, "--output", tmp_path / "out"]
+    message = _one_line_error(capsys, model_type, argv)
+    assert message.startswith(f"Config file {bad} is not UTF-8 text (byte {len((ref / config).read_bytes())}")
+
+
+def test_a_python_config_that_is_not_utf8_is_named(tmp_path):
+    from diffusers_videovae.checkpoints.cascadev import read_python_config
+
+    bad = tmp_path / "config.py"
+    bad.write_bytes(b"x = 1\n\xff")
+    with pytest.raises(CheckpointError, match=f"Config file {bad} is not UTF-8 text"):
+        read_python_config(bad)

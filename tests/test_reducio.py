@@ -21,7 +21,7 @@ from diffusers_videovae.checkpoints import reducio as reducio_checkpoints
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, build_model
 from diffusers_videovae.checkpoints._protocol import check_checkpoint_module
 from diffusers_videovae.models import reducio_vae
-from diffusers_videovae.models.reducio_vae import AutoencoderKLReducio, ReducioTiledContent
+from diffusers_videovae.models.reducio_vae import AutoencoderKLReducio, ReducioContentFeatures, ReducioTiledContent
 
 SCRIPT = REPO_ROOT / "conversion" / "convert_reducio.py"
 VIDEO_CASES = ["video_small", "video_std", "video_awkward"]
@@ -121,8 +121,9 @@ def test_content_features_match_original(model, cases, name):
     frame = cases["image_2d.input"] if name == "image_2d" else cases[f"{name}.input"][:, :, CONTENT_INDEX]
     with torch.no_grad():
         features = model.encode_content(frame)
-    assert isinstance(features, tuple) and len(features) == 4
-    for index, feature in enumerate(features):
+    assert isinstance(features, ReducioContentFeatures) and isinstance(features.maps, tuple)
+    assert len(features.maps) == 4
+    for index, feature in enumerate(features.maps):
         _check(cases, feature, f"{name}.feat_{index}")
 
 
@@ -160,12 +161,12 @@ def test_tiled_encode_content_and_decode_match_original_tiled(model, cases, tiny
     _check(cases, posterior.mean, "video_tiled.post_mean")
     _check(cases, posterior.logvar, "video_tiled.post_logvar")
     _check(cases, model.normalize_latents(posterior.mean), "video_tiled.z_ln")
-    assert isinstance(features, ReducioTiledContent)
-    assert [len(row) for row in features.rows] == [2, 2]
+    assert isinstance(features, ReducioContentFeatures) and isinstance(features.maps, ReducioTiledContent)
+    assert [len(row) for row in features.maps.rows] == [2, 2]
     for row in range(2):
         for col in range(2):
             for index in range(4):
-                _check(cases, features.rows[row][col][index], f"video_tiled.feat_r{row}_c{col}_{index}")
+                _check(cases, features.maps.rows[row][col][index], f"video_tiled.feat_r{row}_c{col}_{index}")
     _check(cases, from_frame, "video_tiled.decode")
     _check(cases, from_features, "video_tiled.decode")
 
@@ -394,7 +395,9 @@ def test_decode_needs_exactly_one_content_input_of_the_right_shape():
         model.decode(torch.randn(1, 4, 6, 2, 2), content_frame=frame)
     with pytest.raises(ValueError, match=r"\(B, 4, 4k, h, w\)"):
         model.decode(torch.randn(1, 8, 4, 2, 2), content_frame=frame)
-    with pytest.raises(ValueError, match="expected batch 1 and 16x16 positions"):
+    with pytest.raises(
+        ValueError, match=r"expected \(1, 32, 16, 16\) \(level 0 of the features of a 16x16 content frame"
+    ):
         model.decode(z, content_features=model.encode_content(torch.zeros(1, 3, 32, 32)))
     with pytest.raises(ValueError, match="NaN"):
         model.decode(torch.full((1, 4, 4, 2, 2), float("nan")), content_frame=frame)
@@ -580,7 +583,7 @@ def test_compile_has_no_graph_breaks_and_matches_eager():
         for module, args in (
             (model.encoder, (video,)),
             (model.content_encoder, (video[:, :, 7],)),
-            (model.decoder, (latents, features)),
+            (model.decoder, (latents, features.maps)),
         ):
             explanation = torch._dynamo.explain(module)(*args)
             assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -600,9 +603,9 @@ def test_tiled_decode_also_takes_whole_frame_features():
         from_tiles = model.decode(latents, content_features=tiled_content).sample
         # Latent tile 1 (latent columns 2..5, pixels 16..40) reads the whole-frame features under its pixels;
         # output columns 24..32 come from it alone (16..24 are blended with tile 0).
-        under = tuple(f[..., int(16 * f.shape[-1] / 48) : int(40 * f.shape[-1] / 48)] for f in whole)
+        under = tuple(f[..., int(16 * f.shape[-1] / 48) : int(40 * f.shape[-1] / 48)] for f in whole.maps)
         tile = model.decoder(model.post_quant_conv(latents[..., 2:5]), under)
-    assert isinstance(tiled_content, ReducioTiledContent) and len(tiled_content.rows[0]) == 3
+    assert isinstance(tiled_content.maps, ReducioTiledContent) and len(tiled_content.maps.rows[0]) == 3
     assert from_whole.shape == from_tiles.shape == video.shape
     assert_close(from_whole[..., 24:32], tile[..., 8:16], 1e-5, "tile 1")
     assert (from_whole - from_tiles).abs().max() > 1e-3  # the original's tiled features are other numbers
@@ -630,3 +633,85 @@ def test_videovae_train_fine_tunes_the_decoder_with_the_encoders_frozen(tmp_path
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed)
     assert not any(key.startswith(("encoder", "content_encoder", "quant_conv")) for key in changed)
+
+
+# --- content features and latents are checked against each other (issue 18) --------------------------------------
+
+
+def _latents_and_features(model, batch=1):
+    video = _video(batch=batch, height=16, width=16)
+    with torch.no_grad():
+        latents = model.normalize_latents(model.encode(video).latent_dist.mean)
+        features = model.encode_content(video[:, :, 7])
+    return latents, features
+
+
+def _replace_map(features: ReducioContentFeatures, level: int, new: torch.Tensor) -> ReducioContentFeatures:
+    maps = list(features.maps)
+    maps[level] = new
+    return ReducioContentFeatures(tuple(maps))
+
+
+def test_content_features_of_the_wrong_spatial_size_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    wrong = torch.nn.functional.interpolate(features.maps[2], scale_factor=2.0)  # level 2: 4x4 -> 8x8
+    with pytest.raises(ValueError, match=r"`content_features.maps\[2\]` .*expected \(1, 32, 4, 4\)"):
+        model.decode(latents, content_features=_replace_map(features, 2, wrong))
+
+
+def test_content_features_with_the_wrong_channel_count_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    with pytest.raises(ValueError, match=r"`content_features.maps\[1\]` has 32 channels in dim 1, expected 64"):
+        model.decode(latents, content_features=_replace_map(features, 1, features.maps[1][:, :32]))
+
+
+def test_content_features_of_another_batch_are_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model, batch=2)
+    one = ReducioContentFeatures(tuple(f[:1] for f in features.maps))
+    with pytest.raises(ValueError, match="has batch 1, but the latents have batch 2"):
+        model.decode(latents, content_features=one)
+
+
+def test_nan_in_content_features_is_refused():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    bad = features.maps[3].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"`content_features.maps\[3\]` contains NaN"):
+        model.decode(latents, content_features=_replace_map(features, 3, bad))
+
+
+def test_content_features_of_another_dtype_are_cast_like_the_latents():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    as_float64 = ReducioContentFeatures(tuple(f.double() for f in features.maps))
+    with torch.no_grad():
+        expected = model.decode(latents, content_features=features).sample
+        cast = model.decode(latents.double(), content_features=as_float64).sample
+    assert cast.dtype == torch.float32
+    assert torch.equal(cast, expected)  # float32 values round-trip through float64 exactly
+    with pytest.raises(TypeError, match=r"`content_features.maps\[0\]` must be a floating point tensor"):
+        model.decode(latents, content_features=_replace_map(features, 0, features.maps[0].long()))
+
+
+def test_content_features_are_one_type_not_a_bare_tuple():
+    model = _tiny()
+    latents, features = _latents_and_features(model)
+    for other in (features.maps, [features.maps], features.maps[0]):
+        with pytest.raises(TypeError, match="`content_features` must be what `encode_content` returns"):
+            model.decode(latents, content_features=other)
+    with pytest.raises(ValueError, match="holds 1 segments' features; the latents hold 2"):
+        model.decode(torch.cat([latents, latents], dim=2), content_features=features)
+
+
+def test_empty_batches_are_reported_as_empty_batches():
+    model = _tiny()
+    with pytest.raises(ValueError, match="`frame` is an empty batch"):
+        model.encode_content(torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="`z` is an empty batch"):
+        model.decode(torch.zeros(0, 4, 4, 2, 2), content_frame=torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="`x` is an empty batch"):
+        model.encode(torch.zeros(0, 3, 16, 16, 16))

@@ -172,7 +172,7 @@ def test_reducio_exact_tiles_encode_and_decode_like_untiled():
     assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiled encode")
     assert_relative(model.decode(latents, content_frame=frame).sample, decoded, 1e-4, "exact tiled decode")
     features = model.encode_content(frame)
-    assert isinstance(features, tuple)  # whole-frame features: what exact decoding reads
+    assert not features.tiled  # whole-frame features: what exact decoding reads
     assert_relative(model.decode(latents, content_features=features).sample, decoded, 1e-4, "from features")
 
 

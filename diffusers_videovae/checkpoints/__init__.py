@@ -250,23 +250,41 @@ def conversion_main(model_type: str, argv: list[str] | None = None) -> Path:
         action="store_true",
         help="replace the output folder when it holds a previous conversion (nothing else is ever deleted)",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="on an error, also print its full listing (e.g. every shape mismatch)"
+    )
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
     args = parser.parse_args(argv)
-    known = {"checkpoint", "variant", "original_config", "output", "dtype", "push_to_hub", "private", "overwrite"}
+    known = {
+        "checkpoint",
+        "variant",
+        "original_config",
+        "output",
+        "dtype",
+        "push_to_hub",
+        "private",
+        "overwrite",
+        "verbose",
+    }
     options = {key: value for key, value in vars(args).items() if key not in known}
-    return convert_to_folder(
-        model_type,
-        args.checkpoint,
-        args.output,
-        variant=args.variant,
-        original_config=args.original_config,
-        dtype=args.dtype,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-        overwrite=args.overwrite,
-        **options,
-    )
+    try:
+        return convert_to_folder(
+            model_type,
+            args.checkpoint,
+            args.output,
+            variant=args.variant,
+            original_config=args.original_config,
+            dtype=args.dtype,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+            overwrite=args.overwrite,
+            **options,
+        )
+    except CheckpointError as error:
+        if args.verbose and error.details:
+            raise CheckpointError(f"{error}\n{error.details}") from None
+        raise
 
 
 def run_conversion_script(model_type: str, argv: list[str] | None = None) -> int:
@@ -316,9 +334,15 @@ def convert_to_folder(
     )
     path = save_pretrained_atomic(model, output, model_card=card, overwrite=overwrite, protect=sources)
     if verbose:
+        dropped = sorted(converted.dropped)
+        named = (
+            f" ({', '.join(dropped[:3])}{', ...' if len(dropped) > 3 else ''}; reasons in README.md)"
+            if dropped
+            else ""
+        )
         print(
             f"Converted {len(converted.state_dict)} tensors ({converted.variant or 'custom'} variant, {dtype}); "
-            f"dropped {len(converted.dropped)} original key(s) on purpose -> {path}"
+            f"dropped {len(dropped)} original key(s) on purpose{named} -> {path}"
         )
     if push_to_hub:
         push_folder(path, push_to_hub, private=private)

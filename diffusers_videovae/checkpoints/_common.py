@@ -63,7 +63,15 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 class CheckpointError(ValueError):
-    """An original checkpoint cannot be read or converted (wrong model, wrong variant, unknown or missing keys)."""
+    """An original checkpoint cannot be read or converted (wrong model, wrong variant, unknown or missing keys).
+
+    The message is what a user reads first (one line where a long listing would bury the fix); `details`, when
+    set, is the full listing behind it (the converters print it with `--verbose`).
+    """
+
+    def __init__(self, message: str, details: str | None = None):
+        super().__init__(message)
+        self.details = details
 
 
 @dataclass
@@ -295,8 +303,15 @@ def build_model(
 
     with init_empty_weights():
         model = model_class(**converted.config)
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    compare_with_model(converted.state_dict, expected)
+    reference = model.state_dict()
+    source = converted.info.get("source_file") or "the checkpoint"
+    try:
+        compare_with_model(converted.state_dict, {key: tuple(value.shape) for key, value in reference.items()})
+    except CheckpointError as error:
+        if converted.variant is None:  # the user's own config: the listing is what they need to fix it
+            raise
+        raise _variant_mismatch(converted, source, error) from None
+    _check_float_weights(converted.state_dict, reference, source)
     state_dict = converted.state_dict
     if torch_dtype is not None:
         state_dict = {
@@ -313,6 +328,40 @@ def build_model(
     if leftovers:
         raise CheckpointError(f"Tensors left uninitialised after loading: {leftovers[:10]}")
     return model.eval()
+
+
+def _variant_mismatch(converted: ConvertedCheckpoint, source: str, error: CheckpointError) -> CheckpointError:
+    """One line for weights that do not fit the released variant they were read as (most often a custom model
+    converted without its config), with the full listing of `error` as details."""
+    listing = str(error).split("\n", 1)[-1]
+    counts = [line.split(":")[0] for line in listing.splitlines() if not line.startswith("  ")]
+    first = [line.strip() for line in listing.splitlines() if line.startswith("  ") and "..." not in line][:2]
+    return CheckpointError(
+        f"{source} does not fit the model of the released {converted.model_type} variant "
+        f"{converted.variant!r} that was tried ({'; '.join(counts)}; e.g. {'; '.join(first)}). A custom model needs "
+        "its original config: pass --original-config (original_config=...); another release: --variant "
+        "(variant=...). A conversion with --verbose lists every mismatch.",
+        details=listing,
+    )
+
+
+def _check_float_weights(
+    state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Refuse integer (or bool) tensors where the model has floating point weights, naming the first keys."""
+    wrong = [
+        f"{key} ({state_dict[key].dtype})"
+        for key in sorted(state_dict)
+        if key in reference
+        and reference[key].is_floating_point()
+        and not (state_dict[key].is_floating_point() or state_dict[key].is_complex())
+    ]
+    if wrong:
+        more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise CheckpointError(
+            f"{source} holds integer tensors where the model has floating point weights: {', '.join(wrong[:3])}"
+            f"{more}; this is not a float checkpoint of this model (quantised or damaged?)."
+        )
 
 
 # What a conversion (or `save_pretrained`) of ours writes into a model folder: only these may be replaced.
@@ -476,11 +525,25 @@ def save_pretrained_atomic(
     return output_dir
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
+def read_config_text(path: str | os.PathLike) -> str:
+    """The text of an original config file, or a `CheckpointError` naming the file (missing, a folder, not UTF-8)."""
+    path = Path(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"Config file not found: {path}") from error
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"Config file not found: {path}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"Expected a config file, got a folder: {path}") from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(
+            f"Config file {path} is not UTF-8 text (byte {error.start}: {error.object[error.start : error.start + 1]!r}"
+            "); --original-config takes the original's json, yaml or python config, saved as UTF-8."
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    text = read_config_text(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None

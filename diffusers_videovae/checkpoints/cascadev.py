@@ -46,6 +46,7 @@ from ._common import (
     RenameRule,
     account_keys,
     load_state_dict_file,
+    read_config_text,
     read_json,
     unwrap_state_dict,
 )
@@ -161,10 +162,9 @@ def read_python_config(path: str | os.PathLike) -> dict[str, Any]:
     `_base_` files are not followed: values the file does not set come from the release's defaults.
     """
     path = Path(path)
+    text = read_config_text(path)
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except FileNotFoundError as error:
-        raise CheckpointError(f"Config file not found: {path}") from error
+        tree = ast.parse(text, filename=str(path))
     except SyntaxError as error:
         raise CheckpointError(f"{path} is not a valid python config: {error}") from error
     config: dict[str, Any] = {}

@@ -42,6 +42,7 @@ from ._common import (
     RenameRule,
     account_keys,
     load_state_dict_file,
+    read_config_text,
     unwrap_state_dict,
 )
 
@@ -168,11 +169,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The original's yaml (`model: {target, params}`) -> its `model.params` (or the file itself if it is params)."""
     import yaml
 
+    text = read_config_text(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"Config file not found: {path}") from error
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise CheckpointError(f"{path} is not valid YAML: {error}") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):

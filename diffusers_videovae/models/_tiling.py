@@ -19,6 +19,7 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,8 +36,11 @@ __all__ = [
     "TileSpan",
     "TileStep",
     "blend",
+    "check_condition",
     "check_finite",
     "check_latents",
+    "check_not_empty",
+    "check_positive_int",
     "check_video",
     "configure_tiling",
     "TilingLimits",
@@ -77,6 +81,14 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
+def check_not_empty(tensor: torch.Tensor, name: str) -> None:
+    """Raise a clear error for an empty batch (B = 0), and for a tensor with another empty dimension."""
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (B = 0, shape {tuple(tensor.shape)}): pass at least one item.")
+    if min(tensor.shape) == 0:
+        raise ValueError(f"`{name}` is empty: shape {tuple(tensor.shape)}.")
+
+
 def _nearest_multiples(size: int, multiple: int) -> tuple[int, int]:
     below = max(multiple, (size // multiple) * multiple)
     above = below if below == size else (size // multiple + 1) * multiple
@@ -112,14 +124,13 @@ def check_video(
             f"`{name}` must be a floating point tensor with values in [-1, 1], got dtype {sample.dtype}. "
             "Convert uint8 frames with `x.float() / 127.5 - 1`."
         )
-    batch, channels, num_frames, height, width = sample.shape
+    _, channels, num_frames, height, width = sample.shape
     if channels != in_channels:
         raise ValueError(
             f"`{name}` must have {in_channels} channels in dim 1, layout (B, C, T, H, W); got shape "
             f"{tuple(sample.shape)}. If your tensor is (B, T, C, H, W), use `x.permute(0, 2, 1, 3, 4)`."
         )
-    if min(batch, num_frames, height, width) == 0:
-        raise ValueError(f"`{name}` is empty: shape {tuple(sample.shape)}.")
+    check_not_empty(sample, name)
     if temporal_compression is not None and (num_frames - 1) % temporal_compression != 0:
         below, above = nearest_valid_num_frames(num_frames, temporal_compression)
         raise ValueError(
@@ -137,21 +148,50 @@ def check_video(
     check_finite(sample, name)
 
 
-def check_latents(latents: torch.Tensor, *, latent_channels: int, name: str = "z") -> None:
-    """Raise a clear error when `latents` is not a `(B, latent_channels, t, h, w)` latent video."""
+def check_positive_int(value: object, name: str) -> int:
+    """`value` as an `int` when it is a positive integer (a Python or NumPy int, not a bool or a float), else one
+    clear error: counts and sizes such as `num_inference_steps`, `chunk_size` and `num_frames`."""
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+        if number is not None and number > 0:
+            return number
+    raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def check_latents(
+    latents: torch.Tensor,
+    *,
+    latent_channels: int,
+    frame_multiple: int | None = None,
+    name: str = "z",
+    description: str = "raw, unscaled latents",
+) -> None:
+    """Raise a clear error when `latents` is not a `(B, latent_channels, t, h, w)` latent video.
+
+    Args:
+        latents: the latents, floating point and finite (the value check is skipped for tensors without data).
+        latent_channels: expected channel count (dim 1).
+        frame_multiple: when given, t must be a multiple of it (a model that decodes fixed groups of latent frames).
+        name: the argument name used in messages.
+        description: what the latents are, for the shape message (e.g. "raw, unscaled latents").
+    """
+    frames = f"{frame_multiple}k" if frame_multiple else "t"
+    layout = f"(B, {latent_channels}, {frames}, h, w)"
     if not isinstance(latents, torch.Tensor):
-        raise TypeError(
-            f"`{name}` must be a torch.Tensor of shape (B, {latent_channels}, t, h, w), got {type(latents)}."
-        )
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {layout}, got {type(latents).__name__}.")
     if latents.ndim != 5 or latents.shape[1] != latent_channels:
-        raise ValueError(
-            f"`{name}` must have shape (B, {latent_channels}, t, h, w) (raw, unscaled latents), "
-            f"got {tuple(latents.shape)}."
-        )
+        raise ValueError(f"`{name}` must have shape {layout} ({description}), got {tuple(latents.shape)}.")
     if not latents.is_floating_point():
         raise TypeError(f"`{name}` must be a floating point tensor, got dtype {latents.dtype}.")
-    if min(latents.shape) == 0:
-        raise ValueError(f"`{name}` is empty: shape {tuple(latents.shape)}.")
+    check_not_empty(latents, name)
+    if frame_multiple and latents.shape[2] % frame_multiple:
+        raise ValueError(
+            f"`{name}` has {latents.shape[2]} latent frames, but this model decodes groups of {frame_multiple}: "
+            f"t must be a multiple of {frame_multiple} (shape {tuple(latents.shape)})."
+        )
     check_finite(latents, name)
 
 
@@ -287,6 +327,52 @@ def _frame_settings(limits: TilingLimits, current: dict[str, int], exact: bool, 
             f"tile_sample_min_num_frames - {offset} = {size - offset}."
         )
     return {"tile_sample_min_num_frames": size, "tile_sample_stride_num_frames": stride}
+
+
+def check_condition(
+    condition: torch.Tensor,
+    latents: torch.Tensor,
+    *,
+    name: str,
+    channels: int,
+    size: tuple[int, int],
+    frames: int | None = None,
+    what: str = "",
+) -> None:
+    """Raise a clear error when `condition`, a tensor that a decode takes besides `latents` (a content frame, a
+    content feature map, an initial noise), does not fit them.
+
+    It must be `(B, channels, H, W)`, or `(B, channels, frames, H, W)` when `frames` is given, with `B` the latents'
+    batch and `(H, W) = size` (what the latents' `h, w` need, computed by the caller); floating point and finite
+    (the value check is skipped for tensors without data). The caller casts it with `_to_compute_dtype`.
+
+    Args:
+        what: what the tensor is, for messages (e.g. "the SVD latent's noise").
+    """
+    batch = latents.shape[0]
+    expected = (batch, channels, *(() if frames is None else (frames,)), *size)
+    described = f" ({what})" if what else ""
+    if not isinstance(condition, torch.Tensor):
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor of shape {expected}{described}, got {type(condition).__name__}."
+        )
+    got = tuple(condition.shape)
+    if condition.ndim != len(expected):
+        raise ValueError(f"`{name}` must have shape {expected}{described}, got {got}.")
+    if not condition.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating point tensor, got dtype {condition.dtype}.")
+    if got[0] != batch:
+        raise ValueError(
+            f"`{name}` has batch {got[0]}, but the latents have batch {batch}: expected shape {expected}."
+        )
+    if got[1] != channels:
+        raise ValueError(f"`{name}` has {got[1]} channels in dim 1, expected {channels}: shape {expected}{described}.")
+    if got[2:] != expected[2:]:
+        raise ValueError(
+            f"`{name}` of shape {got} does not fit latents of shape {tuple(latents.shape)}: expected {expected}"
+            f"{described}."
+        )
+    check_finite(condition, name)
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:

@@ -48,6 +48,9 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
 from ._tiling import (
     TilingLimits,
+    check_condition,
+    check_latents,
+    check_positive_int,
     check_video,
     configure_tiling,
     stitch_blended_tiles,
@@ -706,8 +709,14 @@ class AutoencoderCascadeV(
         )
 
     def progress_bar(self, iterable=None, total=None):
-        """A tqdm bar over the denoising steps, configured by `set_progress_bar_config` (diffusers' convention)."""
-        config = dict(self._progress_bar_config)
+        """A tqdm bar over the denoising steps, configured by `set_progress_bar_config` (diffusers' convention).
+
+        Labelled and not left on screen; hidden while another tqdm bar is open (e.g. a command's bar over clips),
+        as a bar nested in another prints cursor-movement codes wherever the output is not a terminal.
+        """
+        config = {"desc": "CascadeV denoising", "leave": False, **self._progress_bar_config}
+        if "disable" not in self._progress_bar_config and len(tqdm._instances) > 0:
+            config["disable"] = True
         if iterable is not None:
             return tqdm(iterable, **config)
         if total is not None:
@@ -793,7 +802,8 @@ class AutoencoderCascadeV(
         """StableCascade's cheap preview: latent `(B, 16, T, h, w)` -> RGB `(B, 3, T, 8h, 8w)` in [-1, 1] (clamped)."""
         if self.previewer is None:
             raise RuntimeError("This model has no previewer weights (converted without --previewer).")
-        self._check_latents(z)
+        check_latents(z, latent_channels=self.config.latent_channels, name="z", description="effnet latents")
+        z = self._to_compute_dtype(z)
         batch, channels, frames, height, width = z.shape
         flat = z.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
         rgb = torch.cat([self.previewer(part) for part in flat.split(8)])
@@ -802,25 +812,55 @@ class AutoencoderCascadeV(
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
-    def _check_latents(self, z: torch.Tensor, name: str = "z") -> None:
-        if torch.compiler.is_compiling():
-            return
-        channels = self.config.latent_channels
-        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != channels:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"`{name}` must be the effnet latent (B, {channels}, T, h, w); got {shape}.")
-        if min(z.shape) == 0:
-            raise ValueError(f"`{name}` is empty: shape {tuple(z.shape)}.")
-        if not z.is_floating_point() or not bool(torch.isfinite(z).all()):
-            raise ValueError(f"`{name}` must be a finite floating point tensor.")
+    def _check_latents(self, z: torch.Tensor) -> None:
+        check_latents(z, latent_channels=self.config.latent_channels, name="z", description="effnet latents")
 
-    def _check_noise(self, noise: torch.Tensor, shape: tuple[int, ...], name: str) -> None:
-        if tuple(noise.shape) != shape:
-            raise ValueError(
-                f"`{name}` must have the SVD latent's shape {shape} (B, {self.config.svd_latent_channels}, T, 4h, 4w); "
-                f"got {tuple(noise.shape)}. Fixture noises stored as (T, 4, H, W) become (1, 4, T, H, W) with "
-                "`n.permute(1, 0, 2, 3)[None]`."
+    def _noises(
+        self,
+        z: torch.Tensor,
+        steps: int,
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None,
+        step_noises,
+        ancestral: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The initial noise and (ancestral scheduler) one noise per step for latents `z`: the given ones, checked
+        against `z`, else drawn from `generator` for the whole batch in this order (the initial noise, then step 0,
+        1, ...), so that the same generator gives the same noises whether or not the batch is later sliced."""
+        batch, _, frames, height, width = z.shape
+        sr = self.config.sr_scale
+        channels, size = self.config.svd_latent_channels, (height * sr, width * sr)
+        shape = (batch, channels, frames, *size)
+        hint = (
+            f"the SVD latent's noise (B, {channels}, T, {sr}h, {sr}w); fixture noises stored as (T, {channels}, H, W) "
+            f"become (1, {channels}, T, H, W) with `n.permute(1, 0, 2, 3)[None]`"
+        )
+        if step_noises is not None and not ancestral:
+            raise ValueError("step_noises only apply to the ancestral (EulerA) scheduler; this one draws no noise.")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=z.device, dtype=torch.float32)
+        check_condition(latents, z, name="latents", channels=channels, size=size, frames=frames, what=hint)
+        if step_noises is None:
+            if not ancestral:
+                return latents, None
+            draw = [
+                randn_tensor(shape, generator=generator, device=z.device, dtype=torch.float32) for _ in range(steps)
+            ]
+            return latents, draw
+        if not isinstance(step_noises, (list, tuple, torch.Tensor)):
+            raise TypeError(
+                f"step_noises must be a list of {steps} tensors of shape {shape}, got {type(step_noises).__name__}."
             )
+        if len(step_noises) != steps:
+            raise ValueError(f"step_noises needs one noise per step ({steps}), got {len(step_noises)}.")
+        for i, noise in enumerate(step_noises):
+            check_condition(noise, z, name=f"step_noises[{i}]", channels=channels, size=size, frames=frames, what=hint)
+        return latents, list(step_noises)
+
+    def _num_inference_steps(self, num_inference_steps: int | None) -> int:
+        if num_inference_steps is None:
+            return int(self.config.num_inference_steps)
+        return check_positive_int(num_inference_steps, "num_inference_steps")
 
     def _pad_to_window(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
         """Pad (T, C, H, W) with edge copies to at least the DiT window: frames, rows, columns."""
@@ -871,25 +911,13 @@ class AutoencoderCascadeV(
             the SVD decoder takes.
         """
         self._check_latents(z)
-        steps = num_inference_steps or self.config.num_inference_steps
-        if steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {steps}.")
+        steps = self._num_inference_steps(num_inference_steps)
         scheduler = scheduler or self.get_scheduler()
         ancestral = isinstance(scheduler, EulerAncestralDiscreteScheduler)
-        if step_noises is not None and not ancestral:
-            raise ValueError("step_noises only apply to the ancestral (EulerA) scheduler; this one draws no noise.")
+        latents, step_noises = self._noises(z, steps, generator, latents, step_noises, ancestral)
         batch, _, frames, height, width = z.shape
         sr, scale = self.config.sr_scale, self.config.refiner_scale_factor
-        shape = (batch, self.config.svd_latent_channels, frames, height * sr, width * sr)
         device = z.device
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        self._check_noise(latents, shape, "latents")
-        if step_noises is not None:
-            if len(step_noises) != steps:
-                raise ValueError(f"step_noises needs one noise per step ({steps}), got {len(step_noises)}.")
-            for noise in step_noises:
-                self._check_noise(noise, shape, "step_noises[i]")
 
         # Condition: each effnet channel upsampled bilinearly, frame-major (T, 16, 4h, 4w) per video, times 0.13025.
         flat = z.float().permute(0, 2, 1, 3, 4).reshape(batch * frames, z.shape[1], height, width)
@@ -908,11 +936,7 @@ class AutoencoderCascadeV(
             eps = torch.stack([self._predict_noise(x_in[b], condition[b], t) for b in range(batch)])
             if ancestral:
                 # EulerAncestralDiscreteScheduler.step with its noise made explicit, so that runs can be replayed.
-                if step_noises is not None:
-                    noise = step_noises[i].float().to(device).permute(0, 2, 1, 3, 4)
-                else:
-                    noise = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-                    noise = noise.permute(0, 2, 1, 3, 4)
+                noise = step_noises[i].float().to(device).permute(0, 2, 1, 3, 4)
                 sigma_to = sigmas[i + 1].to(device)
                 sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
                 sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
@@ -994,14 +1018,17 @@ class AutoencoderCascadeV(
         Chunks of `chunk_size` frames (default: `decode_chunk_size` = 4, or 5 when T == 25, as the original); a
         shorter last chunk is padded with copies of its last frame (then cropped), so any T decodes.
         """
-        if not torch.compiler.is_compiling() and (
-            latents.ndim != 5 or latents.shape[1] != self.config.svd_latent_channels
-        ):
-            raise ValueError(
-                f"SVD latents must be (B, {self.config.svd_latent_channels}, T, h, w); got {tuple(latents.shape)}."
-            )
+        check_latents(
+            latents,
+            latent_channels=self.config.svd_latent_channels,
+            name="latents",
+            description="raw SVD latents, as `refine` returns them",
+        )
         batch, _, frames, _, _ = latents.shape
-        chunk = chunk_size or self._svd_chunk_size(frames)
+        if chunk_size is None:
+            chunk = self._svd_chunk_size(frames)
+        else:
+            chunk = check_positive_int(chunk_size, "chunk_size")
         dtype = self.svd_vae.dtype
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             dtype = torch.float32  # storage-only dtypes (layerwise casting) compute in float32
@@ -1036,8 +1063,9 @@ class AutoencoderCascadeV(
 
         Args:
             z (`torch.Tensor`): `(B, 16, T, h, w)` effnet latents.
-            num_inference_steps, generator, latents, step_noises: see `refine` (the same noise gives the same
-                video; with slicing, each batch item draws from `generator` in turn).
+            num_inference_steps, generator, latents, step_noises: see `refine`. The noises are drawn for the
+                whole batch before it is sliced, so `generator` gives the same video with or without
+                `enable_slicing()`.
             return_dict (`bool`): return a `DecoderOutput` (else a tuple).
 
         Returns:
@@ -1045,11 +1073,13 @@ class AutoencoderCascadeV(
         """
         self._check_latents(z)
         if self.use_slicing and z.shape[0] > 1:
+            steps = self._num_inference_steps(num_inference_steps)
+            ancestral = self.config.scheduler_type == "euler_ancestral"
+            latents, step_noises = self._noises(z, steps, generator, latents, step_noises, ancestral)
             parts = []
             for b in range(z.shape[0]):
-                noise = latents[b : b + 1] if latents is not None else None
                 noises = [n[b : b + 1] for n in step_noises] if step_noises is not None else None
-                parts.append(self._decode(z[b : b + 1], num_inference_steps, generator, noise, noises))
+                parts.append(self._decode(z[b : b + 1], steps, generator, latents[b : b + 1], noises))
             decoded = torch.cat(parts)
         else:
             decoded = self._decode(z, num_inference_steps, generator, latents, step_noises)
@@ -1065,6 +1095,13 @@ class AutoencoderCascadeV(
         generator: torch.Generator | None = None,
         num_inference_steps: int | None = None,
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        r"""Reconstruct `sample (B, 3, T, H, W)`: encode (deterministic), then decode with `generator`'s noise."""
+        r"""Reconstruct `sample (B, 3, T, H, W)`: encode (deterministic), then decode with `generator`'s noise.
+
+        The decoded video is cropped back to `H x W` (a size that is not a multiple of 32 is padded by the encoder).
+        """
         z = self.encode(sample).latent_dist.mode()
-        return self.decode(z, num_inference_steps=num_inference_steps, generator=generator, return_dict=return_dict)
+        decoded = self.decode(z, num_inference_steps=num_inference_steps, generator=generator).sample
+        decoded = decoded[..., : sample.shape[-2], : sample.shape[-1]]
+        if not return_dict:
+            return (decoded,)
+        return DecoderOutput(sample=decoded)

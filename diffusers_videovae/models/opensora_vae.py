@@ -44,6 +44,7 @@ from ._tiling import (
     TileStep,
     TilingLimits,
     check_latents,
+    check_positive_int,
     check_video,
     configure_tiling,
     stitch_blended_tiles,
@@ -708,6 +709,7 @@ class AutoencoderKLOpenSora(
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`T'` for a clip of `num_frames` frames (5 per full chunk of 17, `ceil(n / 4)` for a last chunk of n)."""
+        num_frames = check_positive_int(num_frames, "num_frames")
         factor = self.temporal_compression_ratio
         return sum(math.ceil(n / factor) for n in self._chunk_frames(num_frames))
 
@@ -923,7 +925,7 @@ class AutoencoderKLOpenSora(
         low, high = self.num_frames_range(z.shape[2])
         if num_frames is None:
             num_frames = low
-        elif not low <= num_frames <= high:
+        elif not low <= check_positive_int(num_frames, "num_frames") <= high:
             raise ValueError(
                 f"num_frames={num_frames} does not fit {z.shape[2]} latent frames: clips of {low} to {high} frames "
                 f"encode to {z.shape[2]} latent frames (micro_frame_size={self.config.micro_frame_size})."

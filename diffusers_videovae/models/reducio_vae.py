@@ -51,6 +51,10 @@ from ._common import InputRule, VideoAutoencoderMixin
 from ._tiling import (
     TilingLimits,
     blend_tile_grid,
+    check_condition,
+    check_finite,
+    check_latents,
+    check_not_empty,
     check_video,
     configure_tiling,
     group_moments,
@@ -59,7 +63,7 @@ from ._tiling import (
     tiled_with_shared_group_norm,
 )
 
-__all__ = ["AutoencoderKLReducio", "ReducioTiledContent"]
+__all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledContent"]
 
 # Without autograd, 3D resnets and upsamplers compute their output a few frames at a time (`_by_frames`), each step
 # reading at most about this many bytes of input frames (halo included): no full-size normalised copy of a feature map,
@@ -769,6 +773,26 @@ class ReducioTiledContent:
         return ReducioTiledContent([[tuple(f[index] for f in tile) for tile in row] for row in self.rows])
 
 
+@dataclass(frozen=True)
+class ReducioContentFeatures:
+    """The content features of ONE 16-frame segment: what `encode_content(frame)` returns for the segment's content
+    frame `(B, 3, H, W)` (its frame 7), and what `decode(content_features=...)` takes instead of that frame (one of
+    these for a one-segment clip, a list of k of them, in order, for k segments).
+
+    `maps` is the tuple of `len(content_block_out_channels) + 1` feature maps in the original's order: level i
+    `(B, content_block_out_channels[i], H / 2^i, W / 2^i)` for i < L, then the mid feature, the size and width of
+    the last level (released: 5 maps, 128 x H, 256 x H/2, 512 x H/4, 512 x H/8, 512 x H/8). With tiling enabled and
+    a frame larger than one tile, `maps` is instead a `ReducioTiledContent` holding such a tuple per pixel tile
+    (see `enable_tiling`).
+    """
+
+    maps: tuple[torch.Tensor, ...] | ReducioTiledContent
+
+    @property
+    def tiled(self) -> bool:
+        return isinstance(self.maps, ReducioTiledContent)
+
+
 class AutoencoderKLReducio(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -778,8 +802,9 @@ class AutoencoderKLReducio(
     * `encode(x)`: `x` `(B, 3, T, H, W)` in [-1, 1], T = 16k, H and W multiples of 32 -> the RAW posterior over
       `(B, latent_channels, k * 16 / r_t, H / 32, W / 32)` (log-variance clamped to [-30, 20]); each 16-frame segment
       is encoded as an independent clip.
-    * `encode_content(frame)`: the content frame `(B, 3, H, W)` -> its features (a tuple, 5 maps for the releases).
-      The content frame of a clip is its frame `(T - 1) // 2` (index 7 of 16), of each segment for T = 16k.
+    * `encode_content(frame)`: the content frame `(B, 3, H, W)` -> its features, a `ReducioContentFeatures` (5 maps
+      for the releases). The content frame of a clip is its frame `(T - 1) // 2` (index 7 of 16), of each segment
+      for T = 16k.
     * `normalize_latents(z)`: **the latent normalisation** (`latent_normalization` in the docs of every model):
       `layer_norm(z)` over `(C, t, h, w)` of each 16-frame segment's latents, per sample, no affine, eps
       `latent_norm_eps` (1e-5). This is what Reducio-DiT is trained on, and what `decode` takes. It is not
@@ -963,7 +988,13 @@ class AutoencoderKLReducio(
         """Raw latents `(B, C, k * t, h, w)` (t latent frames per 16-frame segment) -> layer-normalised latents: each
         sample's `(C, t, h, w)` block of each segment to zero mean and unit variance (no affine, eps 1e-5)."""
         segment = self.latent_frames_per_segment
-        self._check_latents(z, "z")
+        check_latents(
+            z,
+            latent_channels=self.config.latent_channels,
+            frame_multiple=segment,
+            name="z",
+            description="raw posterior latents",
+        )
         batch, channels, frames, height, width = z.shape
         count = frames // segment
         if count == 1:
@@ -1075,28 +1106,12 @@ class AutoencoderKLReducio(
             )
         if not frame.is_floating_point():
             raise TypeError(f"`{name}` must be a floating point tensor in [-1, 1], got dtype {frame.dtype}.")
+        check_not_empty(frame, name)
         if frame.shape[-2] % spatial or frame.shape[-1] % spatial:
             raise ValueError(
                 f"`{name}` is {frame.shape[-2]}x{frame.shape[-1]}; H and W must be multiples of {spatial}."
             )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(frame).all()):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
-
-    def _check_latents(self, z: torch.Tensor, name: str) -> None:
-        channels = self.config.latent_channels
-        segment = self.latent_frames_per_segment
-        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != channels:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"`{name}` must have shape (B, {channels}, {segment}k, h, w), got {shape}.")
-        if not z.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating point tensor, got dtype {z.dtype}.")
-        if z.shape[2] == 0 or z.shape[2] % segment or min(z.shape) == 0:
-            raise ValueError(
-                f"`{name}` has {z.shape[2]} latent frames; each 16-frame segment has {segment}, so it must be a "
-                f"positive multiple of {segment} (shape {tuple(z.shape)})."
-            )
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        check_finite(frame, name)
 
     # --- encoding --------------------------------------------------------------------------------------------------
 
@@ -1134,83 +1149,88 @@ class AutoencoderKLReducio(
         return AutoencoderKLOutput(latent_dist=posterior)
 
     @apply_forward_hook
-    def encode_content(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...] | ReducioTiledContent:
+    def encode_content(self, frame: torch.Tensor) -> ReducioContentFeatures:
         r"""The content encoder's features of a content frame (the clip's frame `(T - 1) // 2`).
 
         Args:
             frame: `(B, 3, H, W)` in [-1, 1], H and W multiples of 32.
 
         Returns:
-            A tuple of `len(content_block_out_channels) + 1` feature maps, in the original's order: level i's
-            output `(B, content_block_out_channels[i], H / 2^i, W / 2^i)`, then the mid feature (released: 5 maps,
-            128 x H, 256 x H/2, 512 x H/4, 512 x H/8, 512 x H/8). With tiling enabled and a frame larger than one
-            tile: a `ReducioTiledContent` holding the feature tuple of every tile (blended tiles; exact tiles use the
-            whole frame's features, computed untiled: one 2D frame).
+            A `ReducioContentFeatures` (the feature maps of one 16-frame segment; tile by tile when blended tiling
+            is enabled and the frame is larger than one tile; exact tiles use the whole frame's features, computed
+            untiled: one 2D frame), what `decode(content_features=...)` takes.
         """
         self._check_frame(frame, "frame")
         frame = self._to_compute_dtype(frame)
         if self._tiles_needed(frame.shape[-2], frame.shape[-1]) and not self.tile_exact:
-            return self.tiled_encode_content(frame)
+            return ReducioContentFeatures(self.tiled_encode_content(frame))
         if self.use_slicing and frame.shape[0] > 1:
             parts = [self.content_encoder(item) for item in frame.split(1)]
-            return tuple(torch.cat(maps) for maps in zip(*parts))
-        return self.content_encoder(frame)
+            return ReducioContentFeatures(tuple(torch.cat(maps) for maps in zip(*parts)))
+        return ReducioContentFeatures(self.content_encoder(frame))
 
     # --- decoding --------------------------------------------------------------------------------------------------
 
-    def _segment_features(self, frame: torch.Tensor | None, features, segment: int, count: int):
-        """Content features of one segment from the `content_frame` / `content_features` arguments."""
-        if frame is not None:
-            single = frame if frame.ndim == 4 else frame[:, :, segment]
-            return self.encode_content(single)
-        if count == 1 and (isinstance(features, ReducioTiledContent) or isinstance(features[0], torch.Tensor)):
-            return features
-        return features[segment]
-
-    def _check_conditions(self, z: torch.Tensor, frame, features, count: int) -> None:
-        if (frame is None) == (features is None):
-            raise ValueError(
-                "decode needs exactly one of `content_frame` (the clip's frame (T - 1) // 2, shape (B, 3, H, W), or "
-                "(B, 3, k, H, W) for k 16-frame segments) and `content_features` (from `encode_content`); "
-                + ("both were given." if frame is not None else "neither was given.")
-            )
+    def _check_content_frame(self, frame: torch.Tensor, z: torch.Tensor, count: int) -> None:
         spatial = self.config.spatial_compression_ratio
         size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
-        if frame is not None:
-            if not isinstance(frame, torch.Tensor) or frame.ndim not in (4, 5):
-                raise ValueError(
-                    "`content_frame` must be (B, 3, H, W) for one 16-frame segment or (B, 3, k, H, W) for k segments."
-                )
-            frames = 1 if frame.ndim == 4 else frame.shape[2]
-            if frames != count or frame.shape[0] != z.shape[0] or tuple(frame.shape[-2:]) != size:
-                raise ValueError(
-                    f"`content_frame` of shape {tuple(frame.shape)} does not fit latents {tuple(z.shape)}: expected "
-                    f"batch {z.shape[0]}, {count} content frame(s) ((B, 3, H, W) for one segment, (B, 3, k, H, W) "
-                    f"for k) of {size[0]}x{size[1]} pixels."
-                )
-            return
-        if isinstance(features, (ReducioTiledContent, torch.Tensor)) or not isinstance(features, (tuple, list)):
-            if count != 1 or isinstance(features, torch.Tensor):
-                raise ValueError(
-                    "`content_features` must be the tuple returned by `encode_content` (or, for k 16-frame segments, "
-                    f"a list of k of them); got {type(features).__name__} for {count} segment(s)."
-                )
-            return
-        if len(features) and isinstance(features[0], torch.Tensor):
-            if count != 1:
-                raise ValueError(f"The latents hold {count} segments: pass a list of {count} feature tuples.")
-            expected = len(self.config.content_block_out_channels) + 1
-            if len(features) != expected:
-                raise ValueError(f"`content_features` must hold {expected} feature maps, got {len(features)}.")
-            first = features[0]
-            if first.ndim != 4 or first.shape[0] != z.shape[0] or tuple(first.shape[-2:]) != size:
-                raise ValueError(
-                    f"`content_features` do not fit latents {tuple(z.shape)}: the first map is "
-                    f"{tuple(first.shape)}, expected batch {z.shape[0]} and {size[0]}x{size[1]} positions "
-                    "(features of the content frame of these latents, from `encode_content`)."
-                )
-        elif len(features) != count:
+        one = isinstance(frame, torch.Tensor) and frame.ndim == 4 and count == 1
+        what = (
+            f"{count} content frame(s) of {size[0]}x{size[1]} pixels in [-1, 1]: (B, 3, H, W) for one 16-frame "
+            "segment, (B, 3, k, H, W) for k"
+        )
+        channels = self.config.in_channels
+        check_condition(
+            frame, z, name="content_frame", channels=channels, size=size, frames=None if one else count, what=what
+        )
+
+    def _content_maps(
+        self, maps, z: torch.Tensor, name: str, size: tuple[int, int] | None
+    ) -> tuple[torch.Tensor, ...]:
+        """One segment's (or one content tile's) feature maps, checked against the latents `z` and cast to the compute
+        dtype. `size`: the pixels they describe (None for a tile: the size of its first map)."""
+        widths = tuple(self.config.content_block_out_channels)
+        channels = (*widths, widths[-1])
+        if not isinstance(maps, (tuple, list)) or len(maps) != len(channels):
+            got = f"{len(maps)} entries" if isinstance(maps, (tuple, list)) else type(maps).__name__
+            raise ValueError(f"`{name}` must hold {len(channels)} feature maps (from `encode_content`), got {got}.")
+        if size is None:
+            size = tuple(maps[0].shape[-2:]) if isinstance(maps[0], torch.Tensor) else (0, 0)
+        checked = []
+        for level, (feature, width) in enumerate(zip(maps, channels)):
+            factor = 2 ** min(level, len(widths) - 1)
+            expected = (-(-size[0] // factor), -(-size[1] // factor))
+            what = f"level {level} of the features of a {size[0]}x{size[1]} content frame, from `encode_content`"
+            check_condition(feature, z, name=f"{name}[{level}]", channels=width, size=expected, what=what)
+            checked.append(self._to_compute_dtype(feature))
+        return tuple(checked)
+
+    def _check_content_features(self, features, z: torch.Tensor, count: int) -> list:
+        """`content_features` checked against the latents: the maps of each segment (tuples, or the tiles of a
+        `ReducioTiledContent`), cast to the compute dtype."""
+        if isinstance(features, ReducioContentFeatures):
+            features = [features]
+        if not isinstance(features, (list, tuple)) or not all(isinstance(f, ReducioContentFeatures) for f in features):
+            raise TypeError(
+                "`content_features` must be what `encode_content` returns (a `ReducioContentFeatures`) for a "
+                f"one-segment clip, or a list of one per 16-frame segment; got {type(features).__name__}."
+            )
+        if len(features) != count:
             raise ValueError(f"`content_features` holds {len(features)} segments' features; the latents hold {count}.")
+        spatial = self.config.spatial_compression_ratio
+        size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
+        segments = []
+        for index, feature in enumerate(features):
+            name = "content_features.maps" if count == 1 else f"content_features[{index}].maps"
+            if not feature.tiled:
+                segments.append(self._content_maps(feature.maps, z, name, size))
+                continue
+            rows = [
+                [self._content_maps(tile, z, f"{name}.rows[{i}][{j}]", None) for j, tile in enumerate(row)]
+                for i, row in enumerate(feature.maps.rows)
+            ]
+            segments.append(ReducioTiledContent(rows))
+        return segments
 
     def _decode(self, z: torch.Tensor, features) -> torch.Tensor:
         """One segment: normalised latents `(B, C, t, h, w)` + its content features -> `(B, 3, 16, H, W)`."""
@@ -1238,22 +1258,41 @@ class AutoencoderKLReducio(
             content_frame: the content frame, `(B, 3, 32 h, 32 w)` in [-1, 1] for one segment (the clip's frame
                 `(T - 1) // 2`), or `(B, 3, k, 32 h, 32 w)` with the content frame of each of k segments (as
                 `decode_conditions` returns).
-            content_features: instead of `content_frame`, what `encode_content` returned for it (a list of k of
-                them for k segments). Exactly one of `content_frame` and `content_features` is required.
+            content_features: instead of `content_frame`, the `ReducioContentFeatures` that `encode_content`
+                returned for it (a list of k of them, in order, for k segments); checked against the latents (batch,
+                channels and size of every map, finite) and cast to the model's dtype. Exactly one of
+                `content_frame` and `content_features` is required.
 
         Returns:
             `DecoderOutput(sample)` with `sample` `(B, 3, 16k, 32 h, 32 w)`, unclamped.
         """
-        self._check_latents(z, "z")
         segment = self.latent_frames_per_segment
+        check_latents(
+            z,
+            latent_channels=self.config.latent_channels,
+            frame_multiple=segment,
+            name="z",
+            description="normalised latents, `normalize_latents` of a posterior sample or mode",
+        )
         count = z.shape[2] // segment
-        self._check_conditions(z, content_frame, content_features, count)
+        if (content_frame is None) == (content_features is None):
+            raise ValueError(
+                "decode needs exactly one of `content_frame` (the clip's frame (T - 1) // 2, shape (B, 3, H, W), or "
+                "(B, 3, k, H, W) for k 16-frame segments) and `content_features` (from `encode_content`); "
+                + ("both were given." if content_frame is not None else "neither was given.")
+            )
         if content_frame is not None:
-            self._check_frame(content_frame if content_frame.ndim == 4 else content_frame[:, :, 0], "content_frame")
-        z = self._to_compute_dtype(z)  # the content frame is cast by `encode_content`
+            self._check_content_frame(content_frame, z, count)
+        else:
+            segments = self._check_content_features(content_features, z, count)
+        z = self._to_compute_dtype(z)  # content frames are cast by `encode_content`, features by their check
         outputs = []
         for index in range(count):
-            features = self._segment_features(content_frame, content_features, index, count)
+            if content_frame is None:
+                features = segments[index]
+            else:
+                frame = content_frame if content_frame.ndim == 4 else content_frame[:, :, index]
+                features = self.encode_content(frame).maps  # one segment at a time: memory flat in T
             part = z[:, :, index * segment : (index + 1) * segment]
             if self.use_slicing and z.shape[0] > 1:
                 decoded = torch.cat(
@@ -1453,9 +1492,7 @@ class AutoencoderKLReducio(
 
 
 def _select(features, index: slice):
-    """`features` (a feature tuple, tiled features, or a content frame) for a slice of the batch."""
+    """One segment's `features` (a tuple of maps, or tiled features) for a slice of the batch."""
     if isinstance(features, ReducioTiledContent):
         return features.select(index)
-    if isinstance(features, torch.Tensor):
-        return features[index]
     return tuple(feature[index] for feature in features)
