@@ -171,7 +171,9 @@ def compare_modes(runner: Runner, size: tuple[int, int], tile: int) -> list[dict
                     **row,
                     "seconds": f"{result['seconds']:.2f}",
                     "vs untiled": f"{result['seconds'] / untiled['seconds']:.1f}x",
-                    "peak RSS": peak_cell(result),
+                    "peak RSS": peak_cell(result)
+                    if result.get("accelerator_peak_bytes")
+                    else gib(result["peak_bytes"]),
                     "max abs diff vs untiled": "-" if mode == "untiled" else f"{difference:.1e}",
                 }
             )
