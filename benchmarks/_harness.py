@@ -2,7 +2,10 @@
 
 Peak memory is the peak resident set size (VmHWM) of the child process during the measured call only: the
 high-water mark is reset (Linux `/proc/self/clear_refs`) after the set-up, so weights and inputs already in
-memory count, but allocations made before the call (e.g. while building the model) do not inflate it.
+memory count, but allocations made before the call (e.g. while building the model) do not inflate it. With
+`device=` (every benchmark's `--device`), the set-up's modules and tensors are moved there, the peak accelerator
+memory (`torch.cuda.max_memory_allocated`, reset after the set-up) is reported beside the RSS, and the device is
+synchronised before each clock reading (`synchronize`, `Stopwatch`), so that times cover the queued kernels.
 
 The roofline helpers at the end work in the calling process instead (`bench_roofline.py`): the FLOPs of a call and
 its convolution configurations (`count_flops`, `ConvRecorder`), stand-alone probes of one convolution or an sgemm
@@ -45,17 +48,106 @@ def _reset_hwm() -> None:
         pass
 
 
-def _child(setup: Callable[..., Any], call: Callable[[Any], Any], kwargs: dict, threads: int, queue) -> None:
+def add_device_argument(parser) -> None:
+    """`--device` (default cpu), the same option in every benchmark."""
+    parser.add_argument(
+        "--device", default="cpu", help="where models and clips run: cpu, cuda, cuda:1, xpu, mps (default cpu)"
+    )
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the kernels queued on `device` (a no-op on CPU): call before reading a clock."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def reset_accelerator_peak(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "xpu":
+        torch.xpu.reset_peak_memory_stats(device)
+
+
+def accelerator_peak_bytes(device: torch.device | str) -> int | None:
+    """Peak allocated accelerator memory since the last reset (`torch.cuda.max_memory_allocated`); None on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "xpu":
+        return int(torch.xpu.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    return None
+
+
+class Stopwatch:
+    """`with Stopwatch(device) as watch: ...; watch.seconds`: wall time of the block, the device synchronised at
+    both ends, and the peak accelerator memory of the block (`watch.peak_bytes`, None on CPU)."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds = 0.0
+        self.peak_bytes: int | None = None
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        reset_accelerator_peak(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._start
+        self.peak_bytes = accelerator_peak_bytes(self.device)
+
+
+def to_device(state: Any, device: torch.device | str) -> Any:
+    """Modules and tensors of a set-up's state (nested in tuples, lists and dicts) moved to `device`."""
+    if isinstance(state, (torch.nn.Module, torch.Tensor)):
+        return state.to(device)
+    if isinstance(state, (tuple, list)):
+        return type(state)(to_device(item, device) for item in state)
+    if isinstance(state, dict):
+        return {key: to_device(value, device) for key, value in state.items()}
+    return state
+
+
+def describe_peak(rss_bytes: int, accelerator_bytes: int | None) -> str:
+    """`"1.20 GiB RSS"`, or `"3.10 GiB GPU, 1.20 GiB RSS"` when an accelerator ran."""
+    rss = f"{gib(rss_bytes)} RSS"
+    return rss if accelerator_bytes is None else f"{gib(accelerator_bytes)} GPU, {rss}"
+
+
+def peak_cell(result: dict) -> str:
+    """The peak of a `measure` result as a table cell: the RSS, and the accelerator's peak beside it when one ran."""
+    return describe_peak(result["peak_bytes"], result.get("accelerator_peak_bytes"))
+
+
+def _child(
+    setup: Callable[..., Any], call: Callable[[Any], Any], kwargs: dict, threads: int, device: str, queue
+) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        state = setup(**kwargs)
+        state = to_device(setup(**kwargs), device)
         _reset_hwm()
-        start = time.perf_counter()
-        result = call(state)
-        seconds = time.perf_counter() - start
-        queue.put({"seconds": seconds, "peak_bytes": _read_hwm_bytes(), "result": result})
+        with Stopwatch(device) as watch:
+            result = call(state)
+        queue.put(
+            {
+                "seconds": watch.seconds,
+                "peak_bytes": _read_hwm_bytes(),
+                "accelerator_peak_bytes": watch.peak_bytes,
+                "result": result,
+            }
+        )
     except Exception as error:  # report, do not hang the parent
         queue.put({"error": f"{type(error).__name__}: {error}"})
 
@@ -66,28 +158,32 @@ def measure(
     *,
     repeats: int = 1,
     threads: int | None = None,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run `call(setup(**kwargs))` in `repeats` fresh processes; return median seconds and max peak bytes.
 
     `setup` and `call` must be picklable (module-level functions). `call` may return a small picklable value
-    (e.g. a checksum) that is passed back as `result`.
+    (e.g. a checksum) that is passed back as `result`. On another `device`, the set-up's modules and tensors are
+    moved there (`to_device`), and `accelerator_peak_bytes` is the peak accelerator memory of the call (None on CPU).
     """
     threads = threads or int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
     context = mp.get_context("spawn")
     runs = []
     for _ in range(repeats):
         queue = context.Queue()
-        process = context.Process(target=_child, args=(setup, call, kwargs, threads, queue))
+        process = context.Process(target=_child, args=(setup, call, kwargs, threads, str(device), queue))
         process.start()
         outcome = queue.get()
         process.join()
         if "error" in outcome:
             return {"error": outcome["error"]}
         runs.append(outcome)
+    accelerator = [run["accelerator_peak_bytes"] for run in runs if run["accelerator_peak_bytes"] is not None]
     return {
         "seconds": statistics.median(run["seconds"] for run in runs),
         "peak_bytes": max(run["peak_bytes"] for run in runs),
+        "accelerator_peak_bytes": max(accelerator) if accelerator else None,
         "result": runs[-1]["result"],
         "repeats": repeats,
     }
@@ -297,11 +393,10 @@ def profile_op_types(function: Callable[[], Any]) -> dict[str, float]:
     return dict(seconds)
 
 
-def timed(function: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    with torch.no_grad():
+def timed(function: Callable[[], Any], device: torch.device | str = "cpu") -> float:
+    with torch.no_grad(), Stopwatch(device) as watch:
         function()
-    return time.perf_counter() - start
+    return watch.seconds
 
 
 def conv_probe(call: ConvCall, dtype: torch.dtype = torch.float32) -> tuple[Callable[[], Any], int]:

@@ -44,10 +44,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 try:
-    from benchmarks._harness import alternated_runs, format_table, gib, measure, rss_bytes
+    from benchmarks._harness import (
+        add_device_argument,
+        alternated_runs,
+        format_table,
+        gib,
+        measure,
+        peak_cell,
+        rss_bytes,
+    )
 except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import alternated_runs, format_table, gib, measure, rss_bytes
+    from _harness import add_device_argument, alternated_runs, format_table, gib, measure, peak_cell, rss_bytes
 
 
 def _sizes(quick: bool) -> dict:
@@ -265,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="tiny sizes: prove the script runs (numbers mean nothing)"
     )
     parser.add_argument("--parts", nargs="+", default=["encode", "dit_step", "svd_decode"], help="what to measure")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda side, part=part: measure(
                 setup,
                 call,
+                device=args.device,
                 repeats=1,
                 threads=args.threads,
                 out=str(workdir / f"{side}_{part}.pt"),
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
                 else {
                     "seconds": statistics.median(run["seconds"] for run in runs[side]),
                     "peak_bytes": max(run["peak_bytes"] for run in runs[side]),
+                    "accelerator_peak_bytes": runs[side][-1].get("accelerator_peak_bytes"),
                     "result": max(runs[side], key=lambda run: run["peak_bytes"])["result"],
                 }
             )
@@ -314,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 row["seconds"] = f"{result['seconds']:.2f}"
                 above = result["peak_bytes"] - result["result"][1]
-                row["peak RSS (above start)"] = f"{gib(result['peak_bytes'])} ({gib(above)})"
+                row["peak RSS (above start)"] = f"{peak_cell(result)} ({gib(above)})"
                 results[side] = (result, out)
             rows.append(row)
             print(row, flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table, gib, measure  # noqa: E402
+from _harness import add_device_argument, format_table, measure, peak_cell  # noqa: E402
 
 VARIANT = "ivvae_z16_dim64"
 TINY = dict(latent_channels=8, base_dim=8)
@@ -76,7 +76,7 @@ def call_ours(state):
     with torch.no_grad():
         out = model.encode(data).latent_dist.mean if stage == "encode" else model.decode(data).sample
     # A numpy array travels back by value (a tensor would be shared through a file descriptor that dies with us).
-    return out.numpy()
+    return out.cpu().numpy()
 
 
 def setup_original(weights: str, frames: int, size: int, stage: str, repo: str, latent: str | None = None):
@@ -101,7 +101,7 @@ def call_original(state):
             out = model.encode(data) / config["scale_factor"] + config["shift_factor"]  # back to the raw mean
         else:
             out = model.decode(data)
-    return out.numpy()
+    return out.cpu().numpy()
 
 
 # --- driver ------------------------------------------------------------------------------------------------------
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-frames", type=int, default=33, help="frames of the long clip (1 + 4k)")
     parser.add_argument("--long-size", type=int, default=256, help="height = width of the long clip")
     parser.add_argument("--skip-long", action="store_true", help="only the 17x128x128 comparison")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
 
     rows = []
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             encoded = measure(
                 setup_ours,
                 call_ours,
+                device=args.device,
                 weights=weights,
                 frames=frames,
                 size=size,
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             decoded = measure(
                 setup_ours,
                 call_ours,
+                device=args.device,
                 weights=weights,
                 frames=frames,
                 size=size,
@@ -188,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                     "clip": clip,
                     "settings": settings,
                     "encode s": f"{encoded['seconds']:.2f}",
-                    "encode peak": gib(encoded["peak_bytes"]),
+                    "encode peak": peak_cell(encoded),
                     "decode s": f"{decoded['seconds']:.2f}",
-                    "decode peak": gib(decoded["peak_bytes"]),
+                    "decode peak": peak_cell(decoded),
                 }
             )
             print(rows[-1], flush=True)
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                 original_encoded = measure(
                     setup_original,
                     call_original,
+                    device=args.device,
                     weights=weights,
                     frames=frames,
                     size=size,
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                 original_decoded = measure(
                     setup_original,
                     call_original,
+                    device=args.device,
                     weights=weights,
                     frames=frames,
                     size=size,
@@ -227,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
                         "clip": clip,
                         "settings": "frame groups one by one",
                         "encode s": f"{original_encoded['seconds']:.2f}",
-                        "encode peak": gib(original_encoded["peak_bytes"]),
+                        "encode peak": peak_cell(original_encoded),
                         "decode s": f"{original_decoded['seconds']:.2f}",
-                        "decode peak": gib(original_decoded["peak_bytes"]),
+                        "decode peak": peak_cell(original_decoded),
                         "max abs diff (latent / video)": f"{latent_diff:.1e} / {recon_diff:.1e}",
                     }
                 )

@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     ORIGINAL_COLUMNS,
     SIDE_BY_SIDE_COLUMNS,
+    add_device_argument,
     format_table,
     gib,
     measure,
+    peak_cell,
     side_by_side_row,
     stub_imports,
 )
@@ -152,12 +154,12 @@ def call(state):
             decoded = model.decode(data)
             output = getattr(decoded, "sample", decoded)
     # numpy, not a tensor: torch would share the tensor through a file descriptor of the exiting child process
-    return output.numpy().copy(), start, time.process_time() - cpu_start
+    return output.cpu().numpy().copy(), start, time.process_time() - cpu_start
 
 
 def _peak(result: dict) -> str:
     """Peak RSS of the call, and in brackets the part above the RSS at its start (activations and outputs)."""
-    return f"{gib(result['peak_bytes'])} ({gib(result['peak_bytes'] - result['result'][1])})"
+    return f"{peak_cell(result)} ({gib(result['peak_bytes'] - result['result'][1])} above start)"
 
 
 def _summary(results: list[dict]) -> dict:
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         "--long-frames", type=int, nargs="+", default=[17, 33, 65], help="clip lengths for the tiling rows"
     )
     parser.add_argument("--skip-long", action="store_true", help="only the encode/decode comparison")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     side = 32 if args.quick else args.size
     long_side = 32 if args.quick else 64
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                     result = measure(
                         setup,
                         call,
+                        device=args.device,
                         repeats=1,
                         threads=args.threads,
                         impl=impl,
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                 result = measure(
                     setup,
                     call,
+                    device=args.device,
                     repeats=1,
                     threads=args.threads,
                     impl="ours",

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 try:
-    from benchmarks._harness import format_table, gib, measure
+    from benchmarks._harness import add_device_argument, format_table, measure, peak_cell
 except ImportError:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import format_table, gib, measure
+    from _harness import add_device_argument, format_table, measure, peak_cell
 
 SHIFT = (-0.10, 0.34, 0.27, 0.98)
 SCALE = (3.85, 2.32, 2.33, 3.06)
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames-720p", type=int, default=1, help="frames of the 720p clip (0 = skip 720p)")
     parser.add_argument("--untiled-720p", action="store_true", help="also run ours untiled at 720p")
     parser.add_argument("--skip-128", action="store_true", help="skip the 17x128x128 comparison")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir)
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             result = measure(
                 setup_original,
                 call_original,
+                device=args.device,
                 repeats=args.repeats,
                 threads=args.threads,
                 repo=args.original_repo,
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
             result = measure(
                 setup_ours,
                 call_ours,
+                device=args.device,
                 repeats=args.repeats,
                 threads=args.threads,
                 weights=str(weights),
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             row["seconds"] = result["error"][:60]
         else:
             row["seconds"] = f"{result['seconds']:.1f}"
-            row["peak RSS"] = gib(result["peak_bytes"])
+            row["peak RSS"] = peak_cell(result)
             row["_seconds"], row["_peak"], row["_out"] = result["seconds"], result["peak_bytes"], out
         rows.append(row)
         print(row, flush=True)

@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table  # noqa: E402
+from _harness import Stopwatch, add_device_argument, describe_peak, format_table  # noqa: E402
 
 from diffusers_videovae.evaluation import EvalSettings, evaluate_clips  # noqa: E402
 from diffusers_videovae.loaders import DEMO_MODEL_DIR, load_model  # noqa: E402
+from diffusers_videovae.memory import PeakMemory  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-crop-square", dest="crop_square", action="store_false")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--threads", type=int, default=None)
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,13 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     if not clips:
         parser.error("no clips given and none of the default clips is available")
     settings = EvalSettings(frames=args.frames, size=args.size, crop_square=args.crop_square)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     rows = []
     for spec in models:
         model = load_model(spec, torch_dtype=getattr(torch, args.dtype)).to(device).eval()
-        began = time.perf_counter()
-        results = evaluate_clips(model, clips, settings, progress=False)
-        seconds = time.perf_counter() - began
+        with PeakMemory(torch.device("cpu")) as rss, Stopwatch(device) as watch:
+            results = evaluate_clips(model, clips, settings, progress=False)
+        seconds, peak = watch.seconds, describe_peak(rss.peak, watch.peak_bytes)
         name = Path(spec).name if Path(spec).exists() else spec
         for result in results:
             rows.append(
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             {
                 "model": name,
-                "clip": f"**mean of {len(results)}** ({seconds:.0f} s)",
+                "clip": f"**mean of {len(results)}** ({seconds:.0f} s, peak {peak})",
                 "PSNR (dB)": f"**{sum(r['psnr'] for r in results) / len(results):.2f}**",
                 "SSIM": f"**{sum(r['ssim'] for r in results) / len(results):.4f}**",
             }

@@ -40,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     ORIGINAL_COLUMNS,
     SIDE_BY_SIDE_COLUMNS,
+    add_device_argument,
     alternated_runs,
     format_table,
     gib,
     measure,
+    peak_cell,
     rss_bytes,
     side_by_side_row,
     stub_imports,
@@ -223,12 +225,12 @@ def call(state):
             output = model.decode(latents, content_frame=frame).sample
         else:
             output = model.decode(latents, model.encode_2d(frame))
-    return output.numpy().copy(), start, time.process_time() - cpu_start
+    return output.cpu().numpy().copy(), start, time.process_time() - cpu_start
 
 
 def _peak(result: dict) -> str:
     """Peak RSS of the call, and in brackets the part above the RSS at its start (activations and outputs)."""
-    return f"{gib(result['peak_bytes'])} ({gib(result['peak_bytes'] - result['result'][1])})"
+    return f"{peak_cell(result)} ({gib(result['peak_bytes'] - result['result'][1])} above start)"
 
 
 def traced_peak(impl: str, task: str, side: int, original_repo: str | None, tiled: bool) -> float:
@@ -309,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--traced-memory", action="store_true", help="only the traced peak tensor memory (fake tensors, no compute)"
     )
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.traced_memory:
         if args.original_repo:
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                 impls,
                 args.repeats,
                 lambda impl, task=task: measure(
-                    setup, call, repeats=1, threads=args.threads, impl=impl, task=task, **common
+                    setup, call, repeats=1, threads=args.threads, device=args.device, impl=impl, task=task, **common
                 ),
             )
             for impl, results in runs.items():

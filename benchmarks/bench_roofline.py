@@ -61,7 +61,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from _harness import conv_probe, count_flops, format_table, matmul_probe, profile_op_types, timed  # noqa: E402
+from _harness import (  # noqa: E402
+    add_device_argument,
+    conv_probe,
+    count_flops,
+    format_table,
+    matmul_probe,
+    profile_op_types,
+    timed,
+)
 from _tiny_configs import TINY_CONFIGS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +99,16 @@ MODELS = {
     "cascadev": ModelEntry(
         "AutoencoderCascadeV",
         "diffusers_videovae.models.cascadev",
-        {},
+        dict(
+            previewer_hidden_channels=32,
+            transformer_hidden_size=96,
+            transformer_num_layers=2,
+            transformer_num_attention_heads=4,
+            transformer_sample_size=16,
+            transformer_num_frames=4,
+            svd_block_out_channels=(32, 32, 32, 32),  # the SVD decoder's GroupNorm has 32 groups
+            svd_layers_per_block=1,
+        ),
         sized=lambda frames, size: {"transformer_sample_size": size // 8},
         decode_options={"num_inference_steps": 1},
     ),
@@ -391,7 +408,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         action="store_true",
         help="tiny configs, 5x32x32 clip (16 frames for Reducio), 1 repeat (smoke test)",
     )
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        # The roofline divides by this CPU's own measured convolution and sgemm rates; gpu_check.py times devices.
+        parser.error("bench_roofline.py measures the CPU only; on an accelerator run benchmarks/gpu_check.py --device")
     if args.quick:
         args.frames, args.size, args.repeats, args.matmul_size = 5, 32, 1, 256
     # One thread for the smoke test: on an oversubscribed machine two threads wait on each other at every op.

@@ -1,61 +1,79 @@
-"""What tiling costs and what it changes: untiled vs default tiles vs exact tiles, per model, same weights.
+"""What tiling costs and what it changes, on all five models: untiled vs default tiles vs exact tiles, and peak
+memory against frame size.
 
-    python benchmarks/bench_tiling.py                      # full-size configs, 1x3x9x256x256, 128-px tiles
-    python benchmarks/bench_tiling.py --quick              # tiny configs (smoke test, seconds)
-    python benchmarks/bench_tiling.py --models odvae --size 512 --tile 256
+    python benchmarks/bench_tiling.py                      # full-size configs: heavy (720p untiled is not run)
+    python benchmarks/bench_tiling.py --quick              # tiny configs, small clips (smoke test, seconds)
+    python benchmarks/bench_tiling.py --models odvae --size 256 --tile 128 --sizes 256 512 720x1280
+    python benchmarks/bench_tiling.py --config '{"ivvae": {"base_dim": 32}}'    # other configs (mid-size runs)
 
-For each model (random seeded weights of its default = released config, saved once under `--workdir`), the clip is
-encoded untiled; its latent mode is decoded untiled. Then the same encode and decode run with the model's default
-tiling (`enable_tiling(h, w, stride_h=..., ...)` with the model's default overlap ratio, as `videovae --tiling on
---tile-size` sets it) and with exact tiling (`enable_tiling(..., exact=True)`; IV-VAE's tiles are always exact, so
-it has one tiled row). Every measurement runs in a fresh process (`benchmarks/_harness.py`): seconds of the call
-and the peak RSS during it (weights and inputs included). "max abs diff" and "PSNR" compare each tiled output with the untiled one (PSNR on [-1, 1] video, or on
-the latent's own range for encodes): what the tiles change, not reconstruction quality.
+Each model gets random seeded weights of its released config (tiny with `--quick`), saved once under `--workdir`,
+and the clip length its frame rule and the issue's measurements use (17 frames; 16 for Reducio, 8 for CascadeV;
+CascadeV decodes with one denoising step). Every measurement runs in a fresh process (`benchmarks/_harness.py`):
+seconds of the call and the peak RSS during it (weights and inputs included). Encode means `encode` plus the
+decode conditions a model computes from the clip (Reducio's content features); decode takes the latents of the
+untiled encode.
+
+1. At `--size` with `--tile`-px tiles (as `videovae --tiling on|exact --tile-size` sets them: default tiles keep the
+   model's overlap ratio): untiled vs default tiles vs exact tiles (`enable_tiling(exact=True)`; "n/a" where a model
+   has no exact mode): time, time vs untiled, peak RSS, max abs difference to untiled.
+2. Peak RSS against frame size (`--sizes`, e.g. 256, 512 and 720x1280) with the model's own default tile size, for
+   default and exact tiles; "growth" is the largest peak over the peak at the first size.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import inspect
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import format_table, gib, measure  # noqa: E402
+from _harness import add_device_argument, format_table, gib, measure, peak_cell  # noqa: E402
+from bench_roofline import MODELS, released_config  # noqa: E402
 
-CLASSES = {
-    "ivvae": "AutoencoderKLIVVAE",
-    "odvae": "AutoencoderKLODVAE",
-    "opensora": "AutoencoderKLOpenSora",
+NAMES = ("ivvae", "odvae", "opensora", "reducio", "cascadev")
+FRAMES = {"ivvae": 17, "odvae": 17, "opensora": 17, "reducio": 16, "cascadev": 8}
+QUICK_FRAMES = {"ivvae": 5, "odvae": 5, "opensora": 5, "reducio": 16, "cascadev": 4}
+# CascadeV's tiny model: a small DiT and SVD decoder (its EfficientNet encoder has one size).
+CASCADEV_TINY = {
+    "transformer_hidden_size": 96,
+    "transformer_num_layers": 2,
+    "transformer_num_attention_heads": 4,
+    "transformer_sample_size": 4,
+    "transformer_num_frames": 4,
+    "transformer_attn_strides": [[1, 2], [2, 1], None],
+    "previewer_hidden_channels": 32,
+    "svd_block_out_channels": (32, 32, 32, 32),
+    "svd_layers_per_block": 1,
 }
-TINY = {
-    "ivvae": {"base_dim": 8, "latent_channels": 4},
-    "odvae": {"block_out_channels": (32, 64, 64, 64)},
-    "opensora": {
-        "block_out_channels": (32, 32, 64, 64),
-        "temporal_filters": 32,
-        "temporal_num_res_blocks": 1,
-    },
-}
+MODES = ("untiled", "default tiles", "exact tiles")
 
 
 def _class(name: str):
     import diffusers_videovae
 
-    return getattr(diffusers_videovae, CLASSES[name])
+    return getattr(diffusers_videovae, MODELS[name].class_name)
 
 
-def make_weights(name: str, path: Path, quick: bool) -> None:
-    torch.manual_seed(0)
-    _class(name)(**(TINY[name] if quick else {})).save_pretrained(path)
+def model_config(name: str, quick: bool, overrides: dict) -> dict:
+    base = (MODELS[name].tiny or CASCADEV_TINY) if quick else released_config(name)
+    return {**base, **overrides.get(name, {})}
+
+
+def accepts_exact(model: torch.nn.Module) -> bool:
+    """Whether the model's `enable_tiling` has an exact mode (an `exact` argument that takes True)."""
+    return "exact" in inspect.signature(model.enable_tiling).parameters
 
 
 # -- measured calls (module level so that the spawned child can import them) ---------------------------------------
 
 
-def setup(name: str, weights: str, op: str, mode: str, tile: int, frames: int, size: int, latents: str, out: str):
+def setup(
+    name: str, weights: str, op: str, mode: str, tile: int | None, frames: int, size: tuple, data: str, out: str
+):
     from diffusers_videovae.memory import enable_tiling
     from diffusers_videovae.video import synthetic_clip
 
@@ -63,21 +81,22 @@ def setup(name: str, weights: str, op: str, mode: str, tile: int, frames: int, s
     with torch.no_grad():  # resident copies, so that peak RSS counts every weight
         for parameter in model.parameters():
             parameter.data = parameter.data.clone()
-    # What `videovae --tiling on|exact --tile-size` does: default tiles keep the model's overlap ratio.
-    enable_tiling(model, {"default": "on", "exact": "exact"}.get(mode, "off"), tile)
-    data = synthetic_clip(frames, size, size, seed=0) if op == "encode" else torch.load(latents)
-    return {"model": model, "op": op, "data": data, "frames": frames, "out": out}
+    enable_tiling(model, {"default tiles": "on", "exact tiles": "exact"}.get(mode, "off"), tile)
+    clip = synthetic_clip(frames, *size, seed=0) if op == "encode" else torch.load(data)
+    return {"model": model, "op": op, "data": clip, "frames": frames, "out": out}
 
 
 def call(state) -> str:
-    model = state["model"]
-    with torch.no_grad():
-        if state["op"] == "encode":
-            result = model.encode(state["data"]).latent_dist.mode()
-        elif type(model).__name__ == "AutoencoderKLOpenSora":
-            result = model.decode(state["data"], num_frames=state["frames"]).sample
-        else:
-            result = model.decode(state["data"]).sample
+    from diffusers_videovae.evaluation import decode_latents, encode_video
+
+    model, data = state["model"], state["data"]
+    if state["op"] == "encode":
+        latents, conditions = encode_video(model, data)
+        result = {"latents": latents, "conditions": conditions, "output": latents}
+    else:
+        generator = torch.Generator().manual_seed(0)
+        options = {"num_frames": state["frames"], "num_inference_steps": 1, "generator": generator}
+        result = {"output": decode_latents(model, data["latents"], data["conditions"], **options)}
     torch.save(result, state["out"])
     return state["out"]
 
@@ -85,88 +104,147 @@ def call(state) -> str:
 # -- driver ------------------------------------------------------------------------------------------------------
 
 
-def _psnr(actual: torch.Tensor, reference: torch.Tensor) -> str:
-    peak = float(reference.max() - reference.min()) / 2 if reference.abs().max() > 1.5 else 1.0
-    mse = float((actual - reference).double().square().mean())
-    return "inf" if mse == 0 else f"{10 * math.log10(4 * peak**2 / mse):.1f} dB"
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width or height)
 
 
-def main(argv: list[str] | None = None) -> None:
+class Runner:
+    """Measures one model's calls in fresh processes; outputs and latents go to `work`."""
+
+    def __init__(self, name: str, args: argparse.Namespace, work: Path):
+        self.name, self.args, self.work = name, args, work
+        self.weights = work / name
+        if not (self.weights / "config.json").is_file():
+            torch.manual_seed(0)
+            _class(name)(**model_config(name, args.quick, args.config)).save_pretrained(self.weights)
+        self.frames = (QUICK_FRAMES if args.quick else FRAMES)[name]
+        self.exact = accepts_exact(_class(name).from_pretrained(self.weights))
+
+    def run(self, op: str, mode: str, size: tuple[int, int], tile: int | None, latents: Path | None) -> dict:
+        """`{"seconds", "peak_bytes", "output"}` of one call, `{"n/a": reason}` without an exact mode."""
+        if mode == "exact tiles" and not self.exact:
+            return {"n/a": "no exact mode"}
+        tag = f"{self.name}_{op}_{mode.split()[0]}_{size[0]}x{size[1]}_{tile}"
+        result = measure(
+            setup,
+            call,
+            repeats=self.args.repeats,
+            threads=self.args.threads,
+            device=self.args.device,
+            name=self.name,
+            weights=str(self.weights),
+            op=op,
+            mode=mode,
+            tile=tile,
+            frames=self.frames,
+            size=size,
+            data=str(latents),
+            out=str(self.work / f"{tag}.pt"),
+        )
+        if "error" in result:
+            return {"n/a": result["error"][:80]}
+        return {**result, "saved": Path(result["result"])}
+
+
+def _output(result: dict) -> torch.Tensor:
+    return torch.load(result["saved"])["output"]
+
+
+def compare_modes(runner: Runner, size: tuple[int, int], tile: int) -> list[dict]:
+    """Table 1 rows of one model: encode then decode, each untiled, default tiles, exact tiles."""
+    rows, latents = [], None
+    for op in ("encode", "decode"):
+        results = {mode: runner.run(op, mode, size, tile, latents) for mode in MODES}
+        untiled = results["untiled"]
+        if "n/a" in untiled:
+            raise SystemExit(f"{runner.name} {op} untiled failed: {untiled['n/a']}")
+        reference = _output(untiled)
+        for mode, result in results.items():
+            row = {"model": runner.name, "call": op, "mode": mode}
+            if "n/a" in result:
+                rows.append({**row, "seconds": "n/a", "peak RSS": "n/a", "max abs diff vs untiled": result["n/a"]})
+                continue
+            difference = float((_output(result) - reference).abs().max())
+            rows.append(
+                {
+                    **row,
+                    "seconds": f"{result['seconds']:.2f}",
+                    "vs untiled": f"{result['seconds'] / untiled['seconds']:.1f}x",
+                    "peak RSS": peak_cell(result)
+                    if result.get("accelerator_peak_bytes")
+                    else gib(result["peak_bytes"]),
+                    "max abs diff vs untiled": "-" if mode == "untiled" else f"{difference:.1e}",
+                }
+            )
+            print(rows[-1], flush=True)
+        latents = untiled["saved"]
+    return rows
+
+
+def memory_against_size(runner: Runner, sizes: list[tuple[int, int]], modes: list[str]) -> list[dict]:
+    """Table 2 rows of one model: peak RSS per frame size, default tiles (the model's own tile size) and exact."""
+    rows = []
+    for op in ("encode", "decode"):
+        for mode in modes:
+            row, peaks = {"model": runner.name, "call": op, "tiles": mode.split()[0]}, []
+            for size in sizes:
+                latents = runner.work / f"{runner.name}_encode_default_{size[0]}x{size[1]}_None.pt"
+                result = runner.run(op, mode, size, None, latents)
+                label = f"{size[0]}x{size[1]}"
+                if "n/a" in result:
+                    row[label] = "n/a"
+                    continue
+                peaks.append(result["peak_bytes"])
+                row[label] = gib(result["peak_bytes"])
+            row["growth"] = f"{max(peaks) / peaks[0]:.2f}x" if len(peaks) == len(sizes) else "n/a"
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(CLASSES), default=sorted(CLASSES))
-    parser.add_argument("--frames", type=int, default=9, help="frames of the clip (1 + 4k)")
-    parser.add_argument("--size", type=int, default=256, help="height and width of the clip")
-    parser.add_argument("--tile", type=int, default=128, help="tile size in pixels")
+    parser.add_argument("--models", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--size", type=_size, default=(256, 256), help="frame size of table 1, HxW or S")
+    parser.add_argument("--tile", type=int, default=128, help="tile size in pixels of table 1")
+    parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2 (none: skip it)")
+    parser.add_argument("--skip-modes", action="store_true", help="table 2 only")
+    parser.add_argument("--memory-modes", nargs="+", choices=MODES[1:], default=list(MODES[1:]), help="of table 2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--config", type=json.loads, default={}, help='config overrides, {"model": {...}}')
     parser.add_argument("--workdir", default="/tmp/tiling_bench", help="weights and outputs go here")
-    parser.add_argument("--quick", action="store_true", help="tiny configs, 5x64x64 clip, 32-px tiles")
+    parser.add_argument("--quick", action="store_true", help="tiny configs, 64x64 clips, 32-px tiles, sizes 64 128")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.frames, args.size, args.tile = 5, 64, 32
+        args.size, args.tile, args.threads = (64, 64), 32, 1
+        args.sizes = args.sizes if args.sizes is not None else [(64, 64), (128, 128)]
+    sizes = args.sizes if args.sizes is not None else [(256, 256), (512, 512), (720, 1280)]
     work = Path(args.workdir) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    modes, memory = [], []
     for name in args.models:
-        weights = work / name
-        if not (weights / "config.json").is_file():
-            make_weights(name, weights, args.quick)
-        modes = ["untiled", "tiled"] if name == "ivvae" else ["untiled", "default tiles", "exact"]
-        outputs, seconds = {}, {}
-        for op in ("encode", "decode"):
-            for mode in modes:
-                out = work / f"{name}_{op}_{mode.replace(' ', '_')}.pt"
-                result = measure(
-                    setup,
-                    call,
-                    repeats=args.repeats,
-                    threads=args.threads,
-                    name=name,
-                    weights=str(weights),
-                    op=op,
-                    mode="default" if mode in ("tiled", "default tiles") else mode,
-                    tile=args.tile,
-                    frames=args.frames,
-                    size=args.size,
-                    latents=str(work / f"{name}_encode_untiled.pt"),
-                    out=str(out),
-                )
-                if "error" in result:
-                    raise SystemExit(f"{name} {op} {mode}: {result['error']}")
-                outputs[op, mode] = torch.load(out)
-                seconds[op, mode] = result["seconds"]
-                reference = outputs[op, "untiled"]
-                row = {
-                    "model": CLASSES[name],
-                    "call": op,
-                    "mode": mode if name != "ivvae" or mode == "untiled" else "tiled (always exact)",
-                    "seconds": f"{result['seconds']:.1f}",
-                    "peak RSS": gib(result["peak_bytes"]),
-                }
-                if mode != "untiled":
-                    row["max abs diff vs untiled"] = f"{float((outputs[op, mode] - reference).abs().max()):.1e}"
-                    row["PSNR vs untiled"] = _psnr(outputs[op, mode], reference)
-                    row["time vs untiled"] = f"{seconds[op, mode] / seconds[op, 'untiled']:.1f}x"
-                rows.append(row)
-                print(row, flush=True)
-    print()
-    config = "tiny configs" if args.quick else "full-size default configs"
-    print(
-        f"Tiling, {config}, random weights, float32, CPU, {args.threads} threads, "
-        f"1x3x{args.frames}x{args.size}x{args.size}, {args.tile}-px tiles, median of {args.repeats}"
+        runner = Runner(name, args, work)
+        modes += [] if args.skip_modes else compare_modes(runner, args.size, args.tile)
+        memory += memory_against_size(runner, sizes, args.memory_modes) if sizes else []
+    config = (
+        "tiny configs"
+        if args.quick
+        else "released configs" + (f" with {json.dumps(args.config)}" if args.config else "")
     )
-    columns = [
-        "model",
-        "call",
-        "mode",
-        "seconds",
-        "time vs untiled",
-        "peak RSS",
-        "max abs diff vs untiled",
-        "PSNR vs untiled",
-    ]
-    print(format_table(rows, columns))
+    setting = f"{config}, random weights, float32, CPU, {args.threads} threads, median of {args.repeats}"
+    print(f"\nTiling at {args.size}x{args.size}, {args.tile}-px tiles; {setting}")
+    print(
+        format_table(modes, ["model", "call", "mode", "seconds", "vs untiled", "peak RSS", "max abs diff vs untiled"])
+    )
+    if sizes:
+        print(f"\nPeak RSS against frame size, each model's default tile size; {setting}")
+        labels = [f"{h}x{w}" for h, w in sizes]
+        print(format_table(memory, ["model", "call", "tiles", *labels, "growth"]))
+    return {"modes": modes, "memory": memory}
 
 
 if __name__ == "__main__":

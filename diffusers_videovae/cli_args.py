@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 
 import torch
 
 from .loaders import TORCH_DTYPES
+from .models._common import upcast_if_forced
 from .releases_cli import add_source_arguments
 
 __all__ = [
@@ -90,6 +92,9 @@ def load(args: argparse.Namespace, device: torch.device | None = None) -> torch.
     spec = _model_spec(getattr(args, "model", None))
     dtype = TORCH_DTYPES[getattr(args, "dtype", "float32")]
     model = load_model(spec, dtype=dtype, **source_options(args))
+    if upcast_if_forced(model):
+        print("note: this model's config sets force_upcast: float16 was asked, it runs in float32", file=sys.stderr)
+        args.dtype = "float32"
     args.model_resolved = spec
     if getattr(args, "quiet", False) and hasattr(model, "set_progress_bar_config"):
         model.set_progress_bar_config(disable=True)  # a diffusion decoder's own denoising bar
@@ -183,7 +188,7 @@ def add_reading_arguments(parser: argparse.ArgumentParser, size_default: int | N
 def add_tiling_arguments(parser: argparse.ArgumentParser, auto: bool = False) -> None:
     if auto:
         choices, default = ["auto", "on", "exact", "off"], "auto"
-        text = "auto: on when the clip would not fit in memory or model limits untiled (tiles within both); "
+        text = "auto: on when the clip would not fit in memory or model limits untiled (the run traced at its shape on `meta`; tiles within both); "
     else:
         choices, default, text = ["on", "exact", "off"], "off", ""
     parser.add_argument("--tiling", choices=choices, default=default, help=text + TILING_HELP)

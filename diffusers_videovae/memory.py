@@ -25,12 +25,18 @@ print(peak.describe())
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 import psutil
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = [
+    "LiveTensorBytes",
     "MemoryEstimate",
     "PeakMemory",
     "TILING_MODES",
@@ -40,12 +46,12 @@ __all__ = [
     "enable_tiling",
     "estimate_memory",
     "gib",
+    "meta_copy",
+    "resident_bytes",
 ]
 
 # Fraction of the available memory an untiled run may use before `choose_tiling(..., "auto")` turns tiling on.
 MEMORY_HEADROOM = 0.7
-# Peak memory of a reconstruction / largest single layer's input + output (see `estimate_memory`).
-ACTIVATION_FACTOR = 6
 TILING_MODES = ("auto", "on", "exact", "off")
 
 
@@ -66,75 +72,170 @@ def available_memory_bytes(device: torch.device | None = None) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def resident_bytes(device: torch.device | None = None) -> int:
+    """Memory in use now, what a run's peak starts from: `torch.cuda.memory_allocated` on CUDA (weights and inputs
+    already there), else the process's resident set (interpreter, libraries, weights, inputs)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
+
+
 @dataclass
 class MemoryEstimate:
-    """Bytes of the largest activations an encode + decode needs, untiled and tiled, and what is available."""
+    """Bytes an encode + decode needs on top of what is in use, untiled and tiled, and what is available.
+
+    `untiled` / `tiled`: the peak of the tensors the run creates (activations, caches, outputs), traced at the real
+    clip shape. `resident`: what was in use when estimated (`resident_bytes`), so `resident + untiled` is the
+    predicted peak of the process (RSS on CPU, `torch.cuda.max_memory_allocated` on CUDA).
+    """
 
     untiled: int
     tiled: int
     available: int
+    resident: int = 0
 
     def fits_untiled(self) -> bool:
         return self.untiled <= MEMORY_HEADROOM * self.available
 
+    def peak(self, tiled: bool = False) -> int:
+        """The predicted peak of the process: what is resident plus the run's own tensors."""
+        return self.resident + (self.tiled if tiled else self.untiled)
 
-def _largest_activation(model: torch.nn.Module, shape: tuple[int, int, int], device, dtype) -> int:
-    """Largest (input + output) bytes of any single layer while reconstructing a clip of `shape`."""
-    largest = 0
 
-    def record(module, inputs, output):
-        nonlocal largest
-        size = sum(t.numel() * t.element_size() for t in (*inputs, output) if isinstance(t, torch.Tensor))
-        largest = max(largest, size)
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensor storages that ops create while the mode is active and that are still alive; `peak` is
+    the most at once.
 
-    leaves = [module for module in model.modules() if not list(module.children())]
-    handles = [module.register_forward_hook(record) for module in leaves]
-    try:
-        sample = torch.zeros(1, 3, *shape, device=device, dtype=dtype)
-        with torch.no_grad():
+    A storage counts from the op that returns it until the last tensor seen on it is garbage collected (weakref
+    finalizers; storages are told apart by their C++ address while alive). Outputs that share an input's storage
+    (views, in-place ops on tensors made outside) allocate nothing. Run on the `meta` device, this costs no memory
+    and no arithmetic: what a run would allocate, at its real shape, in Python time per op.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors seen on it still alive]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._live[key]
+            self.current -= entry[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = None
+        for tensor in tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key not in self._live:
+                if inputs is None:
+                    leaves = tree_flatten((args, kwargs))[0]
+                    inputs = {t.untyped_storage()._cdata for t in leaves if isinstance(t, torch.Tensor)}
+                if key in inputs:
+                    continue  # a view of, or an in-place op on, a tensor made outside the mode
+                self._live[key] = [storage.nbytes(), 0]
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            self._live[key][1] += 1
+            weakref.finalize(tensor, self._release, key)
+        return out
+
+
+class _FusedAttention(TorchFunctionMode):
+    """On `meta`, `F.scaled_dot_product_attention` falls back to its math form, which materialises the attention
+    matrix; CPUs and GPUs run a fused kernel that does not. The trace calls the fused CPU kernel's meta function
+    instead (same output, no matrix), so it allocates what a real run does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or kwargs.get("enable_gqa"):
+            return func(*args, **kwargs)
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+        bound = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, **dict(zip(names, args))}
+        bound.update(kwargs)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            bound["query"],
+            bound["key"],
+            bound["value"],
+            bound["dropout_p"],
+            bound["is_causal"],
+            attn_mask=bound["attn_mask"],
+            scale=bound["scale"],
+        )[0]
+
+
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model (config, dtype, tiling and slicing settings) with every parameter and buffer on `meta`.
+
+    Built from the config under `torch.device("meta")`: no weight is copied or initialised; the settings are the
+    model's plain attributes (`use_tiling`, `tile_sample_*`, `use_slicing`, ...).
+    """
+    with torch.device("meta"):
+        copy = type(model).from_config(model.config)
+    # `.to("meta")` also moves what legacy constructors (`torch.Tensor([...])`) left on the CPU; nn.Module's own
+    # `.to` casts without diffusers' warning about modules kept in float32 (a meta copy has no values to keep).
+    copy = torch.nn.Module.to(copy, "meta", model.dtype).eval()
+    for name, value in vars(model).items():
+        if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None))):
+            setattr(copy, name, value)
+    return copy
+
+
+def _traced_peak(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
+    """Peak bytes of the tensors an encode + decode of a `(1, 3, T, H, W)` clip creates, traced on `meta`."""
+    sample = torch.zeros(1, 3, *shape, device="meta", dtype=model.dtype)
+    with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
+        if hasattr(model, "decode_svd_latents"):
+            _cascadev_stages(model, sample)
+        else:
             model.autoencode(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return largest
+    return live.peak
+
+
+def _cascadev_stages(model: torch.nn.Module, sample: torch.Tensor) -> None:
+    """CascadeV's decode steps a diffusers scheduler, which cannot run on `meta`: its stages run one by one with
+    what a denoising step keeps alive (the effnet latent, the condition, the SVD latents and their noise)."""
+    config = model.config
+    z = model.encode(sample).latent_dist.mode()
+    batch, _, frames, height, width = z.shape
+    svd_shape = (batch, config.svd_latent_channels, frames, height * config.sr_scale, width * config.sr_scale)
+    state = [torch.zeros(svd_shape, device="meta") for _ in range(3)]  # latents, the step's noise, x0
+    condition = torch.zeros(batch, frames, config.latent_channels, *svd_shape[-2:], device="meta")
+    x_in = torch.zeros(frames, config.svd_latent_channels, *svd_shape[-2:], device="meta")
+    model._predict_noise(x_in, condition[0], torch.zeros((), device="meta"))
+    del condition, x_in, state
+    model.decode_svd_latents(torch.zeros(svd_shape, device="meta"))
 
 
 def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device) -> MemoryEstimate:
-    """Extrapolate peak activation memory for a `(T, H, W)` clip from two tiny probe runs.
+    """What an encode + decode of a `(T, H, W)` clip will need, untiled and tiled, on top of what is in use.
 
-    Each probe records the largest single layer's input + output; two frame counts give how it grows with T
-    (flat for models that encode in causal chunks), and it grows linearly with H * W for convolutional layers.
-    Several activations are alive at once (residual branches, norms, caches, allocator slack): measured peaks of the
-    tiny IV-VAE, OD-VAE and Open-Sora models on 17x256x256 were 2.4x to 6x the largest layer, so the result is 6x
-    it, on the safe side. An estimate, meant to decide tiling, not to account bytes.
+    The run is traced at its real shape on a `meta` copy of the model (`LiveTensorBytes`): every tensor it creates
+    is counted while alive, and the peak is taken. No data is touched, so the estimate of a 720p clip costs Python
+    time per op, not memory or arithmetic. The tiled figure uses the model's tiles (the defaults when tiling is
+    off). Not counted: a kernel's private workspace (cuDNN, oneDNN), allocator rounding and fragmentation.
     """
-    rule = model.input_rule
-    dtype = next(model.parameters()).dtype
-    side = 2 * rule.spatial_multiple
-    # Probe lengths: valid frame counts one and two temporal groups past the shortest clip.
-    group = -(-rule.temporal_compression // rule.step) * rule.step
-    frames_a, frames_b = rule.first_num_frames + group, rule.first_num_frames + 2 * group
-    was_tiling = getattr(model, "use_tiling", False)
-    model.use_tiling = False
-    try:
-        at_a = _largest_activation(model, (frames_a, side, side), device, dtype)
-        at_b = _largest_activation(model, (frames_b, side, side), device, dtype)
-    finally:
-        model.use_tiling = was_tiling
-    per_frame = max(0.0, (at_b - at_a) / (frames_b - frames_a))
-
-    def extrapolate(num_frames: int, height: int, width: int) -> int:
-        at_probe_area = at_a + per_frame * max(0, num_frames - frames_a)
-        return int(ACTIVATION_FACTOR * at_probe_area * (height * width) / (side * side))
-
-    num_frames, height, width = shape
-    tile_h = getattr(model, "tile_sample_min_height", None) or height
-    tile_w = getattr(model, "tile_sample_min_width", None) or width
-    tile_t = getattr(model, "tile_sample_min_num_frames", None) or num_frames
+    copy = meta_copy(model)
+    copy.disable_tiling()
+    untiled = _traced_peak(copy, shape)
+    if not getattr(model, "use_tiling", False):
+        copy.enable_tiling()
+    else:
+        copy.use_tiling = True
+    tiled = _traced_peak(copy, shape)
     return MemoryEstimate(
-        untiled=extrapolate(num_frames, height, width),
-        tiled=extrapolate(min(num_frames, tile_t), min(height, tile_h), min(width, tile_w)),
+        untiled=untiled,
+        tiled=tiled,
         available=available_memory_bytes(device),
+        resident=resident_bytes(device),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bench_roofline  # noqa: E402
+import bench_tiling  # noqa: E402
 from _harness import count_flops  # noqa: E402
 
 
@@ -93,3 +95,72 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
         assert float(row["first call s"]) > 0 and row["speed vs float32"].endswith("x")
         assert float(row["max abs diff"]) < 1e-4
         assert "TorchDynamo Cache Lookup" in row["top ops (self time)"]  # the profiled call went through dynamo
+
+
+def _in_process(setup, call, *, repeats, threads, device="cpu", **kwargs):
+    """`_harness.measure` without its fresh processes (seconds each on a busy machine); the peak is a stand-in."""
+    try:
+        state = setup(**kwargs)
+        start = time.perf_counter()
+        result = call(state)
+    except Exception as error:  # as the harness reports a failed child
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {"seconds": time.perf_counter() - start, "peak_bytes": 2**30, "result": result, "repeats": repeats}
+
+
+def test_quick_tiling_run_compares_untiled_default_and_exact_tiles_and_frame_sizes(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench_tiling, "measure", _in_process)
+    # Reducio stands for a model without an exact mode, whether or not it has one by now.
+    monkeypatch.setattr(bench_tiling, "accepts_exact", lambda model: "Reducio" not in type(model).__name__)
+    threads = torch.get_num_threads()
+    try:
+        args = ["--quick", "--models", "odvae", "reducio", "--sizes", "64", "32x64", "--workdir", str(tmp_path)]
+        result = bench_tiling.main(args)
+    finally:
+        torch.set_num_threads(threads)
+    modes = {(row["model"], row["call"], row["mode"]): row for row in result["modes"]}
+    assert set(modes) == {
+        (m, c, mode) for m in ("odvae", "reducio") for c in ("encode", "decode") for mode in bench_tiling.MODES
+    }
+    for call in ("encode", "decode"):
+        untiled, default, exact = (modes["odvae", call, mode] for mode in bench_tiling.MODES)
+        assert untiled["max abs diff vs untiled"] == "-" and untiled["vs untiled"] == "1.0x"
+        assert float(default["max abs diff vs untiled"]) > 1e-3  # the original's blended tiles
+        assert float(exact["max abs diff vs untiled"]) < 1e-4
+        assert float(exact["seconds"]) > 0 and exact["peak RSS"] == "1.00 GiB"
+        assert modes["reducio", call, "exact tiles"]["seconds"] == "n/a"
+        assert float(modes["reducio", call, "default tiles"]["seconds"]) > 0
+    memory = {(row["model"], row["call"], row["tiles"]): row for row in result["memory"]}
+    assert len(memory) == 2 * 2 * 2
+    assert memory["odvae", "decode", "exact"]["32x64"] == "1.00 GiB"
+    assert memory["odvae", "decode", "exact"]["growth"] == "1.00x"
+    assert memory["reducio", "encode", "exact"]["64x64"] == "n/a"
+    assert memory["reducio", "encode", "default"]["growth"] == "1.00x"
+
+
+# --- gpu_check.py: the accelerator table, smoke-tested on the CPU so that it is ready for its first GPU run --------
+
+
+def test_gpu_check_quick_reports_every_dtype_against_cpu_float32():
+    import gpu_check
+
+    threads = torch.get_num_threads()
+    try:
+        rows = gpu_check.main(["--device", "cpu", "--quick", "--models", "odvae", "cascadev"])
+    finally:
+        torch.set_num_threads(threads)
+    cells = {(row["model"], row["clip"].endswith("tiled"), row["dtype"]): row for row in rows}
+    assert set(cells) == {
+        (model, tiled, dtype)
+        for model in ("odvae", "cascadev")
+        for tiled in (False, True)
+        for dtype in ("float32", "bfloat16", "float16")
+    }
+    for (_, _, dtype), row in cells.items():
+        assert row["NaN/inf"] == "no"
+        assert float(row["encode s"]) > 0 and float(row["decode s"]) > 0 and row["peak"].endswith("GiB RSS")
+        video_diff = float(row["video max diff"])
+        if dtype == "float32":  # the same code on the same CPU: the reference itself
+            assert video_diff == 0.0
+        else:  # 8 (bfloat16) or 11 (float16) bits of mantissa: visible, far below the signal
+            assert 0 < video_diff < 0.5

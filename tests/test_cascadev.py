@@ -130,7 +130,8 @@ def test_hash_generator_reproduces_the_listed_checksums():
 
 
 @pytest.mark.parametrize("case", EFFNET_CASES)
-def test_encode_matches_original_effnet(model, cases, case):
+def test_encode_matches_original_effnet(device_model, device_cases, case):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         posterior = model.encode(cases[f"{case}.video"]).latent_dist
     _check(cases, case, f"{case}.latent", posterior.mean)
@@ -138,7 +139,8 @@ def test_encode_matches_original_effnet(model, cases, case):
     assert float(posterior.std.abs().max()) == 0.0
 
 
-def test_effnet_stages_match_original(model, cases):
+def test_effnet_stages_match_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
     x = ((cases["effnet_image.video"][:, :, 0] + 1) / 2 - mean) / std
@@ -150,13 +152,15 @@ def test_effnet_stages_match_original(model, cases):
         assert_close(model.encoder.mapper[0](x), cases["effnet_image.mapper_conv"], 1e-4, "mapper conv")
 
 
-def test_preview_matches_original_previewer(model, cases):
+def test_preview_matches_original_previewer(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         _check(cases, "previewer", "previewer.video", model.preview(cases["previewer.latent"]))
 
 
 @pytest.mark.parametrize("case", ["dit_single", "dit_varied_t"])
-def test_dit_forward_matches_original(model, cases, case):
+def test_dit_forward_matches_original(device_model, device_cases, case):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         out = model.transformer(cases[f"{case}.x"], cases[f"{case}.t"]).sample
     _check(cases, case, f"{case}.out", out)
@@ -182,7 +186,8 @@ def test_release_pos_embed_split_is_derived_from_hidden_size(cases):
     _check(cases, "release_pos_embed", "release.pos_embed_grid2_lats8", dit.pos_embed((8, 2, 2)))
 
 
-def test_dit_windows_match_original(model, cases):
+def test_dit_windows_match_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         out = model.transformer.forward_windows(cases["dit_windows.x"], cases["dit_windows.t"])
     assert model.transformer.frame_window_starts(7) == [0, 2, 3]
@@ -190,7 +195,8 @@ def test_dit_windows_match_original(model, cases):
     _check(cases, "dit_windows", "dit_windows.out", out)
 
 
-def test_refine_euler_ancestral_matches_original(model, cases):
+def test_refine_euler_ancestral_matches_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     noises = [_frames_to_video(n) for n in cases["refine_EulerA.step_noises"]]
     with torch.no_grad():
         out = model.refine(
@@ -202,7 +208,8 @@ def test_refine_euler_ancestral_matches_original(model, cases):
     _check(cases, "refine_EulerA", "refine_EulerA.out", out)
 
 
-def test_refine_ddim_matches_original(model, cases):
+def test_refine_ddim_matches_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         out = model.refine(
             cases["refine.lr_latent"],
@@ -222,13 +229,15 @@ def test_scheduler_sigmas_and_timesteps_are_the_originals(model, cases):
 
 
 @pytest.mark.parametrize("case,chunk", [("tvae_decode_slice4", 4), ("tvae_decode_slice5", 5)])
-def test_svd_chunked_decode_matches_original(model, cases, case, chunk):
+def test_svd_chunked_decode_matches_original(device_model, device_cases, case, chunk):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         video = model.decode_svd_latents(cases[f"{case}.latent"], chunk_size=chunk)
     _check(cases, case, f"{case}.video", video)
 
 
-def test_end_to_end_matches_original(model, cases):
+def test_end_to_end_matches_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     noises = [_frames_to_video(n) for n in cases["e2e.step_noises"]]
     init = _frames_to_video(cases["e2e.init_noise"])
     with torch.no_grad():

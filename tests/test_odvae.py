@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from diffusers_videovae.checkpoints import CheckpointError, convert_original, convert_to_folder
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, build_model
 from diffusers_videovae.checkpoints.odvae import VARIANTS, convert, looks_like, translate_config
-from diffusers_videovae.models import od_vae
+from diffusers_videovae.models import _tiling, od_vae
 from diffusers_videovae.models._tiling import halo_spans
 from diffusers_videovae.models.od_vae import AutoencoderKLODVAE
 
@@ -98,7 +98,8 @@ def _tiling_arguments(original: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", ENCODE_CASES)
-def test_encode_matches_original(model, cases, name):
+def test_encode_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         posterior = model.encode(cases[f"{name}.input"]).latent_dist
     assert_close(posterior.mean, cases[f"{name}.mean"], _atol(cases, name), f"{name}.mean")
@@ -106,13 +107,15 @@ def test_encode_matches_original(model, cases, name):
 
 
 @pytest.mark.parametrize("name", ENCODE_CASES)
-def test_decode_of_mean_matches_original(model, cases, name):
+def test_decode_of_mean_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         decoded = model.decode(cases[f"{name}.mean"]).sample
     assert_close(decoded, cases[f"{name}.decode_of_mean"], _atol(cases, name), f"{name}.decode_of_mean")
 
 
-def test_decode_latent_matches_original(model, cases):
+def test_decode_latent_matches_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         decoded = model.decode(cases["decode_latent.z"]).sample
     assert_close(decoded, cases["decode_latent.decode"], _atol(cases, "decode_latent"), "decode_latent.decode")
@@ -125,7 +128,8 @@ def test_posterior_std_and_sample_match_original(cases):
     assert_close(posterior.mean + posterior.std * cases["sample.eps"], cases["sample.z"], atol, "sample.z")
 
 
-def test_tiled_encode_and_decode_match_original(model, cases):
+def test_tiled_encode_and_decode_match_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     case = next(case for case in cases.meta["cases"] if case["case"] == "tiled")
     atol = case["suggested_atol"]
     model.enable_tiling(**_tiling_arguments(case["tiling"]))
@@ -470,21 +474,29 @@ def _ramp_latents(frames: int, height: int, width: int) -> torch.Tensor:
 
 @pytest.fixture
 def stage_calls(monkeypatch) -> list[dict]:
-    """Records each call of the shared-GroupNorm tiler (the tiled stage's input shape, core and halo)."""
+    """Records each call of the layer-order tiler: the tiled stage's input shape and core, and for each of its
+    steps the step input's shape, its core and its halo."""
     calls = []
 
-    def spy(stage, x, modules, core, halo):
-        calls.append({"shape": tuple(x.shape), "core": core, "halo": halo})
+    def spy_step(stage, x, modules, core, halo):
+        calls[-1]["steps"].append({"shape": tuple(x.shape), "core": core, "halo": halo})
         return tiled_with_shared_group_norm(stage, x, modules, core, halo)
 
-    tiled_with_shared_group_norm = od_vae.tiled_with_shared_group_norm
-    monkeypatch.setattr(od_vae, "tiled_with_shared_group_norm", spy)
+    def spy(steps, x, core):
+        calls.append({"shape": tuple(x.shape), "core": core, "steps": []})
+        return tiled_in_layer_order(steps, x, core)
+
+    tiled_in_layer_order = od_vae.tiled_in_layer_order
+    tiled_with_shared_group_norm = _tiling.tiled_with_shared_group_norm
+    monkeypatch.setattr(od_vae, "tiled_in_layer_order", spy)
+    monkeypatch.setattr(_tiling, "tiled_with_shared_group_norm", spy_step)
     return calls
 
 
 def _tile_grid(call: dict) -> list[list]:
-    """The tiles of one recorded call along height and width."""
-    return [halo_spans(size, core, call["halo"]) for size, core in zip(call["shape"][-2:], call["core"])]
+    """The tiles of the first step of one recorded call along height and width."""
+    first = call["steps"][0]
+    return [halo_spans(size, core, first["halo"]) for size, core in zip(first["shape"][-2:], first["core"])]
 
 
 def _cut_inside(spans: list, size: int) -> int:
@@ -499,11 +511,13 @@ def test_exact_tiled_encode_matches_untiled_within_1e_2_on_several_tiles(stage_c
         untiled = model.encode(video).latent_dist
         model.enable_tiling(16, 16, exact=True)
         tiled = model.encode(video).latent_dist
-    # One tiled stage over the pixels: 16-pixel cores, a 24-pixel halo, 4 x 6 tiles, each cut inside the frame.
+    # One tiled stage over the pixels: 16-pixel cores, 4 x 6 tiles, each cut inside the frame; each step reads
+    # only its own few pixels around its core (the stage's receptive field is 24 pixels).
     assert len(stage_calls) == 1 and stage_calls[0]["shape"] == (1, 3, 5, 64, 96)
     rows, columns = _tile_grid(stage_calls[0])
-    assert (len(rows), len(columns), stage_calls[0]["halo"]) == (4, 6, 24)
+    assert (len(rows), len(columns), model.tile_halo["encode"]) == (4, 6, 24)
     assert (_cut_inside(rows, 64), _cut_inside(columns, 96)) == (4, 6)
+    assert max(step["halo"] for step in stage_calls[0]["steps"]) <= 2
     assert_close(tiled.mean, untiled.mean, 1e-2, "exact tiled encode: mean")
     assert_close(tiled.logvar, untiled.logvar, 1e-2, "exact tiled encode: logvar")
     assert_close(tiled.mean, untiled.mean, 1e-4, "exact tiled encode: mean, float rounding only")
@@ -517,11 +531,13 @@ def test_exact_tiled_decode_matches_untiled_within_1e_2_on_several_tiles(stage_c
         untiled = model.decode(latents).sample
         model.enable_tiling(32, 32, exact=True)
         tiled = model.decode(latents).sample
-    # One tiled stage at latent resolution: 4-latent-pixel cores, a 7-pixel halo, 3 x 4 tiles.
+    # One tiled stage at latent resolution: 4-latent-pixel cores, 3 x 4 tiles, each cut inside the frame (a step
+    # reads one or two pixels around its core; the stage's receptive field is 7 latent pixels).
     assert len(stage_calls) == 1 and stage_calls[0]["shape"][-2:] == (12, 16)
     rows, columns = _tile_grid(stage_calls[0])
-    assert (len(rows), len(columns), stage_calls[0]["halo"]) == (3, 4, 7)
-    assert (_cut_inside(rows, 12), _cut_inside(columns, 16)) == (2, 4)  # the middle row reads all 12 rows
+    assert (len(rows), len(columns), model.tile_halo["decode"]) == (3, 4, 7)
+    assert (_cut_inside(rows, 12), _cut_inside(columns, 16)) == (3, 4)
+    assert max(step["halo"] for step in stage_calls[0]["steps"]) <= 2
     assert_close(tiled, untiled, 1e-2, "exact tiled decode")
     assert_close(tiled, untiled, 1e-4, "exact tiled decode, float rounding only")
 
@@ -546,8 +562,9 @@ def test_exact_tiles_need_the_whole_halo(monkeypatch):
     with torch.no_grad():
         untiled_mean = model.encode(video).latent_dist.mean
         untiled_sample = model.decode(latents).sample
-        # Halos of 8 pixels and 2 latent pixels instead of 24 and 7: the cores read wrong borders.
-        monkeypatch.setattr(AutoencoderKLODVAE, "tile_halo", property(lambda self: {"encode": 8, "decode": 2}))
+        # Resnets read one pixel instead of two around their tiles' cores: the cores read wrong borders.
+        part_reach = od_vae._part_reach
+        monkeypatch.setattr(od_vae, "_part_reach", lambda layer: part_reach(layer) - isinstance(layer, od_vae.RESNETS))
         model.enable_tiling(16, 16, exact=True)
         short_mean = model.encode(video).latent_dist.mean
         model.enable_tiling(32, 32, exact=True)
@@ -590,7 +607,8 @@ def test_exact_tiling_matches_untiled_on_the_v110_layout(stage_calls):
         tiled_mean = model.encode(video).latent_dist.mean
         model.enable_tiling(32, 32, exact=True)
         tiled_sample = model.decode(latents).sample
-    assert [call["halo"] for call in stage_calls] == [40, 7]
+    assert [model.tile_halo["encode"], model.tile_halo["decode"]] == [40, 7]
+    assert [len(call["steps"]) > 1 for call in stage_calls] == [True, True]
     assert_close(tiled_mean, untiled_mean, 1e-4, "v1.1.0 exact tiled encode")
     assert_close(tiled_sample, untiled_sample, 1e-4, "v1.1.0 exact tiled decode")
 

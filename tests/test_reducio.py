@@ -97,7 +97,8 @@ def _tiling_arguments(config_path) -> dict:
 
 
 @pytest.mark.parametrize("name", VIDEO_CASES)
-def test_encode_matches_original(model, cases, name):
+def test_encode_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     with torch.no_grad():
         posterior = model.encode(cases[f"{name}.input"]).latent_dist
     _check(cases, posterior.mean, f"{name}.post_mean")
@@ -106,7 +107,8 @@ def test_encode_matches_original(model, cases, name):
 
 
 @pytest.mark.parametrize("name", ["image_2d", *VIDEO_CASES])
-def test_content_features_match_original(model, cases, name):
+def test_content_features_match_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     frame = cases["image_2d.input"] if name == "image_2d" else cases[f"{name}.input"][:, :, CONTENT_INDEX]
     with torch.no_grad():
         features = model.encode_content(frame)
@@ -117,7 +119,8 @@ def test_content_features_match_original(model, cases, name):
 
 
 @pytest.mark.parametrize("name", VIDEO_CASES)
-def test_decode_from_frame_and_from_features_matches_original(model, cases, name):
+def test_decode_from_frame_and_from_features_matches_original(device_model, device_cases, name):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     frame = cases[f"{name}.input"][:, :, CONTENT_INDEX]
     with torch.no_grad():
         from_frame = model.decode(cases[f"{name}.z_ln"], content_frame=frame).sample
@@ -126,7 +129,8 @@ def test_decode_from_frame_and_from_features_matches_original(model, cases, name
     _check(cases, from_features, f"{name}.decode")
 
 
-def test_sampled_posterior_and_its_decode_match_original(model, cases):
+def test_sampled_posterior_and_its_decode_match_original(device_model, device_cases):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     video = cases["video_std.input"]
     with torch.no_grad():
         posterior = model.encode(video).latent_dist
@@ -136,7 +140,8 @@ def test_sampled_posterior_and_its_decode_match_original(model, cases):
     _check(cases, decoded, "video_std.decode_sampled")
 
 
-def test_tiled_encode_content_and_decode_match_original_tiled(model, cases, tiny_files):
+def test_tiled_encode_content_and_decode_match_original_tiled(device_model, device_cases, tiny_files):
+    model, cases = device_model, device_cases  # on VIDEOVAE_TEST_DEVICE
     video = cases["video_tiled.input"]
     model.enable_tiling(**_tiling_arguments(tiny_files[1]))
     try:

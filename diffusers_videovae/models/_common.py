@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["InputRule", "VideoAutoencoderMixin", "register_compression_ratios"]
+__all__ = ["InputRule", "VideoAutoencoderMixin", "register_compression_ratios", "upcast_if_forced"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,17 @@ def register_compression_ratios(
         if given is not None and given != derived:
             raise ValueError(f"{name}={given} contradicts the architecture, which gives {derived}.")
     model.register_to_config(temporal_compression_ratio=temporal, spatial_compression_ratio=spatial)
+
+
+def upcast_if_forced(model: torch.nn.Module) -> bool:
+    """diffusers' rule for half precision: a float16 model whose config sets `force_upcast` runs in float32, as
+    pipelines do (`if vae.dtype == torch.float16 and vae.config.force_upcast: upcast`; they upcast for decode, and
+    SDXL's img2img for encode too). Moves `model` to float32 and returns True when the rule applies. A folder
+    converted before the key existed gets the class's default; a model without the key is left as it is."""
+    if model.dtype == torch.float16 and getattr(model.config, "force_upcast", False):
+        model.to(torch.float32)
+        return True
+    return False
 
 
 _NORMALIZATION_FIELDS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")

@@ -34,6 +34,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "TileSpan",
+    "TileStep",
     "blend",
     "check_condition",
     "check_finite",
@@ -50,6 +51,7 @@ __all__ = [
     "stitch_blended_tiles",
     "tile_settings",
     "tile_starts",
+    "tiled_in_layer_order",
     "tiled_with_shared_group_norm",
 ]
 
@@ -645,3 +647,49 @@ def tiled_with_shared_group_norm(
     finally:
         for handle in handles:
             handle.remove()
+
+
+class TileStep(NamedTuple):
+    """One step of a stage tiled in layer order (`tiled_in_layer_order`): `run` (module calls, local in space apart
+    from the GroupNorms of `modules`) reads at most `halo` of its input pixels beyond an output pixel's own."""
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    halo: int
+    modules: nn.Module | list[nn.Module]
+
+
+def tiled_in_layer_order(steps: list[TileStep], x: torch.Tensor, core: int | tuple[int, int]) -> torch.Tensor:
+    r"""Run `steps` one after the other on spatial tiles of `x`, so that the result equals running them untiled
+    up to float rounding: the exact tiles of a stage made of many GroupNorm layers, at a small multiple of the
+    untiled compute.
+
+    Each step runs over all tiles (`tiled_with_shared_group_norm`, with the step's own halo and GroupNorm
+    statistics shared over all tiles) before the next one starts, and its tile cores are pasted into one tensor
+    that the next step cuts again. A halo is thus only the reach of one step (a few pixels), not of the whole
+    stage, and a GroupNorm's statistics are measured by re-running at most the part of its own step before it
+    (re-running the stage from its input for every GroupNorm costs one partial pass per GroupNorm instead).
+    Memory: a step's whole input and output plus one tile's activations, below the untiled peak, which holds
+    the same input and output and every activation in between at full size.
+
+    Args:
+        steps: the stage, in order; a step's output may be smaller or larger than its input (down- or upsampling)
+            by a factor that is the same for every input.
+        x: the stage input; tiling is over its last two dimensions.
+        core: tile core (one size, or `(height, width)`) in pixels of `x`; at each step it is scaled with the
+            step's input, and must stay a whole number of pixels (a multiple of every downsampling factor).
+    """
+    core_h, core_w = (core, core) if isinstance(core, int) else core
+    height, width = x.shape[-2:]
+    h = x
+    for step in steps:
+        cores = []
+        for size, reference, length in ((h.shape[-2], height, core_h), (h.shape[-1], width, core_w)):
+            scaled = Fraction(length) * Fraction(size, reference)
+            if scaled.denominator != 1:
+                raise ValueError(
+                    f"A tile core of {length} px is {scaled} px at a layer of {size} px: use a core that is a "
+                    f"multiple of the stage's downsampling factor ({Fraction(reference, size)})."
+                )
+            cores.append(int(scaled))
+        h = tiled_with_shared_group_norm(step.run, h, step.modules, tuple(cores), step.halo)
+    return h

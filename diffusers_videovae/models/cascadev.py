@@ -520,9 +520,10 @@ class CascadeVTransformer3DModel(ModelMixin, ConfigMixin):
             if overlap < 2:
                 out[start:end] = piece
             else:
-                weights = torch.ones(frames, dtype=torch.float64)
-                weights[:overlap] = torch.linspace(0, 1, overlap, dtype=torch.float64)
-                weights = weights.to(out.device, torch.float32).to(out.dtype).reshape(-1, 1, 1, 1)
+                # A ramp 0..1 over the shared frames, made on the output's device (no host tensor per window).
+                weights = torch.ones(frames, device=out.device, dtype=torch.float32)
+                weights[:overlap] = torch.arange(overlap, device=out.device, dtype=torch.float32) / (overlap - 1)
+                weights = weights.to(out.dtype).reshape(-1, 1, 1, 1)
                 out[start:end] = out[start:end] * (1.0 - weights) + piece * weights
             last_end = end
         return out
@@ -573,6 +574,8 @@ class AutoencoderCascadeV(
         num_inference_steps (`int`, default 8): the release's default step count.
         decode_chunk_size (`int`, default 4): frames per independent SVD decoder chunk (5 when T == 25).
         scaling_factor (`float`, default 1.0): pipelines' normalisation of the effnet latent (none).
+        force_upcast (`bool`, default False): whether float16 runs should be upcast to float32, as diffusers
+            pipelines read it; False because the original runs the DiT and the SVD decoder in float16.
         spatial_compression_ratio / temporal_compression_ratio: 32 and 1, stored for pipelines.
     """
 
@@ -610,6 +613,7 @@ class AutoencoderCascadeV(
         num_inference_steps: int = 8,
         decode_chunk_size: int = 4,
         scaling_factor: float = 1.0,
+        force_upcast: bool = False,
         spatial_compression_ratio: int = 32,
         temporal_compression_ratio: int = 1,
     ):

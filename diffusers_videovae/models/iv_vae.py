@@ -649,6 +649,8 @@ class AutoencoderKLIVVAE(
         dropout (`float`, defaults to 0.0): dropout inside residual blocks (0 in every release).
         scaling_factor (`float`, defaults to 0.9697) and shift_factor (`float`, defaults to -0.1553): latent
             normalisation of the release (values of `ivvae_z16_dim64`; see the model card for the other variants).
+        force_upcast (`bool`, defaults to False): whether float16 runs should be upcast to float32, as diffusers
+            pipelines read it; False because the original's demo runs in bfloat16, not float32.
         temporal_compression_ratio (`int`, optional): derived, `2 ** sum(temporal_downsample)` (4); stored in the
             config for pipelines to read. Passing a different value raises.
         spatial_compression_ratio (`int`, optional): derived, `2 ** (len(dim_mult) - 1)` (8); stored likewise.
@@ -681,6 +683,7 @@ class AutoencoderKLIVVAE(
         dropout: float = 0.0,
         scaling_factor: float = 0.9697,
         shift_factor: float = -0.1553,
+        force_upcast: bool = False,
         temporal_compression_ratio: int | None = None,
         spatial_compression_ratio: int | None = None,
     ):
@@ -892,35 +895,21 @@ class AutoencoderKLIVVAE(
         columns = halo_spans(width, self.tile_sample_min_width // spatial, halo)
         return [(row, column) for row in rows for column in columns]
 
-    @staticmethod
-    def _map_tiles(
-        function,
-        x: torch.Tensor,
-        cache: list[torch.Tensor] | None,
-        tiles: list[tuple[TileSpan, TileSpan]],
-        size: tuple[int, int],
-        in_place: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Apply `function(tile, tile_cache, in_place=in_place) -> (output, new tile_cache)` to every tile of
-        `x: (B, T, C, H, W)` and stitch the cores of the outputs, and of the new caches, into whole frames.
-
-        Spans are in latent pixels of the `size = (h, w)` latent frame; every tensor is cut at its own resolution
-        (pixels per latent pixel, read from its shape). `cache` is the whole-frame causal cache of the previous
-        chunk (None for the first): each tile reads its window of it, exact everywhere, halo included.
-        """
-        output, new_cache = None, None
-        for row, column in tiles:
-            previous = None if cache is None else [_tile_window(c, row, column, size) for c in cache]
-            out, tile_cache = function(_tile_window(x, row, column, size), previous, in_place=in_place)
-            if output is None:
-                output = _whole_frame_like(out, row, column, size)
-                new_cache = [_whole_frame_like(c, row, column, size) for c in tile_cache]
-            for whole, part in zip([output, *new_cache], [out, *tile_cache]):
-                _paste_core(whole, part, row, column)
-        return output, new_cache
+    def _latent_chunks(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The latent frames `[start, end)` of each frame chunk of `_frame_chunks`."""
+        temporal = self.config.temporal_compression_ratio
+        return [
+            (0, 1) if start == 0 else (1 + (start - 1) // temporal, 1 + (end - 1) // temporal) for start, end in chunks
+        ]
 
     def tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         r"""Encode with halo tiles: the high-resolution stages tile by tile, the rest on whole latent frames.
+
+        Each tile runs through all frame chunks before the next one starts, with its own causal cache: a tile's
+        cache is wrong near the tile border exactly where its own activations are (within the halo, never in
+        the core), so the cache needs no whole-frame copy and memory stays that of one tile as frames grow. The
+        cores go into whole-clip features at 1/8 resolution, whose attention, middle and pyramid head then run
+        chunk by chunk on whole latent frames.
 
         Args:
             x (`torch.Tensor`): `(B, 3, T, H, W)`, already validated.
@@ -932,21 +921,23 @@ class AutoencoderKLIVVAE(
         spatial = self.config.spatial_compression_ratio
         frames = x.transpose(1, 2)  # frame-major: (B, T, C, H, W)
         size = (x.shape[3] // spatial, x.shape[4] // spatial)
-        tiles = self._spatial_tiles(*size, halo=self.tile_halo["encode"])
-        cache = None
-        features = []
-        for start, end in self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames):
-            # Full to 1/8 resolution, local layers only: tile by tile.
-            high, cache = self._map_tiles(
-                self.encoder.forward_high, frames[:, start:end], cache, tiles, size, self._in_place()
-            )
-            # 1/8 resolution: attention, middle and pyramid head on whole latent frames.
-            features.append(self.encoder.forward_low(high, self._in_place()))
+        chunks = self._frame_chunks(frames.shape[1], self.tile_sample_min_num_frames)
+        latent_chunks = self._latent_chunks(chunks)
+        high = None
+        for row, column in self._spatial_tiles(*size, halo=self.tile_halo["encode"]):
+            cache = None
+            for (start, end), (first, last) in zip(chunks, latent_chunks):
+                part, cache = self.encoder.forward_high(_tile_window(frames[:, start:end], row, column, size), cache)
+                if high is None:
+                    high = _whole_frame_like(part, row, column, size)
+                    high = high.new_empty(high.shape[0], latent_chunks[-1][1], *high.shape[2:])
+                _paste_core(high[:, first:last], part, row, column)
+        features = [self.encoder.forward_low(high[:, first:last]) for first, last in latent_chunks]
         return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
         r"""Decode with halo tiles: the latent-resolution stages on whole latent frames, the upsampling stages tile
-        by tile.
+        by tile, each tile through all frame chunks with its own causal cache (see `tiled_encode`).
 
         Args:
             z (`torch.Tensor`): RAW latents `(B, Z, t, h, w)`, already validated.
@@ -959,17 +950,19 @@ class AutoencoderKLIVVAE(
         x = self.post_quant_conv(z).transpose(1, 2)  # frame-major: (B, t, Z, h, w)
         num_frames = 1 + temporal * (num_latent_frames - 1)
         sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
-        tiles = self._spatial_tiles(height, width, halo=self.tile_halo["decode"])
-        cache = None
-        latents_per_step = max(1, self.tile_sample_min_num_frames // temporal)
-        for start, end in self._frame_chunks(num_latent_frames, latents_per_step):
-            # Latent resolution: conv_in, middle and first level (attention) on whole latent frames.
-            low = self.decoder.forward_low(x[:, start:end], self._in_place())
-            # 2x to 8x, local layers only: tile by tile.
-            images, cache = self._map_tiles(
-                self.decoder.forward_high, low, cache, tiles, (height, width), self._in_place()
-            )
-            self._write_frames(sample, images, start, end)
+        chunks = self._frame_chunks(num_latent_frames, max(1, self.tile_sample_min_num_frames // temporal))
+        # Latent resolution: conv_in, middle and first level (attention) on whole latent frames, chunk by chunk.
+        low = torch.cat([self.decoder.forward_low(x[:, start:end]) for start, end in chunks], dim=1)
+        for row, column in self._spatial_tiles(height, width, halo=self.tile_halo["decode"]):
+            cache = None
+            core = (..., row.core_slice(spatial), column.core_slice(spatial))
+            for start, end in chunks:
+                # 2x to 8x, local layers only: this tile's window.
+                images, cache = self.decoder.forward_high(
+                    _tile_window(low[:, start:end], row, column, (height, width)), cache
+                )
+                images = images[..., row.core_in_tile(spatial), column.core_in_tile(spatial)]
+                self._write_frames(sample[core], images, start, end)
         return sample
 
     def forward(

@@ -28,6 +28,7 @@ Numerics that matter for parity with the original (see the model card):
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +43,13 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import VideoAutoencoderMixin, register_compression_ratios
 from ._layers import checkpointed
 from ._tiling import (
+    TileStep,
     TilingLimits,
     check_latents,
     check_video,
     configure_tiling,
     stitch_blended_tiles,
-    tiled_with_shared_group_norm,
+    tiled_in_layer_order,
 )
 
 __all__ = ["AutoencoderKLODVAE"]
@@ -273,6 +275,28 @@ def _resnets(kind: str, in_channels: int, out_channels: int, count: int, dropout
     )
 
 
+RESNETS = (ODVAEResnetBlock2D, ODVAEResnetBlock3D)
+
+
+def _run_parts(owner: nn.Module, parts: list[tuple[nn.Module, bool]], x: torch.Tensor) -> torch.Tensor:
+    """Run `parts` (layer, per frame) of a level in order on `(B, C, T, H, W)`, folding the frames into the batch
+    only where the layout changes; resnets go through `owner`'s gradient checkpointing."""
+    batch, per_frame = x.shape[0], False
+    for layer, frames in parts:
+        if frames != per_frame:
+            x, per_frame = (_to_frames(x) if frames else _from_frames(x, batch)), frames
+        x = checkpointed(owner, layer, x) if isinstance(layer, RESNETS) else layer(x)
+    return _from_frames(x, batch) if per_frame else x
+
+
+def _part_reach(layer: nn.Module) -> int:
+    """How far, in input pixels, beyond its own an output pixel of one level part reads: a 3x3 convolution 1,
+    a resnet 2; a stride-2 downsampler 1, rounded up to 2 so that tiles stay aligned to its stride; a 2x upsampler
+    then a 3x3 convolution 1 (nearest: the convolution reads one output pixel past the tile, 1/2 input pixel;
+    trilinear: it clamps at a tile border, which the convolution spreads over 2 output pixels)."""
+    return 2 if isinstance(layer, RESNETS + (ODVAEDownsample2D, ODVAEDownsample3D)) else 1
+
+
 class ODVAEDownBlock(nn.Module):
     """One encoder level: its resnets (`block`), then its spatial (`downsample`) and temporal (`time_downsample`)
     downsamplers where the level has them. 2D resnets and the 2D downsampler run per frame: the frames are folded
@@ -297,21 +321,19 @@ class ODVAEDownBlock(nn.Module):
         self.time_downsample = ODVAETimeDownsampleRes(out_channels) if temporal_downsample else None
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`."""
-        batch = x.shape[0]
-        h = _to_frames(x) if self.per_frame else x
-        for resnet in self.block:
-            h = checkpointed(self, resnet, h)
-        if isinstance(self.downsample, ODVAEDownsample2D):
-            h = _from_frames(self.downsample(h if self.per_frame else _to_frames(h)), batch)
-        else:
-            h = _from_frames(h, batch) if self.per_frame else h
-            if self.downsample is not None:
-                h = self.downsample(h)
+    def parts(self) -> list[tuple[nn.Module, bool]]:
+        """The level's layers in order, each with whether it runs per frame."""
+        layers = [(resnet, self.per_frame) for resnet in self.block]
+        if self.downsample is not None:
+            layers.append((self.downsample, isinstance(self.downsample, ODVAEDownsample2D)))
         if self.time_downsample is not None:
-            h = self.time_downsample(h)
-        return h
+            layers.append((self.time_downsample, False))
+        return layers
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `parts` runs some of the level's `parts()` only (exact
+        tiles run them one at a time, through this `forward` so that hooks on the level apply)."""
+        return _run_parts(self, self.parts()[parts], x)
 
 
 class ODVAEUpBlock(nn.Module):
@@ -337,20 +359,15 @@ class ODVAEUpBlock(nn.Module):
         self.time_upsample = ODVAETimeUpsampleRes(out_channels) if temporal_upsample else None
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, resnets: bool = True, upsamplers: bool = True) -> torch.Tensor:
-        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `resnets=False` / `upsamplers=False` run one part only
-        (exact tiling runs the resnets of the first upsampling level on whole frames, its upsamplers in tiles)."""
-        if resnets:
-            batch = x.shape[0]
-            x = _to_frames(x) if self.per_frame else x
-            for resnet in self.block:
-                x = checkpointed(self, resnet, x)
-            x = _from_frames(x, batch) if self.per_frame else x
-        if upsamplers and self.upsample is not None:
-            x = self.upsample(x)
-        if upsamplers and self.time_upsample is not None:
-            x = self.time_upsample(x)
-        return x
+    def parts(self) -> list[tuple[nn.Module, bool]]:
+        """The level's layers in order, each with whether it runs per frame."""
+        layers = [(resnet, self.per_frame) for resnet in self.block]
+        return layers + [(layer, False) for layer in (self.upsample, self.time_upsample) if layer is not None]
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`. `parts` runs some of the level's `parts()` only (exact
+        tiles run them one at a time, through this `forward` so that hooks on the level apply)."""
+        return _run_parts(self, self.parts()[parts], x)
 
 
 class ODVAEMidBlock(nn.Module):
@@ -421,13 +438,15 @@ class ODVAEEncoder(nn.Module):
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def forward_high(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)`: `conv_in` and the levels through the last
-        spatial downsampler, local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
-        h = self.conv_in(x)
+    def high_res_steps(self) -> list[TileStep]:
+        """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` as steps that exact tiles run one at a time:
+        `conv_in`, then each part of the levels through the last spatial downsampler (local in space apart from
+        their GroupNorms)."""
+        steps = [TileStep(self.conv_in, 1, self.conv_in)]
         for stage in self.down[: self.num_high_res_levels]:
-            h = stage(h)
-        return h
+            for index, (layer, _) in enumerate(stage.parts()):
+                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+        return steps
 
     def forward_low(self, h: torch.Tensor) -> torch.Tensor:
         """Features `(B, C, t, h, w)` -> `(B, 2 * z_channels, t', h, w)`: the latent-resolution levels, the mid
@@ -439,7 +458,7 @@ class ODVAEEncoder(nn.Module):
 
     def high_res_reach(self) -> int:
         """An upper bound, in input pixels, on how far beyond its own footprint (8x8 input pixels for a latent
-        pixel) an output pixel of `forward_high` reads; `scale` is input pixels per feature pixel at each layer."""
+        pixel) an output pixel of `high_res_steps` reads; `scale` is input pixels per feature pixel at each layer."""
         reach, scale = 1, 1  # conv_in: 3x3
         for stage in self.down[: self.num_high_res_levels]:
             reach += _resnet_reach(stage.block, scale)
@@ -497,7 +516,7 @@ class ODVAEDecoder(nn.Module):
         h = self.mid(h)
         for stage in reversed(self.up):
             h = stage(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.output_layers(h)
 
     def forward_low(self, z: torch.Tensor) -> torch.Tensor:
         """`(B, z_channels, t, h, w)` -> features `(B, C, t', h, w)`: `conv_in`, the mid block with its attention,
@@ -506,24 +525,32 @@ class ODVAEDecoder(nn.Module):
         for level in reversed(range(self.first_upsampling_level + 1, len(self.up))):
             h = self.up[level](h)
         if self.first_upsampling_level >= 0:
-            h = self.up[self.first_upsampling_level](h, upsamplers=False)
+            stage = self.up[self.first_upsampling_level]
+            h = stage(h, parts=slice(len(stage.block)))
         return h
 
-    def forward_high(self, h: torch.Tensor) -> torch.Tensor:
-        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it,
-        local in space apart from their GroupNorms (exact tiling runs them in tiles)."""
-        if self.first_upsampling_level >= 0:
-            h = self.up[self.first_upsampling_level](h, resnets=False)
-        for level in reversed(range(self.first_upsampling_level)):
-            h = self.up[level](h)
+    def output_layers(self, h: torch.Tensor) -> torch.Tensor:
+        """`norm_out`, SiLU and `conv_out`: `(B, C, T, H, W)` -> `(B, 3, T, H, W)`."""
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def high_res_steps(self) -> list[TileStep]:
+        """Features `(B, C, t, h, w)` -> `(B, 3, T, 8 h, 8 w)`: the first spatial upsampler and everything after it,
+        as steps that exact tiles run one at a time: each part of those levels (local in space apart from their
+        GroupNorms), then the output layers."""
+        steps = []
+        for level in reversed(range(self.first_upsampling_level + 1)):
+            stage = self.up[level]
+            first = len(stage.block) if level == self.first_upsampling_level else 0
+            for index, (layer, _) in enumerate(stage.parts()[first:], start=first):
+                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+        return steps + [TileStep(self.output_layers, 1, self.norm_out)]
+
     def high_res_stages(self) -> list[nn.Module]:
-        """The levels `forward_high` runs (the first upsampling level's resnets do not run there)."""
+        """The levels `high_res_steps` run (the first upsampling level's resnets do not run there)."""
         return [self.up[level] for level in reversed(range(self.first_upsampling_level + 1))]
 
     def high_res_reach(self) -> int:
-        """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `forward_high`
+        """An upper bound, in output pixels, on how far beyond its own footprint an output pixel of `high_res_steps`
         reads; `scale` is output pixels per feature pixel at each layer (8 at latent resolution).
 
         Walking back from an output pixel, the pixels it depends on span an interval that grows by `scale` on each
@@ -594,6 +621,8 @@ class AutoencoderKLODVAE(
         use_quant_layer (`bool`, defaults to `True`): whether the 1x1x1 `quant_conv` / `post_quant_conv` exist.
         norm_num_groups (`int`, defaults to 32): GroupNorm groups (eps 1e-6 everywhere).
         scaling_factor (`float`, defaults to 0.18215): latent scale used by Open-Sora-Plan pipelines.
+        force_upcast (`bool`, defaults to True): float16 runs are upcast to float32 (diffusers pipelines and
+            `videovae --dtype float16` read it): the release is float32 and its reference runs are float32.
         temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived from the layout
             (4 and 8 for both releases); given values must agree with it.
 
@@ -601,10 +630,11 @@ class AutoencoderKLODVAE(
     at the seams, chunks in time), so tiled results equal the original's tiled results and memory stays flat as the
     clip grows; they are not the untiled results, because GroupNorm statistics become per tile and per chunk and the
     trilinear upsamplers clamp at tile borders. `enable_tiling(exact=True)` gives the untiled results up to float
-    rounding instead: the layers above latent resolution run tile by tile with halos that cover their receptive
-    field (`tile_halo`) and GroupNorm statistics shared over all tiles, the rest (mid-block attention included) on
-    whole latent frames. It costs several passes over the tiles and keeps the whole clip in time, so its memory
-    grows with the number of frames.
+    rounding instead: the layers above latent resolution run one level part (a resnet, an up- or downsampler) at a
+    time over all tiles, each tile reading the few pixels around its core that the part needs, with GroupNorm
+    statistics shared over all tiles (`_tiling.tiled_in_layer_order`); the rest (mid-block attention included) runs
+    on whole latent frames. It costs about twice the untiled time and keeps the whole clip in time, so its memory
+    grows with the number of frames and the frame size (below the untiled peak: one part's input and output).
     """
 
     _supports_gradient_checkpointing = True
@@ -653,6 +683,7 @@ class AutoencoderKLODVAE(
         use_quant_layer: bool = True,
         norm_num_groups: int = 32,
         scaling_factor: float = 0.18215,
+        force_upcast: bool = True,
         temporal_compression_ratio: int | None = None,
         spatial_compression_ratio: int | None = None,
     ):
@@ -983,15 +1014,10 @@ class AutoencoderKLODVAE(
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""
-        encoder = self.encoder
-        h = tiled_with_shared_group_norm(
-            encoder.forward_high,
-            x,
-            [encoder.conv_in, *encoder.down[: encoder.num_high_res_levels]],
-            core=(self.tile_sample_min_height, self.tile_sample_min_width),
-            halo=self.tile_halo["encode"],
+        h = tiled_in_layer_order(
+            self.encoder.high_res_steps(), x, core=(self.tile_sample_min_height, self.tile_sample_min_width)
         )
-        moments = encoder.forward_low(h)
+        moments = self.encoder.forward_low(h)
         return moments if self.quant_conv is None else self.quant_conv(moments)
 
     def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -1000,13 +1026,8 @@ class AutoencoderKLODVAE(
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         h = self.decoder.forward_low(z)
-        return tiled_with_shared_group_norm(
-            self.decoder.forward_high,
-            h,
-            [*self.decoder.high_res_stages(), self.decoder.norm_out],
-            core=(self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial),
-            halo=self.tile_halo["decode"],
-        )
+        core = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
+        return tiled_in_layer_order(self.decoder.high_res_steps(), h, core)
 
     def forward(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -33,6 +34,7 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D, UpDecoderBlock2D
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -40,6 +42,7 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin, register_compression_ratios
 from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
+    TileStep,
     TilingLimits,
     check_latents,
     check_positive_int,
@@ -47,7 +50,7 @@ from ._tiling import (
     configure_tiling,
     stitch_blended_tiles,
     tile_starts,
-    tiled_with_shared_group_norm,
+    tiled_in_layer_order,
 )
 
 SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
@@ -137,10 +140,16 @@ class OpenSoraTemporalDownBlock(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = checkpointed(self, resnet, x)
-        return x if self.downsampler is None else self.downsampler(x)
+    def parts(self) -> list[nn.Module]:
+        """The block's layers in order: its residual blocks, then its downsampler."""
+        return [*self.resnets, *([] if self.downsampler is None else [self.downsampler])]
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`parts` runs some of `parts()` only (exact tiles run them one at a time, through this `forward` so that
+        hooks on the block apply)."""
+        for layer in self.parts()[parts]:
+            x = checkpointed(self, layer, x) if isinstance(layer, OpenSoraResidualBlock) else layer(x)
+        return x
 
 
 class OpenSoraTemporalUpBlock(nn.Module):
@@ -160,10 +169,43 @@ class OpenSoraTemporalUpBlock(nn.Module):
         self.upsampler = OpenSoraCausalConv3d(out_channels, 2 * out_channels, 3) if upsample else None
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = checkpointed(self, resnet, x)
-        return x if self.upsampler is None else _depth_to_time(self.upsampler(x))
+    def parts(self) -> list[nn.Module]:
+        """The block's layers in order: its residual blocks, then its upsampler (followed by depth-to-time)."""
+        return [*self.resnets, *([] if self.upsampler is None else [self.upsampler])]
+
+    def forward(self, x: torch.Tensor, parts: slice = slice(None)) -> torch.Tensor:
+        """`parts` runs some of `parts()` only (exact tiles run them one at a time, through this `forward` so that
+        hooks on the block apply)."""
+        for layer in self.parts()[parts]:
+            x = checkpointed(self, layer, x) if isinstance(layer, OpenSoraResidualBlock) else layer(x)
+            x = _depth_to_time(x) if layer is self.upsampler else x
+        return x
+
+
+def _reach(layer: nn.Module) -> int:
+    """How far, in input pixels, beyond its own an output pixel of a layer that exact tiles run as one step reads:
+    a residual block two 3x3(x3) convolutions (shortcuts are 1x1), a convolution its padding; a spatial down block
+    its resnets and a stride-2 downsampler (1, rounded up to 2 so that tiles stay aligned to its stride), an up
+    block its resnets and a nearest 2x upsampler with its 3x3 convolution (1)."""
+    if isinstance(layer, OpenSoraResidualBlock):
+        return 2
+    if isinstance(layer, DownEncoderBlock2D):
+        return 2 * len(layer.resnets) + (2 if layer.downsamplers is not None else 0)
+    if isinstance(layer, UpDecoderBlock2D):
+        return 2 * len(layer.resnets) + (1 if layer.upsamplers is not None else 0)
+    return (layer.conv if isinstance(layer, OpenSoraCausalConv3d) else layer).padding[-1]
+
+
+def _layer_step(layer: nn.Module) -> TileStep:
+    return TileStep(layer, _reach(layer), layer)
+
+
+def _part_steps(block: nn.Module) -> list[TileStep]:
+    """One exact-tile step per part of a temporal block, each through the block's `forward`."""
+    return [
+        TileStep(partial(block, parts=slice(index, index + 1)), _reach(layer), block)
+        for index, layer in enumerate(block.parts())
+    ]
 
 
 class OpenSoraTemporalEncoder(nn.Module):
@@ -201,7 +243,18 @@ class OpenSoraTemporalEncoder(nn.Module):
             x = block(x)
         for resnet in self.mid_resnets:
             x = checkpointed(self, resnet, x)
+        return self.output_layers(x)
+
+    def output_layers(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(_silu(self.norm_out(x)))
+
+    def tile_steps(self) -> list[TileStep]:
+        """`forward` as steps that exact tiles run one at a time (see `_tiling.tiled_in_layer_order`)."""
+        steps = [_layer_step(self.conv_in)]
+        for block in self.down_blocks:
+            steps += _part_steps(block)
+        steps += [_layer_step(resnet) for resnet in self.mid_resnets]
+        return steps + [TileStep(self.output_layers, _reach(self.conv_out), self.norm_out)]
 
 
 class OpenSoraTemporalDecoder(nn.Module):
@@ -242,7 +295,17 @@ class OpenSoraTemporalDecoder(nn.Module):
             x = checkpointed(self, resnet, x)
         for block in self.up_blocks:
             x = block(x)
+        return self.output_layers(x)
+
+    def output_layers(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(_silu(self.norm_out(x)))
+
+    def tile_steps(self) -> list[TileStep]:
+        """`forward` as steps that exact tiles run one at a time (see `_tiling.tiled_in_layer_order`)."""
+        steps = [_layer_step(self.conv_in)] + [_layer_step(resnet) for resnet in self.mid_resnets]
+        for block in self.up_blocks:
+            steps += _part_steps(block)
+        return steps + [TileStep(self.output_layers, _reach(self.conv_out), self.norm_out)]
 
 
 class OpenSoraTemporalVAE(nn.Module):
@@ -267,12 +330,22 @@ class OpenSoraTemporalVAE(nn.Module):
         self.post_quant_conv = OpenSoraCausalConv3d(latent_channels, latent_embed_dim, 1)
         self.decoder = OpenSoraTemporalDecoder(latent_embed_dim, in_channels, *args)
 
+    def pad_time(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero frames in front, up to a multiple of the time factor."""
+        pad = -x.shape[2] % self.time_factor
+        return F.pad(x, (0, 0, 0, 0, pad, 0)) if pad else x
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Cio, n, h, w) -> moments (B, 2E, ceil(n / factor), h, w); zero frames are prepended, not appended."""
-        pad = -x.shape[2] % self.time_factor
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, pad, 0))
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(self.pad_time(x)))
+
+    def encode_steps(self) -> list[TileStep]:
+        """`encode` as steps that exact tiles run one at a time."""
+        return [TileStep(self.pad_time, 0, []), *self.encoder.tile_steps(), _layer_step(self.quant_conv)]
+
+    def decode_steps(self) -> list[TileStep]:
+        """`decode` without its last frame crop, as steps that exact tiles run one at a time."""
+        return [_layer_step(self.post_quant_conv), *self.decoder.tile_steps()]
 
     def decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(B, E, t, h, w) -> (B, Cio, num_frames, h, w): the first `factor * t - num_frames` frames are dropped."""
@@ -356,9 +429,10 @@ class AutoencoderKLOpenSora(
     `T = 17k`, and for `T = 17k + 4j + 1`); pass `num_frames=T` for other lengths. Inconsistent values are rejected.
 
     Spatial tiling bounds memory for large frames: `enable_tiling(exact=True)` gives the untiled result up to float
-    rounding (tiles share GroupNorm statistics and read a receptive-field halo, `tile_halo`; attention runs on
-    whole latent frames) at several times the compute; the default blended tiles are fast but approximate. Time is
-    never tiled. See `enable_tiling`.
+    rounding (the tiled stages run one block or layer at a time over all tiles, each tile reading the few pixels
+    around its core that the step needs, with GroupNorm statistics shared over all tiles; attention runs on whole
+    latent frames) at a few times the compute; the default blended tiles are fast but approximate. Time is never
+    tiled. See `enable_tiling`.
 
     Args:
         in_channels / out_channels (`int`, defaults 3): image channels.
@@ -368,6 +442,8 @@ class AutoencoderKLOpenSora(
         layers_per_block (`int`, default 2), norm_num_groups (`int`, default 32), act_fn (`str`, default "silu"),
         mid_block_add_attention (`bool`, default True): the rest of the spatial `AutoencoderKL` config.
         spatial_scaling_factor (`float`, default 0.18215): spatial latents are `0.18215 * posterior`, not 0.13025.
+        force_upcast (`bool`, default True): float16 runs are upcast to float32 (diffusers pipelines and
+            `videovae --dtype float16` read it): the spatial half is the SDXL VAE, whose own config sets it.
         spatial_micro_batch_size (`int`, default 4): frames per spatial micro-batch, as in the original: one
             noise draw each, and the spatial mid block (attention) runs on them together; the high-resolution
             layers run one frame at a time (frames are independent there), which bounds memory to one frame's.
@@ -425,6 +501,7 @@ class AutoencoderKLOpenSora(
         micro_frame_size: int | None = 17,
         latents_mean: tuple[float, ...] = (-0.10, 0.34, 0.27, 0.98),
         latents_std: tuple[float, ...] = (3.85, 2.32, 2.33, 3.06),
+        force_upcast: bool = True,
         spatial_compression_ratio: int | None = None,
         temporal_compression_ratio: int | None = None,
     ):
@@ -635,11 +712,10 @@ class AutoencoderKLOpenSora(
             return h
 
         if exact_tiles:
-            core, halo = (self.tile_sample_min_height, self.tile_sample_min_width), self.tile_halo["encode"]
-            parts = [
-                tiled_with_shared_group_norm(high_resolution, frame, encoder.down_blocks, core, halo)
-                for frame in frames.split(1)
-            ]
+            # Whole down blocks per step: block-level group offloading onloads a block in its own forward.
+            steps = [_layer_step(encoder.conv_in)] + [_layer_step(block) for block in encoder.down_blocks]
+            core = (self.tile_sample_min_height, self.tile_sample_min_width)
+            parts = [tiled_in_layer_order(steps, frame, core) for frame in frames.split(1)]
         else:
             parts = [high_resolution(frame) for frame in frames.split(1)]
         h = checkpointed(encoder, encoder.mid_block, torch.cat(parts))
@@ -674,10 +750,7 @@ class AutoencoderKLOpenSora(
         """One chunk of spatial latents (B, 4, n, h, w) -> temporal moments (B, 2E, ceil(n / 4), h, w)."""
         if not exact_tiles:
             return self.temporal_vae.encode(x_z)
-        core = self._latent_tile_core()
-        return tiled_with_shared_group_norm(
-            self.temporal_vae.encode, x_z, self.temporal_vae.encoder, core, self.tile_halo["temporal_encode"]
-        )
+        return tiled_in_layer_order(self.temporal_vae.encode_steps(), x_z, self._latent_tile_core())
 
     def _encode(
         self,
@@ -740,14 +813,8 @@ class AutoencoderKLOpenSora(
         """One chunk of raw latents (B, E, t, h, w) -> spatial latents (B, 4, num_frames, h, w), times 0.18215."""
         if not exact_tiles:
             return self.temporal_vae.decode(z, num_frames)
-        core = self._latent_tile_core()
-
-        def stage(chunk: torch.Tensor) -> torch.Tensor:
-            return self.temporal_vae.decode(chunk, num_frames)
-
-        return tiled_with_shared_group_norm(
-            stage, z, self.temporal_vae.decoder, core, self.tile_halo["temporal_decode"]
-        )
+        x = tiled_in_layer_order(self.temporal_vae.decode_steps(), z, self._latent_tile_core())
+        return x[:, :, x.shape[2] - num_frames :]
 
     def _spatial_decode(self, latents: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
         """Spatial latents (N, 4, h, w), unscaled -> frames (N, 3, 8h, 8w) by the spatial `AutoencoderKL`.
@@ -767,11 +834,14 @@ class AutoencoderKLOpenSora(
             return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
 
         if exact_tiles:
-            core, halo = self._latent_tile_core(), self.tile_halo["decode"]
-            norms = [decoder.up_blocks, decoder.conv_norm_out]
-            return torch.cat(
-                [tiled_with_shared_group_norm(high_resolution, frame, norms, core, halo) for frame in h.split(1)]
-            )
+            steps = [_layer_step(block) for block in decoder.up_blocks]  # whole blocks, as when encoding
+
+            def output_layers(h: torch.Tensor) -> torch.Tensor:
+                return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
+
+            steps.append(TileStep(output_layers, 1, decoder.conv_norm_out))
+            core = self._latent_tile_core()
+            return torch.cat([tiled_in_layer_order(steps, frame, core) for frame in h.split(1)])
         return torch.cat([high_resolution(frame) for frame in h.split(1)])
 
     def _decode(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False) -> torch.Tensor:

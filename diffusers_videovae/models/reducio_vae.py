@@ -794,6 +794,8 @@ class AutoencoderKLReducio(
         norm_num_groups (`int`, defaults to 32): GroupNorm groups (eps 1e-6).
         dropout (`float`, defaults to 0.0).
         latent_norm_eps (`float`, defaults to 1e-5): eps of the latent layer norm.
+        force_upcast (`bool`, default False): whether float16 runs should be upcast to float32, as diffusers
+            pipelines read it; False because the original decodes under float16 autocast.
         temporal_compression_ratio / spatial_compression_ratio (`int`, optional): derived; given values must agree.
     """
 
@@ -826,6 +828,7 @@ class AutoencoderKLReducio(
         norm_num_groups: int = 32,
         dropout: float = 0.0,
         latent_norm_eps: float = 1e-5,
+        force_upcast: bool = False,
         temporal_compression_ratio: int | None = None,
         spatial_compression_ratio: int | None = None,
     ):

@@ -1,0 +1,88 @@
+"""Memory estimates: the run traced on `meta` at its real shape, what is resident, and the measured peak."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_memory  # noqa: E402
+from _harness import measure  # noqa: E402
+
+from diffusers_videovae.memory import LiveTensorBytes, choose_tiling, estimate_memory, meta_copy  # noqa: E402
+
+MiB = 2**20
+CLIPS = {"ivvae": (9, 64, 64), "odvae": (9, 64, 64), "opensora": (9, 64, 64), "reducio": (16, 64, 64)}
+QUICK_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32)  # each model's own stride for that size
+
+
+def test_live_tensor_bytes_counts_what_is_alive_and_not_views_or_inputs():
+    outside = torch.zeros(MiB // 4)  # 1 MiB made before the mode: never counted
+    with LiveTensorBytes() as live:
+        a = outside * 2  # 1 MiB
+        view = a[: MiB // 8]  # a view: no allocation
+        b = a + 1  # 2 MiB alive
+        del a, view  # 1 MiB alive
+        c = b.reshape(-1, 2) * 3  # 2 MiB alive again
+        outside.add_(1)  # in place on an outside tensor: nothing
+        assert live.current == 2 * MiB
+        del b, c
+        assert live.current == 0
+    assert live.peak == 2 * MiB
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_meta_trace_equals_the_bytes_a_real_run_allocates(name, tiled):
+    """The estimate (traced on a meta copy) is what the same run on real CPU tensors keeps alive at its peak."""
+    model = bench_memory.build(name, quick=True, frames=CLIPS[name][0], size=CLIPS[name][1])
+    if tiled:
+        model.enable_tiling(**QUICK_TILES)
+    estimate = estimate_memory(model, CLIPS[name], torch.device("cpu"))
+    video = torch.rand(1, 3, *CLIPS[name]) * 2 - 1
+    with torch.no_grad(), LiveTensorBytes() as live:
+        model.autoencode(video)
+    assert (estimate.tiled if tiled else estimate.untiled) == live.peak > 0
+    if tiled:  # the tiled figure traces the tiled path (on a clip this small its halos can cost more than they save)
+        assert estimate.tiled != estimate.untiled
+
+
+def test_meta_copy_keeps_the_settings_and_leaves_the_model_alone():
+    model = bench_memory.build("opensora", quick=True, frames=9, size=64)
+    model.enable_tiling(**QUICK_TILES)
+    copy = meta_copy(model)
+    assert copy.use_tiling and copy.tile_sample_min_height == 32
+    assert copy.tile_sample_stride_width == model.tile_sample_stride_width
+    assert all(p.is_meta for p in copy.parameters()) and not any(p.is_meta for p in model.parameters())
+
+
+def test_auto_tiling_follows_the_estimate(monkeypatch):
+    model = bench_memory.build("odvae", quick=True, frames=9, size=64)
+    estimate = estimate_memory(model, (9, 64, 64), torch.device("cpu"))
+    monkeypatch.setattr("diffusers_videovae.memory.available_memory_bytes", lambda device: 10 * estimate.untiled)
+    assert choose_tiling(model, "auto", (9, 64, 64), torch.device("cpu")).startswith("off")
+    monkeypatch.setattr("diffusers_videovae.memory.available_memory_bytes", lambda device: estimate.untiled)
+    assert choose_tiling(model, "auto", (9, 64, 64), torch.device("cpu")).startswith("on")
+
+
+def test_estimate_is_within_30_percent_of_the_measured_peak_rss():
+    """A fresh process (benchmarks/bench_memory.py's set-up): resident + traced vs its peak RSS during the run."""
+    outcome = measure(
+        bench_memory.setup,
+        bench_memory.call,
+        threads=1,
+        name="ivvae",
+        quick=True,
+        frames=17,
+        size=128,
+        tiled=False,
+        target="cpu",
+    )
+    assert "error" not in outcome, outcome.get("error")
+    estimate = outcome["result"]["resident"] + outcome["result"]["traced"]
+    assert outcome["result"]["traced"] > 50 * MiB  # the activations are a real part of the peak
+    assert 0.7 < estimate / outcome["peak_bytes"] < 1.3
