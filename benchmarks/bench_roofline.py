@@ -88,7 +88,10 @@ class ModelEntry:
 
 
 MODELS = {
-    "ivvae": ModelEntry("AutoencoderKLIVVAE", "diffusers_videovae.models.iv_vae", TINY_CONFIGS["ivvae"]),
+    # Two resnets per level (the release's count), so that bench_memory's activations are a measurable part of the peak.
+    "ivvae": ModelEntry(
+        "AutoencoderKLIVVAE", "diffusers_videovae.models.iv_vae", {**TINY_CONFIGS["ivvae"], "num_res_blocks": 2}
+    ),
     "odvae": ModelEntry("AutoencoderKLODVAE", "diffusers_videovae.models.od_vae", TINY_CONFIGS["odvae"]),
     "opensora": ModelEntry(
         "AutoencoderKLOpenSora", "diffusers_videovae.models.opensora_vae", TINY_CONFIGS["opensora"]
