@@ -55,8 +55,9 @@ MEMORY_HEADROOM = 0.7
 TILING_MODES = ("auto", "on", "exact", "off")
 
 
-def gib(num_bytes: float) -> str:
-    return f"{num_bytes / 1024**3:.2f} GiB"
+def gib(num_bytes: float | None) -> str:
+    """Bytes as GiB for messages; None (a run the model refuses, e.g. untiled past its limits) as "n/a"."""
+    return "n/a" if num_bytes is None else f"{num_bytes / 1024**3:.2f} GiB"
 
 
 def accelerator_available() -> bool:
@@ -89,17 +90,18 @@ class MemoryEstimate:
     predicted peak of the process (RSS on CPU, `torch.cuda.max_memory_allocated` on CUDA).
     """
 
-    untiled: int
+    untiled: int | None
     tiled: int
     available: int
     resident: int = 0
 
     def fits_untiled(self) -> bool:
-        return self.untiled <= MEMORY_HEADROOM * self.available
+        """False also when the model cannot run the clip untiled at all (`untiled` None)."""
+        return self.untiled is not None and self.untiled <= MEMORY_HEADROOM * self.available
 
     def peak(self, tiled: bool = False) -> int:
         """The predicted peak of the process: what is resident plus the run's own tensors."""
-        return self.resident + (self.tiled if tiled else self.untiled)
+        return self.resident + (self.tiled if tiled or self.untiled is None else self.untiled)
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -225,7 +227,10 @@ def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device:
     """
     copy = meta_copy(model)
     copy.disable_tiling()
-    untiled = _traced_peak(copy, shape)
+    try:
+        untiled = _traced_peak(copy, shape)
+    except ValueError:  # the model refuses this clip untiled (e.g. frames past Reducio's attention window)
+        untiled = None
     if not getattr(model, "use_tiling", False):
         copy.enable_tiling()
     else:
@@ -313,7 +318,12 @@ def choose_tiling(
     ):
         size = max(limits.multiple, size // 2 // limits.multiple * limits.multiple)
     enable_tiling(model, "on", size, shape)
-    why = f"frames larger than {limits.max_size} px" if too_large else f"untiled needs ~{gib(estimate.untiled)}"
+    if too_large:
+        why = f"frames larger than {limits.max_size} px"
+    elif estimate.untiled is None:
+        why = "the model does not run this clip untiled"
+    else:
+        why = f"untiled needs ~{gib(estimate.untiled)}"
     return f"on (auto: {why}; {size} px tiles, ~{gib(tiled_bytes(size))}, {gib(estimate.available)} available)"
 
 
