@@ -45,6 +45,7 @@ __all__ = [
     "file_mode",
     "process_is_alive",
     "publish",
+    "publish_folder",
     "raise_on_sigterm",
     "remove_stale_temporaries",
     "same_file",
@@ -220,7 +221,9 @@ def raise_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _publish_folder(staging: Path, final: Path) -> None:
+def publish_folder(staging: Path, final: Path) -> None:
+    """Move the finished folder `staging` to `final`; an old `final` is renamed aside first and removed only once
+    the new one is in place, so a kill at any instant leaves a complete folder on disk."""
     mode = file_mode()
     for item in staging.rglob("*"):
         if item.is_file() and not item.is_symlink():
@@ -253,7 +256,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
         try:
             yield staging
             if folder:
-                _publish_folder(staging, path)
+                publish_folder(staging, path)
             else:
                 publish(staging, path)
         except BaseException:

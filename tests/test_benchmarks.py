@@ -94,7 +94,10 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
     for row in variants.values():
         assert float(row["first call s"]) > 0 and row["speed vs float32"].endswith("x")
         assert float(row["max abs diff"]) < 1e-4
-        assert "TorchDynamo Cache Lookup" in row["top ops (self time)"]  # the profiled call went through dynamo
+        # The profiled call went through dynamo: its profiler row is named "TorchDynamo Cache Lookup" or
+        # "Torch-Compiled Region" (which of the two ranks among the top ops varies from run to run).
+        top_ops = row["top ops (self time)"]
+        assert "TorchDynamo Cache Lookup" in top_ops or "Torch-Compiled Region" in top_ops, top_ops
 
 
 def _in_process(setup, call, *, repeats, threads, device="cpu", **kwargs):
