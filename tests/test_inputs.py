@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny_configs import TINY_CONFIGS
 
 from diffusers_videovae import (
     AutoencoderCascadeV,
@@ -18,40 +19,10 @@ from diffusers_videovae.models._tiling import check_condition, check_latents, ch
 
 # name -> (class, tiny config, input video shape (B, 3, T, H, W))
 TINY = {
-    "ivvae": (
-        AutoencoderKLIVVAE,
-        dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
-        (2, 3, 5, 16, 16),
-    ),
-    "odvae": (AutoencoderKLODVAE, dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1), (2, 3, 5, 16, 16)),
-    "opensora": (
-        AutoencoderKLOpenSora,
-        dict(
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            norm_num_groups=4,
-            temporal_filters=4,
-            temporal_num_res_blocks=1,
-            temporal_num_groups=2,
-        ),
-        (2, 3, 5, 16, 16),
-    ),
-    "reducio": (
-        AutoencoderKLReducio,
-        dict(
-            latent_channels=4,
-            z_channels=8,
-            conv_in_channels=32,
-            block_out_channels=(64, 32, 32, 32),
-            layers_per_block=1,
-            content_conv_in_channels=32,
-            content_block_out_channels=(32, 64, 32),
-            fusion_feature_index=(-1, 1, 2, -1),
-            window_size=8,
-            content_window_size=4,
-        ),
-        (2, 3, 16, 16, 16),
-    ),
+    "ivvae": (AutoencoderKLIVVAE, TINY_CONFIGS["ivvae"], (2, 3, 5, 16, 16)),
+    "odvae": (AutoencoderKLODVAE, TINY_CONFIGS["odvae"], (2, 3, 5, 16, 16)),
+    "opensora": (AutoencoderKLOpenSora, TINY_CONFIGS["opensora"], (2, 3, 5, 16, 16)),
+    "reducio": (AutoencoderKLReducio, TINY_CONFIGS["reducio"], (2, 3, 16, 16, 16)),
     "cascadev": (
         AutoencoderCascadeV,
         dict(

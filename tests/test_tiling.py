@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_configs import TINY_CONFIGS
 from conftest import reference_dir
 
 from diffusers_videovae import (
@@ -35,19 +36,9 @@ from diffusers_videovae.checkpoints import convert_to_folder
 from diffusers_videovae.cli import main
 
 SMALL = {
-    "ivvae": (AutoencoderKLIVVAE, dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)),
-    "odvae": (AutoencoderKLODVAE, dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)),
-    "opensora": (
-        AutoencoderKLOpenSora,
-        dict(
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            norm_num_groups=4,
-            temporal_filters=4,
-            temporal_num_res_blocks=1,
-            temporal_num_groups=2,
-        ),
-    ),
+    "ivvae": (AutoencoderKLIVVAE, TINY_CONFIGS["ivvae"]),
+    "odvae": (AutoencoderKLODVAE, TINY_CONFIGS["odvae"]),
+    "opensora": (AutoencoderKLOpenSora, TINY_CONFIGS["opensora"]),
     # 3 levels (4x), attention window 8 latent positions: frames up to 32 px run untiled.
     "reducio": (
         AutoencoderKLReducio,
