@@ -657,11 +657,13 @@ def tiled_with_shared_group_norm(
 
 class TileStep(NamedTuple):
     """One step of a stage tiled in layer order (`tiled_in_layer_order`): `run` (module calls, local in space apart
-    from the GroupNorms of `modules`) reads at most `halo` of its input pixels beyond an output pixel's own."""
+    from the GroupNorms of `modules`) reads at most `halo` of its input pixels beyond an output pixel's own.
+    `per_frame`: the step works on each frame (dim 2 of a video) alone, GroupNorm statistics included."""
 
     run: Callable[[torch.Tensor], torch.Tensor]
     halo: int
     modules: nn.Module | list[nn.Module]
+    per_frame: bool = False
 
 
 def tiled_in_layer_order(
@@ -687,7 +689,8 @@ def tiled_in_layer_order(
 
     Args:
         steps: the stage, in order; a step's output may be smaller or larger than its input (down- or upsampling)
-            by a factor that is the same for every input.
+            by a factor that is the same for every input. Leading steps marked `per_frame` run one frame (dim 2)
+            at a time, so that only the last of them holds a whole-clip output.
         x: the stage input; tiling is over its last two dimensions.
         core: tile core (one size, or `(height, width)`) in pixels of `x`; at each step it is scaled with the
             step's input, and must stay a whole number of pixels (a multiple of every downsampling factor).
@@ -696,10 +699,37 @@ def tiled_in_layer_order(
     """
     if offload_device is not None and not has_values(x):
         offload_device = None  # a traced run (meta, fake tensors) has nothing to move
-    device = x.device
-    core_h, core_w = (core, core) if isinstance(core, int) else core
-    height, width = x.shape[-2:]
-    h = x
+    core = (core, core) if isinstance(core, int) else tuple(core)
+    leading = next((index for index, step in enumerate(steps) if not step.per_frame), len(steps))
+    if leading == 0 or x.ndim != 5 or x.shape[2] == 1:
+        return _in_layer_order(steps, [x], core, x.shape[-2:], x.device, offload_device)
+    # The leading per-frame steps run one frame at a time: their whole inputs and outputs are one frame's, and only
+    # their last output is assembled for the whole clip (in place, frame by frame).
+    h = None
+    for index, frame in enumerate(x.split(1, dim=2)):
+        out = _in_layer_order(steps[:leading], [frame], core, x.shape[-2:], x.device, offload_device)
+        if h is None:
+            h = out.new_empty(*out.shape[:2], x.shape[2], *out.shape[3:])
+        h[:, :, index : index + 1] = out
+        del out
+    holder = [h]
+    del h  # the loop below frees it once the next step's output is complete
+    return _in_layer_order(steps[leading:], holder, core, x.shape[-2:], x.device, offload_device)
+
+
+def _in_layer_order(
+    steps: list[TileStep],
+    inputs: list[torch.Tensor],
+    core: tuple[int, int],
+    reference: tuple[int, int],
+    device: torch.device,
+    offload_device: torch.device | str | None,
+) -> torch.Tensor:
+    """`tiled_in_layer_order`'s loop over `steps`; `core` is in pixels of a `reference` (height, width) frame.
+    `inputs` holds the input alone and is emptied, so that no reference outlives the first step's output."""
+    h = inputs.pop()
+    core_h, core_w = core
+    height, width = reference
     for step in steps:
         cores = []
         for size, reference, length in ((h.shape[-2], height, core_h), (h.shape[-1], width, core_w)):

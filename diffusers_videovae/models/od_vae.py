@@ -462,11 +462,13 @@ class ODVAEEncoder(nn.Module):
     def high_res_steps(self) -> list[TileStep]:
         """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` as steps that exact tiles run one at a time:
         `conv_in`, then each part of the levels through the last spatial downsampler (local in space apart from
-        their GroupNorms)."""
-        steps = [TileStep(self.conv_in, 1, self.conv_in)]
+        their GroupNorms). The 2D stem, 2D resnets (GroupNorm statistics per frame) and 2D downsamplers are marked
+        per frame: exact tiles run the first of them one frame at a time."""
+        steps = [TileStep(self.conv_in, 1, self.conv_in, isinstance(self.conv_in, ODVAEFrameConv2d))]
         for stage in self.down[: self.num_high_res_levels]:
-            for index, (layer, _) in enumerate(stage.parts()):
-                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+            for index, (layer, per_frame) in enumerate(stage.parts()):
+                run = partial(stage, parts=slice(index, index + 1))
+                steps.append(TileStep(run, _part_reach(layer), stage, per_frame))
         return steps
 
     def forward_low(self, h: torch.Tensor) -> torch.Tensor:
