@@ -83,17 +83,34 @@ class _KeepsACache(torch.nn.Module):
         return y
 
 
+class _ReadsWhatItIsGiven(torch.nn.Module):
+    """Reads a tensor its caller set on it (no argument, no parameter): its allocations follow that tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 4, 1)
+        self.extra = None
+
+    def forward(self, x):
+        return torch.cat([self.conv(x), self.extra], dim=-1)
+
+
 class _Calls(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.inner = _KeepsACache()
+        self.keeps = _KeepsACache()
+        self.reads = _ReadsWhatItIsGiven()
         self.pure = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1), torch.nn.SiLU())
 
     def forward(self, x):
-        return [self.pure(self.inner(x)).sum() for _ in range(4)]
+        sums = []
+        for step in range(4):
+            self.reads.extra = x.new_zeros(1, 4, (step + 1) * x.shape[-1])
+            sums.append(self.pure(self.keeps(x)).sum() + self.reads(x).sum())
+        return sums
 
 
-def test_replay_leaves_a_module_with_state_on_the_side_to_the_full_trace():
+def test_replay_leaves_modules_with_state_on_the_side_to_the_full_trace():
     with torch.device("meta"):
         full, cheap = _Calls(), _Calls()
     tracer = memory._ReplayingTrace(cheap)
@@ -104,8 +121,8 @@ def test_replay_leaves_a_module_with_state_on_the_side_to_the_full_trace():
         tracer.live = live
         cheap(x)
     assert live.peak == expected.peak > 8 * MiB
-    assert tracer.replayed == 3  # the Sequential, not the module with the cache
-    assert sum(record == memory._IMPURE for record in tracer.records.values()) == 1
+    assert tracer.replayed == 3  # the Sequential, not the modules with state
+    assert sum(record == memory._IMPURE for record in tracer.records.values()) == 2
 
 
 def test_conv_workspace_is_what_a_cpu_convolution_takes():
