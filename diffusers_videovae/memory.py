@@ -511,6 +511,22 @@ def _check_runs_in_one_piece(limits, mode: str, shape: tuple[int, int, int]) -> 
     )
 
 
+def _tiled_peaks(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device):
+    """`side -> bytes`: the traced peak of the run with `side`-px tiles (as `enable_tiling(..., "on", side)` sets
+    them), each tile size traced once on one `meta` copy whose records all of them share."""
+    copy = meta_copy(model)
+    tracer = _ReplayingTrace(copy)
+    peaks: dict[int, int] = {}
+
+    def peak(side: int) -> int:
+        if side not in peaks:
+            enable_tiling(copy, "on", side)
+            peaks[side] = _traced_peak(copy, shape, device.type == "cpu", tracer)
+        return peaks[side]
+
+    return peak
+
+
 def choose_tiling(
     model: torch.nn.Module, mode: str, shape: tuple[int, int, int], device: torch.device, tile_size: int | None = None
 ) -> str:
@@ -518,7 +534,7 @@ def choose_tiling(
 
     `"auto"` turns tiles on when the frame is larger than the model runs in one piece (`tiling_limits().max_size`)
     or when `estimate_memory` says the untiled run would not fit; then the tile is the largest (from `tile_size` or
-    the model's default, halved as needed) whose estimate fits.
+    the model's default, halved as needed) whose estimate, traced with that tile, fits.
     """
     if mode != "auto":
         enable_tiling(model, mode, tile_size, shape)
@@ -532,11 +548,7 @@ def choose_tiling(
         return f"off (auto: untiled needs ~{gib(estimate.untiled)}, {gib(estimate.available)} available)"
     default = min(limits.default_size, limits.max_size or limits.default_size)
     size = tile_size or default
-    base_area = min(height, model.tile_sample_min_height) * min(width, model.tile_sample_min_width)
-
-    def tiled_bytes(side: int) -> float:
-        return estimate.tiled * min(height, side) * min(width, side) / base_area
-
+    tiled_bytes = _tiled_peaks(model, shape, device)
     while (
         tile_size is None and size > 2 * limits.multiple and tiled_bytes(size) > MEMORY_HEADROOM * estimate.available
     ):

@@ -170,6 +170,20 @@ def test_auto_tiling_follows_the_estimate(monkeypatch):
     assert choose_tiling(model, "auto", (9, 64, 64), torch.device("cpu")).startswith("on")
 
 
+@pytest.mark.parametrize("fits", [True, False], ids=["fits", "one_byte_over"])
+def test_auto_tiling_takes_the_largest_tile_whose_traced_estimate_fits(monkeypatch, fits):
+    """Each candidate tile is traced at its size (no extrapolation from the default tile): the 128 px tile is kept
+    exactly when its own traced peak fits the headroom, else the tile is halved again."""
+    model = bench_memory.build("odvae", quick=True, frames=9, size=256)
+    shape, cpu = (9, 256, 256), torch.device("cpu")
+    needs = memory._tiled_peaks(model, shape, cpu)(128)
+    available = int(needs / memory.MEMORY_HEADROOM) + (2 if fits else -2)
+    monkeypatch.setattr("diffusers_videovae.memory.available_memory_bytes", lambda device: available)
+    choice = choose_tiling(model, "auto", shape, cpu)
+    assert f"{128 if fits else 64} px tiles" in choice, choice
+    assert model.use_tiling and model.tile_sample_min_height == (128 if fits else 64)
+
+
 # Small configs whose traced tensors are a real part of the peak (> 50 MiB beside the ~0.4 GiB interpreter).
 MEASURED_CLIPS = {
     "ivvae": (17, 128),
