@@ -669,9 +669,11 @@ class AutoencoderKLODVAE(
     trilinear upsamplers clamp at tile borders. `enable_tiling(exact=True)` gives the untiled results up to float
     rounding instead: the layers above latent resolution run one level part (a resnet, an up- or downsampler) at a
     time over all tiles, each tile reading the few pixels around its core that the part needs, with GroupNorm
-    statistics shared over all tiles (`_tiling.tiled_in_layer_order`); the rest (mid-block attention included) runs
-    on whole latent frames. It costs about twice the untiled time and keeps the whole clip in time, so its memory
-    grows with the number of frames and the frame size (below the untiled peak: one part's input and output).
+    statistics shared over all tiles (`_tiling.tiled_in_layer_order`; the encoder's per-frame layers one frame at a
+    time); the rest runs on whole latent frames, its attention one frame and 1024 queries at a time. It costs about
+    twice the untiled time and keeps the whole clip in time, so its memory grows with the number of frames and the
+    frame size (below the untiled peak: one part's input and output); `tile_offload_device = "cpu"` keeps those
+    whole tensors in CPU memory while the tiles run on an accelerator.
     """
 
     _supports_gradient_checkpointing = True
@@ -789,9 +791,7 @@ class AutoencoderKLODVAE(
         self.tile_sample_stride_width = 224
         self.tile_sample_stride_num_frames = 28
         self.tile_exact = False
-        # Where exact tiles keep the whole-clip tensors between their steps (None: the model's device); "cpu" on an
-        # accelerator keeps its memory at one tile's activations plus the latent-resolution layers.
-        self.tile_offload_device: torch.device | str | None = None
+        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
 
     @staticmethod
     def _check_layout(

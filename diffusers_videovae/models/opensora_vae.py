@@ -560,8 +560,7 @@ class AutoencoderKLOpenSora(
         self.tile_sample_stride_height = 192
         self.tile_sample_stride_width = 192
         self.tile_exact = False
-        # Where exact tiles keep the whole tensors between their steps (None: the model's device), see OD-VAE.
-        self.tile_offload_device: torch.device | str | None = None
+        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
 
     def tiling_limits(self) -> TilingLimits:
         """What `enable_tiling` accepts: 256-px tiles every 192 px, never cut in time."""
