@@ -151,9 +151,9 @@ class ODVAEAttention(nn.Module):
     i.e. per-position linear maps.
 
     `query_chunk_size` (set by exact tiles, None otherwise): attend one frame and that many queries at a time, each
-    query still over all keys of its frame (the same result up to float rounding). On CPU these token layouts take
-    PyTorch's unfused attention, which holds a frame's whole `(H*W)^2` attention matrix for every frame at once:
-    at 720p that matrix, not the convolutions, can set a decode's peak.
+    query still over all keys of its frame (the same result up to float rounding). Tokens are made contiguous in
+    their channels: with another layout PyTorch's CPU attention falls back to its unfused form, which holds every
+    frame's whole `(H*W)^2` attention matrix at once (at 720p, more than all the convolutions).
     """
 
     def __init__(self, channels: int, groups: int = 32):
@@ -171,7 +171,7 @@ class ODVAEAttention(nn.Module):
 
         def tokens(t: torch.Tensor) -> torch.Tensor:
             # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
-            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels).contiguous()
 
         query, key, value = tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h))
         del h

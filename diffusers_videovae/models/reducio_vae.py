@@ -150,7 +150,8 @@ def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
 def _split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
     """`(N, L, heads * d)` -> `(N, heads, L, d)`; channel `c = head * d + i` as in the original."""
     batch, length, channels = tokens.shape
-    return tokens.view(batch, length, heads, channels // heads).transpose(1, 2)
+    # Channels contiguous: the CPU's fused attention kernel needs it, else PyTorch builds the (L, L) matrix per head.
+    return tokens.contiguous().view(batch, length, heads, channels // heads).transpose(1, 2)
 
 
 def _merge_heads(tokens: torch.Tensor) -> torch.Tensor:
