@@ -533,6 +533,17 @@ class CascadeVTransformer3DModel(ModelMixin, ConfigMixin):
 # -- the autoencoder --------------------------------------------------------------------------------------------
 
 
+def _svd_temporal_half(resnet: nn.Module, indicator: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """What an SVD `SpatioTemporalResBlock` does after its spatial resnet: `h` `(n, C, H, W)` (the spatial
+    resnet's output, n frames of one clip) through the temporal resnet and mixed with it (`time_mixer`)."""
+    frames, (count, channels, height, width) = indicator.shape[-1], h.shape
+    clip = h.reshape(count // frames, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+    mixed = resnet.time_mixer(
+        x_spatial=clip, x_temporal=resnet.temporal_res_block(clip, None), image_only_indicator=indicator
+    )
+    return mixed.permute(0, 2, 1, 3, 4).reshape(count, channels, height, width)
+
+
 class AutoencoderCascadeV(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -977,12 +988,15 @@ class AutoencoderCascadeV(
     def _svd_tile_steps(self, indicator: torch.Tensor) -> list[TileStep]:
         """The SVD decoder from its first upsampler on, as steps that exact tiles run one at a time
         (`_tiling.tiled_in_layer_order`), each with its reach in input pixels: an upsampler 1 (its 3x3 convolution
-        after the nearest 2x reads one fine pixel past a tile, half an input pixel), a resnet 2 (two 3x3 spatial
-        convolutions; the temporal ones are 3x1x1, the shortcut 1x1), the output layers 1 (`conv_out`, 3x3)."""
+        after the nearest 2x reads one fine pixel past a tile, half an input pixel); a resnet's spatial half 2 (two
+        3x3 convolutions, a 1x1 shortcut) and its temporal half 0 (3x1x1 convolutions and the per-pixel mix), two
+        steps so that each re-runs only its own layers to measure its GroupNorms; the output layers 1 (`conv_out`)."""
         decoder = self.svd_vae.decoder
         steps = [TileStep(upsampler, 1, upsampler) for upsampler in decoder.up_blocks[0].upsamplers or ()]
         for block in decoder.up_blocks[1:]:
-            steps += [TileStep(partial(resnet, image_only_indicator=indicator), 2, resnet) for resnet in block.resnets]
+            for resnet in block.resnets:
+                steps.append(TileStep(partial(resnet.spatial_res_block, temb=None), 2, resnet.spatial_res_block))
+                steps.append(TileStep(partial(_svd_temporal_half, resnet, indicator), 0, resnet.temporal_res_block))
             steps += [TileStep(upsampler, 1, upsampler) for upsampler in block.upsamplers or ()]
 
         def output_layers(x: torch.Tensor) -> torch.Tensor:
