@@ -18,7 +18,8 @@ over each whole tiled stage with its receptive-field halo: one partial pass over
 full one); exact tiles now (`tiled_in_layer_order`: one layer at a time over all tiles, each with its own small
 halo). Prints median seconds and CPU seconds, their ratio to untiled, the largest difference to untiled and, with
 `--memory`, the peak of the tensors each call creates, traced on the meta device (`memory.LiveTensorBytes`: no
-arithmetic; weights and inputs do not count; an estimate of the tensors' share of the peak, not a measurement).
+arithmetic; attention as the fused kernels allocate it; weights and inputs do not count; an estimate of the tensors'
+share of the peak, not a measurement).
 """
 
 from __future__ import annotations
@@ -222,14 +223,14 @@ def _set_side(model, side: str, tile: int) -> None:
 
 def _traced_peaks(model, calls, sides, tile: int) -> dict[tuple[str, str], int]:
     """Peak bytes of the tensors each call creates, traced on `meta` (see the module docstring)."""
-    from diffusers_videovae.memory import LiveTensorBytes, meta_copy
+    from diffusers_videovae.memory import LiveTensorBytes, _FusedAttention, meta_copy
 
     copy, peaks = meta_copy(model), {}
     for call, (inputs, run) in calls.items():
         tensors = inputs(copy, "meta")
         for side in sides:
             _set_side(copy, side, tile)
-            with torch.no_grad(), LiveTensorBytes() as live:
+            with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
                 run(copy, side, *tensors)
             peaks[call, side] = live.peak
     return peaks
