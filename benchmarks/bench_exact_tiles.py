@@ -17,9 +17,10 @@ so that a change in machine load hits them alike): untiled; exact tiles as befor
 over each whole tiled stage with its receptive-field halo: one partial pass over the tiles per GroupNorm, then a
 full one); exact tiles now (`tiled_in_layer_order`: one layer at a time over all tiles, each with its own small
 halo). Prints median seconds and CPU seconds, their ratio to untiled, the largest difference to untiled and, with
-`--memory`, the peak of the tensors each call creates, traced on the meta device (`memory.LiveTensorBytes`: no
-arithmetic; attention as the fused kernels allocate it; weights and inputs do not count; an estimate of the tensors'
-share of the peak, not a measurement).
+`--traced`, for all three (`--skip-before` or not) the FLOPs of each call and the peak of the tensors it creates,
+traced on the meta device (`FlopCounterMode`, `memory.LiveTensorBytes`: no arithmetic; attention as the fused
+kernels allocate it; weights and inputs do not count; an estimate of the tensors' share of the peak, not a
+measurement).
 """
 
 from __future__ import annotations
@@ -221,19 +222,23 @@ def _set_side(model, side: str, tile: int) -> None:
         model.enable_tiling(tile, tile, exact=True)
 
 
-def _traced_peaks(model, calls, sides, tile: int) -> dict[tuple[str, str], int]:
-    """Peak bytes of the tensors each call creates, traced on `meta` (see the module docstring)."""
+def _traced(model, calls, tile: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """`(peak bytes, FLOPs)` of the tensors each call creates and the arithmetic it does, per side, traced on `meta`
+    (see the module docstring): the old exact tiles too, whose run at full cost can take most of an hour."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from diffusers_videovae.memory import LiveTensorBytes, _FusedAttention, meta_copy
 
-    copy, peaks = meta_copy(model), {}
+    copy, traced = meta_copy(model), {}
     for call, (inputs, run) in calls.items():
         tensors = inputs(copy, "meta")
-        for side in sides:
+        for side in SIDES:
             _set_side(copy, side, tile)
-            with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
-                run(copy, side, *tensors)
-            peaks[call, side] = live.peak
-    return peaks
+            with torch.no_grad(), FlopCounterMode(display=False) as flops:
+                with LiveTensorBytes() as live, _FusedAttention():
+                    run(copy, side, *tensors)
+            traced[call, side] = (live.peak, flops.get_total_flops())
+    return traced
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -245,8 +250,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", type=json.loads, help="config (JSON) instead of the model's default one")
-    parser.add_argument("--memory", action="store_true", help="also the traced peak of each call's tensors")
-    parser.add_argument("--skip-before", action="store_true", help="leave out the old exact tiles (slow)")
+    parser.add_argument("--traced", action="store_true", help="also each call's traced peak of tensors and FLOPs")
+    parser.add_argument("--skip-before", action="store_true", help="do not time the old exact tiles (slow)")
     parser.add_argument("--quick", action="store_true", help="tiny config and sizes, 1 repeat")
     args = parser.parse_args(argv)
     name = args.model
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = _build(name, config)
     calls = _calls(name, frames, size)
     sides = [side for side in SIDES if not (args.skip_before and side == SIDES[1])]
-    peaks = _traced_peaks(model, calls, sides, tile) if args.memory else {}
+    traced = _traced(model, calls, tile) if args.traced else {}
     inputs = {call: make(model, "cpu") for call, (make, _) in calls.items()}
     outputs = {}
 
@@ -273,24 +278,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     keys = [(call, side) for call in calls for side in sides]
     runs = alternated_runs(keys, repeats, run)
     rows = []
-    for call, side in keys:
-        seconds = statistics.median(r["seconds"] for r in runs[call, side])
-        cpu = statistics.median(r["cpu"] for r in runs[call, side])
+    for call in calls:
         base_seconds = statistics.median(r["seconds"] for r in runs[call, SIDES[0]])
         base_cpu = statistics.median(r["cpu"] for r in runs[call, SIDES[0]])
-        row = {
-            "call": call,
-            "mode": side,
-            "seconds": f"{seconds:.2f}",
-            "vs untiled": f"{seconds / base_seconds:.1f}x",
-            "CPU seconds": f"{cpu:.2f}",
-            "CPU vs untiled": f"{cpu / base_cpu:.1f}x",
-            "max abs diff vs untiled": f"{float((outputs[call, side] - outputs[call, SIDES[0]]).abs().max()):.1e}",
-            "max abs untiled": f"{float(outputs[call, SIDES[0]].abs().max()):.1e}",
-        }
-        if peaks:
-            row["traced peak MiB"] = f"{peaks[call, side] / 2**20:.0f}"
-        rows.append(row)
+        for side in SIDES if traced else sides:
+            row = {"call": call, "mode": side}
+            if (call, side) in runs:
+                seconds = statistics.median(r["seconds"] for r in runs[call, side])
+                cpu = statistics.median(r["cpu"] for r in runs[call, side])
+                difference = float((outputs[call, side] - outputs[call, SIDES[0]]).abs().max())
+                row.update(
+                    {
+                        "seconds": f"{seconds:.2f}",
+                        "vs untiled": f"{seconds / base_seconds:.1f}x",
+                        "CPU seconds": f"{cpu:.2f}",
+                        "CPU vs untiled": f"{cpu / base_cpu:.1f}x",
+                        "max abs diff vs untiled": f"{difference:.1e}",
+                        "max abs untiled": f"{float(outputs[call, SIDES[0]].abs().max()):.1e}",
+                    }
+                )
+            else:
+                row.update(dict.fromkeys(["seconds", "vs untiled", "CPU seconds", "CPU vs untiled"], "not run"))
+            if traced:
+                peak, flops = traced[call, side]
+                row["traced peak MiB"] = f"{peak / 2**20:.0f}"
+                row["GFLOPs"] = f"{flops / 1e9:.1f}"
+                row["FLOPs vs untiled"] = f"{flops / traced[call, SIDES[0]][1]:.1f}x"
+            rows.append(row)
     described = json.dumps(config) if config else "release config"
     print(
         f"{name}, {'tiny config' if args.quick else 'config'} {described}, random weights, float32, CPU, "
