@@ -167,3 +167,22 @@ def test_gpu_check_quick_reports_every_dtype_against_cpu_float32():
             assert video_diff == 0.0
         else:  # 8 (bfloat16) or 11 (float16) bits of mantissa: visible, far below the signal
             assert 0 < video_diff < 0.5
+
+
+@pytest.mark.parametrize("model", ["reducio", "cascadev"])
+def test_exact_tiles_benchmark_compares_layer_order_with_untiled(model):
+    import bench_exact_tiles
+
+    threads = torch.get_num_threads()
+    try:
+        rows = bench_exact_tiles.main(["--quick", "--model", model, "--skip-before"])
+    finally:
+        torch.set_num_threads(threads)
+    calls = {"reducio": {"encode", "decode"}, "cascadev": {"SVD decode"}}[model]
+    assert {row["call"] for row in rows} == calls
+    for call in calls:
+        modes = {row["mode"]: row for row in rows if row["call"] == call}
+        assert set(modes) == {"untiled", "exact, layer order (now)"}
+        exact = modes["exact, layer order (now)"]
+        assert 0 < float(exact["max abs diff vs untiled"]) < 1e-4 * float(exact["max abs untiled"])
+        assert float(exact["seconds"]) > 0 and exact["vs untiled"].endswith("x")
