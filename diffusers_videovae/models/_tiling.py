@@ -28,9 +28,6 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 __all__ = [
     "TileSpan",
