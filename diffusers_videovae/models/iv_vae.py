@@ -896,8 +896,8 @@ class AutoencoderKLIVVAE(
         A core is the tile size less a halo on each side, so that a tile reads at most the tile size and its
         activations are those of an untiled frame of that size (`enable_tiling`'s default, 256 px, bounds memory by
         what a 256 x 256 frame needs). A core is never below `min(size, 2 * halo)`: a tile smaller than four halos
-        keeps a core of twice the halo (at most 4x the core's area recomputed), or the whole size when that is
-        smaller, and then reads more than its size.
+        keeps a core of twice the halo (so a tile computes at most 4x its core's area), or the whole size when that
+        is smaller, and then reads more than its size.
         """
         spatial = self.config.spatial_compression_ratio
         sizes = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
