@@ -291,7 +291,10 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path
     final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
     staging = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
+        from .paths import remove_stale_temporaries
+
         shutil.rmtree(staging, ignore_errors=True)
+        remove_stale_temporaries(final)  # an old checkpoint a killed run had renamed aside
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()

@@ -572,3 +572,24 @@ def test_exact_tiles_do_not_overlap_and_blended_tiles_stay_available(tiny_random
     assert (model.tile_sample_min_width, model.tile_sample_stride_width) == (64, 48)
     model.disable_tiling()
     assert not model.use_tiling
+
+
+def test_upsampler_phase_form_gives_the_two_step_output_and_gradients():
+    # With autograd on (training), the spatial decoder's upsampler runs the same phase form as at inference: its
+    # output and every gradient equal nearest x2 upsampling followed by the 3x3 convolution.
+    torch.manual_seed(0)
+    conv = opensora_vae.OpenSoraUpsampleConv2d(4, 6)
+    x = torch.randn(2, 4, 5, 7, requires_grad=True)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    phase = (out.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone())
+    x.grad = conv.weight.grad = conv.bias.grad = None
+    reference = torch.nn.functional.conv2d(
+        torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1
+    )
+    reference.backward(grad)
+    expected = (reference.detach(), x.grad, conv.weight.grad, conv.bias.grad)
+    assert out.shape == (2, 6, 10, 14)
+    for got, want in zip(phase, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""The package's shape, read from its source: no import cycle between its modules and no function over 100 lines."""
+"""The package's shape, read from its source: no import cycle between its modules, no function over 100 lines, and
+no model block that switches its code path by inspecting autograd."""
 
 from __future__ import annotations
 
@@ -127,3 +128,36 @@ def test_no_function_of_the_package_is_over_100_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+# Where the models may read `torch.is_grad_enabled()`: the gradient-checkpoint call (diffusers' own rule) and the
+# autoencoders' per-call decisions, which they pass down to their blocks as arguments (`in_place`, `stream`).
+GRAD_SWITCHES = {
+    "models/_layers.py:checkpointed",
+    "models/iv_vae.py:AutoencoderKLIVVAE._in_place",
+    "models/reducio_vae.py:AutoencoderKLReducio._streams_frames",
+}
+
+
+def _functions_reading_autograd(path: Path) -> set[str]:
+    """`file:Class.function` of every function in `path` whose body calls `torch.is_grad_enabled()`."""
+    found = set()
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                calls = (n for n in ast.walk(child) if isinstance(n, ast.Call))
+                if any(getattr(call.func, "attr", None) == "is_grad_enabled" for call in calls):
+                    found.add(f"{path.relative_to(PACKAGE).as_posix()}:{prefix}{child.name}")
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), "")
+    return found
+
+
+def test_only_the_autoencoders_decide_by_autograd_what_their_blocks_do():
+    readers = set()
+    for path in sorted((PACKAGE / "models").glob("*.py")):
+        readers |= _functions_reading_autograd(path)
+    assert readers == GRAD_SWITCHES

@@ -253,3 +253,40 @@ def test_a_previous_run_is_continued_only_with_resume_and_replaced_only_with_ove
     assert (tmp_path / "run" / "log.csv").read_text() == "the previous run's log"
     training.train(args_for(workspace, tmp_path / "run", "--max-steps", "1", "--overwrite"))
     assert {row["step"] for row in read_log(tmp_path / "run")} == {"1"}  # the old log is gone
+
+
+def _saved_weights(checkpoint: Path) -> torch.Tensor:
+    return load_file(next(checkpoint.glob("model*.safetensors")))["weight"]
+
+
+def test_a_checkpoint_of_the_same_step_is_replaced_whole_and_never_lost(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from diffusers_videovae import paths
+
+    accelerator = Accelerator(cpu=True)
+    layer = accelerator.prepare(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    first = training.save_checkpoint(accelerator, tmp_path, step=3, keep=2)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+    # Killed after the new folder is in place, before the old one (renamed aside) is removed: the new one is complete
+    # and is what a resume finds; the old one is only a hidden leftover that the next write of that step removes.
+    removed = []
+    monkeypatch.setattr(
+        paths, "_remove", lambda path: removed.append(path) or (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint(accelerator, tmp_path, step=3, keep=2)
+    assert training.list_checkpoints(tmp_path) == [first]
+    assert torch.equal(_saved_weights(first), torch.full((2, 2), 2.0))
+    assert len(removed) == 1 and removed[0].name.startswith(f".{first.name}.old-") and removed[0].is_dir()
+    assert torch.equal(_saved_weights(removed[0]), torch.full((2, 2), 1.0))
+    monkeypatch.undo()
+    monkeypatch.setattr(paths, "process_is_alive", lambda pid: False)  # as after a real kill
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    assert training.save_checkpoint(accelerator, tmp_path, step=3, keep=2) == first
+    assert torch.equal(_saved_weights(first), torch.full((2, 2), 3.0))
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name]

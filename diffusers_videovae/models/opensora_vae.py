@@ -57,11 +57,6 @@ SDXL_DOWN_BLOCKS = ("DownEncoderBlock2D",) * 4
 SDXL_UP_BLOCKS = ("UpDecoderBlock2D",) * 4
 
 
-def _silu(x: torch.Tensor) -> torch.Tensor:
-    # In place only when no graph is recorded: saves one activation-sized buffer per call at inference.
-    return F.silu(x, inplace=not torch.is_grad_enabled())
-
-
 class OpenSoraCausalConv3d(nn.Module):
     """3D convolution that is causal in time: `kt - stride` zero frames in front, zero 'same' padding in space.
 
@@ -110,11 +105,11 @@ class OpenSoraResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_silu(self.norm1(x)))
-        h = self.conv2(_silu(self.norm2(h)))
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return h.add_(x) if not torch.is_grad_enabled() else h + x
+        return h + x
 
 
 def _depth_to_time(x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +241,7 @@ class OpenSoraTemporalEncoder(nn.Module):
         return self.output_layers(x)
 
     def output_layers(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(_silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x)))
 
     def tile_steps(self) -> list[TileStep]:
         """`forward` as steps that exact tiles run one at a time (see `_tiling.tiled_in_layer_order`)."""
@@ -298,7 +293,7 @@ class OpenSoraTemporalDecoder(nn.Module):
         return self.output_layers(x)
 
     def output_layers(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(_silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x)))
 
     def tile_steps(self) -> list[TileStep]:
         """`forward` as steps that exact tiles run one at a time (see `_tiling.tiled_in_layer_order`)."""
@@ -356,8 +351,7 @@ class OpenSoraTemporalVAE(nn.Module):
 class OpenSoraUpsampleConv2d(NearestUpsampleConvMixin, nn.Conv2d):
     """The 3x3 convolution of an `Upsample2D` layer, taking the LOW-resolution input: nearest x2 upsampling then
     this convolution, computed as four 2x2 convolutions on the low-resolution input (`NearestUpsampleConvMixin`:
-    16 instead of 36 multiply-adds per output pixel group, equal up to float rounding). While gradients are recorded
-    it runs the plain two-step form, the original's formula.
+    16 instead of 36 multiply-adds per output pixel group, equal up to float rounding, with or without autograd).
     """
 
     def __init__(self, channels: int, out_channels: int):
@@ -365,8 +359,6 @@ class OpenSoraUpsampleConv2d(NearestUpsampleConvMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`x: (N, C, h, w)` -> `(N, C_out, 2h, 2w)`."""
-        if torch.is_grad_enabled():
-            return super().forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return self.upsample_then_convolve(x, (True, True), ((1, 1), (1, 1)))
 
 

@@ -691,7 +691,8 @@ class ReducioDecoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, z: torch.Tensor, features: tuple[torch.Tensor, ...], stream: bool = False) -> torch.Tensor:
-        """`stream`: whether the resnets and upsamplers compute their output a few frames at a time."""
+        """`stream`: whether the resnets and upsamplers compute their output a few frames at a time (the autoencoder
+        streams only when no graph is recorded, so the last SiLU may then overwrite the fresh GroupNorm output)."""
         h = self.conv_in(z)
         h = checkpointed(self, self.mid.block_1, h, stream)
         if self.mid.fusion is not None:
@@ -708,7 +709,7 @@ class ReducioDecoder(nn.Module):
                 h = checkpointed(self, block, h, stream)
             if level.upsample is not None:
                 h = level.upsample(h, stream)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled()))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=stream))
 
 
 @dataclass
