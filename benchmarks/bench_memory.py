@@ -7,8 +7,9 @@
 
 Each row runs in a fresh process (`benchmarks/_harness.py`): the model (released config, random weights; CascadeV's
 DiT window set to the clip's latent size, one denoising step) and the clip are built, `estimate_memory` predicts the
-peak (what is resident + the traced peak of the run's tensors), then the high-water mark is reset and the
-reconstruction runs. Measured: the peak RSS of the process on CPU, `torch.cuda.max_memory_allocated` on CUDA.
+peak (what is resident + the traced peak of the run's tensors; its CPU seconds, untiled + tiled traces, are the
+`trace CPU s` column), then the high-water mark is reset and the reconstruction runs. Measured: the peak RSS of the
+process on CPU, `torch.cuda.max_memory_allocated` on CUDA.
 Clips: 17 frames (16 for Reducio, 8 for CascadeV), untiled and tiled with the model's default tiles.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,7 +27,17 @@ from _harness import add_device_argument, format_table, gib, measure  # noqa: E4
 from bench_roofline import MODELS, _model_class, released_config  # noqa: E402
 
 FRAMES = {"ivvae": 17, "odvae": 17, "opensora": 17, "reducio": 16, "cascadev": 8}
-COLUMNS = ["model", "clip", "tiling", "estimate", "measured peak", "estimate / measured", "resident", "traced"]
+COLUMNS = [
+    "model",
+    "clip",
+    "tiling",
+    "estimate",
+    "measured peak",
+    "estimate / measured",
+    "resident",
+    "traced",
+    "trace CPU s",
+]
 
 
 def build(name: str, quick: bool, frames: int, size: int) -> torch.nn.Module:
@@ -58,8 +70,11 @@ def setup(name: str, quick: bool, frames: int, size: int, tiled: bool, target: s
     if tiled:
         model.enable_tiling()
     clip = torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    start = time.process_time()
     estimate = estimate_memory(model, (frames, size, size), device)
-    return model, clip, {"resident": estimate.resident, "traced": estimate.tiled if tiled else estimate.untiled}
+    seconds = time.process_time() - start  # untiled + tiled traces: what `--tiling auto` waits for
+    traced = estimate.tiled if tiled else estimate.untiled
+    return model, clip, {"resident": estimate.resident, "traced": traced, "seconds": seconds}
 
 
 def call(state) -> dict:
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "estimate / measured": f"{(resident + traced) / measured:.2f}",
                         "resident": gib(resident),
                         "traced": gib(traced),
+                        "trace CPU s": f"{outcome['result']['seconds']:.1f}",
                         "ratio": (resident + traced) / measured,
                     }
                 )

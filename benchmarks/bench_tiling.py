@@ -18,6 +18,14 @@ untiled encode.
    has no exact mode): time, time vs untiled, peak RSS, max abs difference to untiled.
 2. Peak RSS against frame size (`--sizes`, e.g. 256, 512 and 720x1280) with the model's own default tile size, for
    default and exact tiles; "growth" is the largest peak over the peak at the first size.
+
+With `--traced`, table 2 is traced instead of measured, untiled included: the peak bytes of the tensors each call
+creates (`memory.LiveTensorBytes` on a `meta` copy of the model, no arithmetic), so all five full-size models at
+256, 512 and 720x1280 take minutes, not hours. Attention is counted as the CPU runs it: fused (no attention matrix)
+where query, key and value are contiguous in their last dimension, else PyTorch's unfused form with its whole
+`(L, S)` matrix. Weights, inputs, allocator slack and kernel workspaces are not counted (RSS counts them).
+
+    python benchmarks/bench_tiling.py --traced --skip-modes --sizes 256 512 720x1280
 """
 
 from __future__ import annotations
@@ -31,10 +39,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch.nn.functional as F  # noqa: E402
 from _harness import add_device_argument, format_table, gib, measure, peak_cell  # noqa: E402
 from bench_roofline import MODELS, released_config  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+from diffusers_videovae.memory import LiveTensorBytes, _FusedAttention  # noqa: E402
 
 NAMES = ("ivvae", "odvae", "opensora", "reducio", "cascadev")
+OPS = ("encode", "decode")
 FRAMES = {"ivvae": 17, "odvae": 17, "opensora": 17, "reducio": 16, "cascadev": 8}
 QUICK_FRAMES = {"ivvae": 5, "odvae": 5, "opensora": 5, "reducio": 16, "cascadev": 4}
 # CascadeV's tiny model: a small DiT and SVD decoder (its EfficientNet encoder has one size).
@@ -50,6 +63,7 @@ CASCADEV_TINY = {
     "svd_layers_per_block": 1,
 }
 MODES = ("untiled", "default tiles", "exact tiles")
+TILING = {"untiled": "off", "default tiles": "on", "exact tiles": "exact"}
 
 
 def _class(name: str):
@@ -81,7 +95,7 @@ def setup(
     with torch.no_grad():  # resident copies, so that peak RSS counts every weight
         for parameter in model.parameters():
             parameter.data = parameter.data.clone()
-    enable_tiling(model, {"default tiles": "on", "exact tiles": "exact"}.get(mode, "off"), tile)
+    enable_tiling(model, TILING[mode], tile)
     clip = synthetic_clip(frames, *size, seed=0) if op == "encode" else torch.load(data)
     return {"model": model, "op": op, "data": clip, "frames": frames, "out": out}
 
@@ -203,6 +217,85 @@ def memory_against_size(runner: Runner, sizes: list[tuple[int, int]], modes: lis
     return rows
 
 
+# -- traced peaks (meta device) ------------------------------------------------------------------------------------
+
+
+class _CpuAttention(TorchFunctionMode):
+    """`F.scaled_dot_product_attention` as a CPU dispatches it: the fused kernel's meta function (no attention
+    matrix) when query, key and value are contiguous in their last dimension, else the unfused form (meta runs it,
+    materialising the matrix as the CPU does)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and all(t.stride(-1) == 1 for t in args[:3]):
+            with _FusedAttention():
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _traced(call) -> int:
+    with torch.no_grad(), LiveTensorBytes() as live, _CpuAttention():
+        call()
+    return live.peak
+
+
+def traced_peaks(name: str, config: dict, mode: str, frames: int, size: tuple[int, int]) -> dict[str, int | None]:
+    """`{"encode": bytes, "decode": bytes}` traced at `(1, 3, frames, *size)` on a meta model (None: refused)."""
+    from diffusers_videovae.memory import enable_tiling
+
+    with torch.device("meta"):
+        model = _class(name)(**config)
+    model = torch.nn.Module.to(model, "meta").eval()
+    enable_tiling(model, TILING[mode], None)
+    video = torch.zeros(1, 3, frames, *size, device="meta")
+    peaks: dict[str, int | None] = {}
+    try:
+        peaks["encode"] = _traced(lambda: (model.encode(video), model.decode_conditions(video)))
+    except ValueError:  # the model refuses this clip in this mode (Reducio past its attention window)
+        return {"encode": None, "decode": None}
+    with torch.no_grad():
+        z = model.latents_for_decode(model.encode(video).latent_dist.mode())
+        conditions = model.decode_conditions(video)
+    if hasattr(model, "decode_svd_latents"):  # CascadeV: one denoising step and the SVD decode (no scheduler on meta)
+        peaks["decode"] = _traced(lambda: _cascadev_decode(model, z))
+    else:
+        options = model.decode_kwargs(num_frames=frames)
+        peaks["decode"] = _traced(lambda: model.decode(z, **conditions, **options))
+    return peaks
+
+
+def _cascadev_decode(model: torch.nn.Module, z: torch.Tensor) -> None:
+    config = model.config
+    batch, _, frames, height, width = z.shape
+    svd_shape = (batch, config.svd_latent_channels, frames, height * config.sr_scale, width * config.sr_scale)
+    state = [torch.zeros(svd_shape, device="meta") for _ in range(3)]  # latents, the step's noise, x0
+    condition = torch.zeros(batch, frames, config.latent_channels, *svd_shape[-2:], device="meta")
+    x_in = torch.zeros(frames, config.svd_latent_channels, *svd_shape[-2:], device="meta")
+    model._predict_noise(x_in, condition[0], torch.zeros((), device="meta"))
+    del condition, x_in, state
+    model.decode_svd_latents(torch.zeros(svd_shape, device="meta"))
+
+
+def traced_against_size(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> list[dict]:
+    """Table 2 rows of one model, traced: untiled, default and exact tiles per frame size."""
+    config = model_config(name, args.quick, args.config)
+    frames = (QUICK_FRAMES if args.quick else FRAMES)[name]
+    exact = accepts_exact(_class(name)(**model_config(name, True, {})))
+    rows = {(op, mode): {"model": name, "call": op, "tiles": mode.split()[0]} for op in OPS for mode in MODES}
+    for size in sizes:
+        for mode in MODES:
+            label = f"{size[0]}x{size[1]}"
+            peaks = traced_peaks(name, config, mode, frames, size) if exact or mode != "exact tiles" else {}
+            for op in OPS:
+                rows[op, mode][label] = "n/a" if peaks.get(op) is None else gib(peaks[op])
+                rows[op, mode].setdefault("bytes", []).append(peaks.get(op))
+            print(name, label, mode, {op: peaks.get(op) for op in OPS}, flush=True)
+    for row in rows.values():
+        peaks = row.pop("bytes")
+        row["growth"] = "n/a" if None in peaks or row["tiles"] == "untiled" else f"{max(peaks) / peaks[0]:.2f}x"
+    return list(rows.values())
+
+
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=NAMES, default=list(NAMES))
@@ -216,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--config", type=json.loads, default={}, help='config overrides, {"model": {...}}')
     parser.add_argument("--workdir", default="/tmp/tiling_bench", help="weights and outputs go here")
     parser.add_argument("--quick", action="store_true", help="tiny configs, 64x64 clips, 32-px tiles, sizes 64 128")
+    parser.add_argument("--traced", action="store_true", help="table 2 traced on meta (untiled included), not run")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -227,21 +321,26 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
 
     modes, memory = [], []
     for name in args.models:
-        runner = Runner(name, args, work)
+        runner = None if args.skip_modes and args.traced else Runner(name, args, work)
         modes += [] if args.skip_modes else compare_modes(runner, args.size, args.tile)
-        memory += memory_against_size(runner, sizes, args.memory_modes) if sizes else []
+        if sizes:
+            traced = args.traced and traced_against_size(name, args, sizes)
+            memory += traced or memory_against_size(runner, sizes, args.memory_modes)
     config = (
         "tiny configs"
         if args.quick
         else "released configs" + (f" with {json.dumps(args.config)}" if args.config else "")
     )
     setting = f"{config}, random weights, float32, CPU, {args.threads} threads, median of {args.repeats}"
-    print(f"\nTiling at {args.size}x{args.size}, {args.tile}-px tiles; {setting}")
-    print(
-        format_table(modes, ["model", "call", "mode", "seconds", "vs untiled", "peak RSS", "max abs diff vs untiled"])
-    )
-    if sizes:
+    if modes:
+        columns = ["model", "call", "mode", "seconds", "vs untiled", "peak RSS", "max abs diff vs untiled"]
+        print(f"\nTiling at {args.size}x{args.size}, {args.tile}-px tiles; {setting}")
+        print(format_table(modes, columns))
+    if sizes and args.traced:
+        print(f"\nTraced peak against frame size (traced: bytes of the call's tensors, meta device); {config}")
+    elif sizes:
         print(f"\nPeak RSS against frame size, each model's default tile size; {setting}")
+    if sizes:
         labels = [f"{h}x{w}" for h, w in sizes]
         print(format_table(memory, ["model", "call", "tiles", *labels, "growth"]))
     return {"modes": modes, "memory": memory}

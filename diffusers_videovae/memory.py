@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import psutil
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = [
     "LiveTensorBytes",
@@ -112,13 +113,27 @@ class LiveTensorBytes(TorchDispatchMode):
     finalizers; storages are told apart by their C++ address while alive). Outputs that share an input's storage
     (views, in-place ops on tensors made outside) allocate nothing. Run on the `meta` device, this costs no memory
     and no arithmetic: what a run would allocate, at its real shape, in Python time per op.
+
+    `conv_workspace`: count, during each convolution, the scratch space the CPU kernel (oneDNN) takes besides its
+    output: measured on this project's CPU runs as the larger of the convolution's input and output
+    (`CONV_WORKSPACE_NOTE`). Off, only the tensors ops return are counted (what the tests compare with real runs).
     """
 
-    def __init__(self):
+    def __init__(self, conv_workspace: bool = False):
         super().__init__()
-        self._live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors seen on it still alive]
+        self.conv_workspace = conv_workspace
+        # storage address -> [bytes, tensors seen on it still alive, creation number]
+        self._live: dict[int, list[int]] = {}
+        self._created = 0
+        self._frames: list[_Frame] = []  # module calls being recorded, innermost last (`_ModuleReplay`)
+        self._window = 0  # the peak since the innermost recorded module call began
         self.current = 0
         self.peak = 0
+
+    def _note(self, num_bytes: int) -> None:
+        if num_bytes > self._window:
+            self._window = num_bytes
+            self.peak = max(self.peak, num_bytes)
 
     def _release(self, key: int) -> None:
         entry = self._live.get(key)
@@ -128,9 +143,31 @@ class LiveTensorBytes(TorchDispatchMode):
         if entry[1] == 0:
             del self._live[key]
             self.current -= entry[0]
+            for frame in self._frames:
+                if entry[2] < frame.created:
+                    frame.pure = False  # a recorded call freed something made before it: not replayable
+
+    def _created_at(self, tensor: torch.Tensor) -> int:
+        entry = self._live.get(tensor.untyped_storage()._cdata)
+        return -1 if entry is None else entry[2]
+
+    def _check_reads(self, args, kwargs) -> None:
+        """A recorded call that reads a tensor it neither made, took as an argument, nor owns (parameters) depends
+        on state outside it: its record would not hold for another call with the same arguments."""
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            created = self._created_at(tensor)
+            for frame in reversed(self._frames):
+                if created >= frame.created:
+                    break
+                if tensor.untyped_storage()._cdata not in frame.allowed:
+                    frame.pure = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if self._frames:
+            self._check_reads(args, kwargs)
         inputs = None
         for tensor in tree_flatten(out)[0]:
             if not isinstance(tensor, torch.Tensor):
@@ -143,12 +180,26 @@ class LiveTensorBytes(TorchDispatchMode):
                     inputs = {t.untyped_storage()._cdata for t in leaves if isinstance(t, torch.Tensor)}
                 if key in inputs:
                     continue  # a view of, or an in-place op on, a tensor made outside the mode
-                self._live[key] = [storage.nbytes(), 0]
+                self._live[key] = [storage.nbytes(), 0, self._created]
+                self._created += 1
                 self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
+                self._note(self.current)
             self._live[key][1] += 1
             weakref.finalize(tensor, self._release, key)
+        if self.conv_workspace and func is torch.ops.aten.convolution.default:
+            self._note(self.current + max(_tensor_bytes(args[0]), _tensor_bytes(out)))
         return out
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+CONV_WORKSPACE_NOTE = (
+    "CPU convolutions (oneDNN, float32) were measured to take scratch space about the size of the larger of their "
+    "input and output (reordered copies) on top of the output; GroupNorm, activations, interpolation and fused "
+    "attention took none."
+)
 
 
 class _FusedAttention(TorchFunctionMode):
@@ -174,6 +225,162 @@ class _FusedAttention(TorchFunctionMode):
         )[0]
 
 
+@dataclass
+class _Frame:
+    """A module call being recorded: what it may read besides what it makes (its arguments' and its own
+    parameters' storages), the creation number and live bytes when it began, and whether it stayed replayable."""
+
+    allowed: set[int]
+    created: int
+    current: int
+    outer_window: int
+    pure: bool = True
+
+
+_CONSTANTS = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_IMPURE = "impure"
+
+
+@dataclass
+class _Record:
+    """What a pure module call did, as far as memory goes: the peak above the live bytes it began with, and its
+    outputs (fresh storages, or views of its arguments), so that a later call with the same key needs no trace."""
+
+    peak: int
+    storages: list[tuple[int, torch.dtype, torch.device]]  # fresh storages: elements, dtype, device
+    outputs: list[tuple]  # per output leaf: ("new", storage, view) | ("arg", leaf, view) | ("const", value)
+    spec: object
+
+    def replay(self, live: LiveTensorBytes, leaves: list) -> object:
+        live._note(live.current + self.peak)
+        made = [torch.empty(size, dtype=dtype, device=device) for size, dtype, device in self.storages]
+        values = []
+        for kind, where, *view in self.outputs:
+            if kind == "const":
+                values.append(where)
+            elif kind == "new":
+                values.append(made[where].as_strided(*view))
+            else:
+                size, stride, offset = view
+                values.append(leaves[where].as_strided(size, stride, leaves[where].storage_offset() + offset))
+        return tree_unflatten(values, self.spec)
+
+
+def _call_key(module: torch.nn.Module, leaves: list, spec) -> tuple | None:
+    """What a module call's allocations depend on: the module, its arguments' shapes, strides, dtypes, devices and
+    which share a storage, and the non-tensor arguments; None when an argument is no plain value (not replayed).
+    A storage offset is left out: a tile is a window of a whole frame, and offsets change no allocation."""
+    if torch.overrides._get_current_function_mode_stack()[1:]:
+        return None  # a function mode besides `_FusedAttention` (shared-GroupNorm tiles) changes what ops do
+    parts: list = [id(module), module.training, torch.is_grad_enabled(), spec]
+    storages: dict[int, int] = {}
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            alias = storages.setdefault(leaf.untyped_storage()._cdata, len(storages))
+            parts.append((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device, alias))
+        elif isinstance(leaf, _CONSTANTS):
+            parts.append((type(leaf), leaf))
+        else:
+            return None
+    return tuple(parts)
+
+
+class _ModuleReplay(ModelHook):
+    """Records each pure call of a module on the trace's `LiveTensorBytes` and replays the record when the same
+    call (`_call_key`) comes again: tiles and frame chunks of one shape are traced once.
+
+    Pure: the call read only its arguments, its own parameters and what it made; freed nothing made before it; and
+    of what it made, only its outputs are alive when it returns. Then its memory effect is its peak above the start
+    and its outputs, whatever runs around it, and the replay adds exactly that (`_Record.replay`)."""
+
+    def __init__(self, tracer: _ReplayingTrace):
+        super().__init__()
+        self.tracer = tracer
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        live, forward = self.tracer.live, self.fn_ref.original_forward
+        if live is None:
+            return forward(*args, **kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
+        key = _call_key(module, leaves, spec)
+        key = key and (live.conv_workspace, key)  # a record holds for the trace settings it was made under
+        record = self.tracer.records.get(key, _IMPURE) if key is not None else _IMPURE
+        if record is not _IMPURE:
+            self.tracer.replayed += 1
+            return record.replay(live, leaves)
+        if key is None or key in self.tracer.records:
+            return forward(*args, **kwargs)
+        allowed = {t.untyped_storage()._cdata for t in leaves if isinstance(t, torch.Tensor)}
+        allowed.update(self.tracer.owned(module))
+        frame = _Frame(allowed, live._created, live.current, live._window)
+        live._frames.append(frame)
+        live._window = live.current
+        try:
+            out = forward(*args, **kwargs)
+        finally:
+            live._frames.pop()
+            peak, live._window = live._window, max(frame.outer_window, live._window)
+        self.tracer.records[key] = _record(live, frame, peak, out, leaves)
+        return out
+
+
+def _record(live: LiveTensorBytes, frame: _Frame, peak: int, out, leaves: list) -> _Record | str:
+    """The record of a finished call, or `_IMPURE` (see `_ModuleReplay`)."""
+    if not frame.pure:
+        return _IMPURE
+    out_leaves, spec = tree_flatten(out)
+    args = {}
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            args.setdefault(leaf.untyped_storage()._cdata, index)
+    fresh: dict[int, int] = {}
+    storages, outputs = [], []
+    for leaf in out_leaves:
+        if not isinstance(leaf, torch.Tensor):
+            if not isinstance(leaf, _CONSTANTS):
+                return _IMPURE
+            outputs.append(("const", leaf))
+            continue
+        key = leaf.untyped_storage()._cdata
+        view = (tuple(leaf.shape), leaf.stride(), leaf.storage_offset())
+        if live._created_at(leaf) >= frame.created:
+            if key not in fresh:
+                fresh[key] = len(storages)
+                storages.append((leaf.untyped_storage().nbytes(), leaf.dtype, leaf.device))
+            elif storages[fresh[key]][1] != leaf.dtype:
+                return _IMPURE
+            outputs.append(("new", fresh[key], *view))
+        elif key in args:
+            offset = leaf.storage_offset() - leaves[args[key]].storage_offset()
+            outputs.append(("arg", args[key], view[0], view[1], offset))
+        else:
+            return _IMPURE  # a view of a parameter or of something the caller did not pass
+    if live.current - frame.current != sum(size for size, _, _ in storages):
+        return _IMPURE  # something it made besides its outputs is still alive (kept on the side)
+    elements = [(size // dtype.itemsize, dtype, device) for size, dtype, device in storages]
+    return _Record(peak - frame.current, elements, outputs, spec)
+
+
+class _ReplayingTrace:
+    """`_ModuleReplay` hooks on every module of a `meta` copy that has children (a leaf is one op: nothing to
+    save), sharing one table of records across the copy's traces (untiled, then tiled)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.live: LiveTensorBytes | None = None
+        self.records: dict[tuple, _Record | str] = {}
+        self.replayed = 0
+        self._owned: dict[int, set[int]] = {}
+        for module in model.modules():
+            if module is not model and next(module.children(), None) is not None:
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(_ModuleReplay(self), "memory_replay")
+
+    def owned(self, module: torch.nn.Module) -> set[int]:
+        if id(module) not in self._owned:
+            tensors = [*module.parameters(), *module.buffers()]
+            self._owned[id(module)] = {t.untyped_storage()._cdata for t in tensors}
+        return self._owned[id(module)]
+
+
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same model (config, dtype, tiling and slicing settings) with every parameter and buffer on `meta`.
 
@@ -191,14 +398,26 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy
 
 
-def _traced_peak(model: torch.nn.Module, shape: tuple[int, int, int]) -> int:
-    """Peak bytes of the tensors an encode + decode of a `(1, 3, T, H, W)` clip creates, traced on `meta`."""
+def _traced_peak(
+    model: torch.nn.Module,
+    shape: tuple[int, int, int],
+    conv_workspace: bool = False,
+    tracer: _ReplayingTrace | None = None,
+) -> int:
+    """Peak bytes of the tensors an encode + decode of a `(1, 3, T, H, W)` clip creates, traced on `meta`; with a
+    `tracer` (hooks on `model`), module calls that repeat are replayed from their first trace."""
     sample = torch.zeros(1, 3, *shape, device="meta", dtype=model.dtype)
-    with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
-        if hasattr(model, "decode_svd_latents"):
-            _cascadev_stages(model, sample)
-        else:
-            model.autoencode(sample)
+    with torch.no_grad(), LiveTensorBytes(conv_workspace) as live, _FusedAttention():
+        if tracer is not None:
+            tracer.live = live
+        try:
+            if hasattr(model, "decode_svd_latents"):
+                _cascadev_stages(model, sample)
+            else:
+                model.autoencode(sample)
+        finally:
+            if tracer is not None:
+                tracer.live = None
     return live.peak
 
 
@@ -222,20 +441,25 @@ def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device:
 
     The run is traced at its real shape on a `meta` copy of the model (`LiveTensorBytes`): every tensor it creates
     is counted while alive, and the peak is taken. No data is touched, so the estimate of a 720p clip costs Python
-    time per op, not memory or arithmetic. The tiled figure uses the model's tiles (the defaults when tiling is
-    off). Not counted: a kernel's private workspace (cuDNN, oneDNN), allocator rounding and fragmentation.
+    time per op, not memory or arithmetic; a module call that repeats with the same arguments' shapes (tiles, frame
+    chunks, the untiled run's blocks in the tiled one) is traced once and replayed (`_ModuleReplay`), which gives
+    the same peak. The tiled figure uses the model's tiles (the defaults when tiling is off). On the CPU each
+    convolution's scratch space is counted (`CONV_WORKSPACE_NOTE`); not counted: other kernels' private workspaces
+    (cuDNN's on a GPU), allocator rounding and fragmentation.
     """
     copy = meta_copy(model)
+    tracer = _ReplayingTrace(copy)
+    conv_workspace = device.type == "cpu"
     copy.disable_tiling()
     try:
-        untiled = _traced_peak(copy, shape)
+        untiled = _traced_peak(copy, shape, conv_workspace, tracer)
     except ValueError:  # the model refuses this clip untiled (e.g. frames past Reducio's attention window)
         untiled = None
     if not getattr(model, "use_tiling", False):
         copy.enable_tiling()
     else:
         copy.use_tiling = True
-    tiled = _traced_peak(copy, shape)
+    tiled = _traced_peak(copy, shape, conv_workspace, tracer)
     return MemoryEstimate(
         untiled=untiled,
         tiled=tiled,
@@ -287,6 +511,22 @@ def _check_runs_in_one_piece(limits, mode: str, shape: tuple[int, int, int]) -> 
     )
 
 
+def _tiled_peaks(model: torch.nn.Module, shape: tuple[int, int, int], device: torch.device):
+    """`side -> bytes`: the traced peak of the run with `side`-px tiles (as `enable_tiling(..., "on", side)` sets
+    them), each tile size traced once on one `meta` copy whose records all of them share."""
+    copy = meta_copy(model)
+    tracer = _ReplayingTrace(copy)
+    peaks: dict[int, int] = {}
+
+    def peak(side: int) -> int:
+        if side not in peaks:
+            enable_tiling(copy, "on", side)
+            peaks[side] = _traced_peak(copy, shape, device.type == "cpu", tracer)
+        return peaks[side]
+
+    return peak
+
+
 def choose_tiling(
     model: torch.nn.Module, mode: str, shape: tuple[int, int, int], device: torch.device, tile_size: int | None = None
 ) -> str:
@@ -294,7 +534,7 @@ def choose_tiling(
 
     `"auto"` turns tiles on when the frame is larger than the model runs in one piece (`tiling_limits().max_size`)
     or when `estimate_memory` says the untiled run would not fit; then the tile is the largest (from `tile_size` or
-    the model's default, halved as needed) whose estimate fits.
+    the model's default, halved as needed) whose estimate, traced with that tile, fits.
     """
     if mode != "auto":
         enable_tiling(model, mode, tile_size, shape)
@@ -308,11 +548,7 @@ def choose_tiling(
         return f"off (auto: untiled needs ~{gib(estimate.untiled)}, {gib(estimate.available)} available)"
     default = min(limits.default_size, limits.max_size or limits.default_size)
     size = tile_size or default
-    base_area = min(height, model.tile_sample_min_height) * min(width, model.tile_sample_min_width)
-
-    def tiled_bytes(side: int) -> float:
-        return estimate.tiled * min(height, side) * min(width, side) / base_area
-
+    tiled_bytes = _tiled_peaks(model, shape, device)
     while (
         tile_size is None and size > 2 * limits.multiple and tiled_bytes(size) > MEMORY_HEADROOM * estimate.available
     ):

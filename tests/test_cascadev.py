@@ -551,6 +551,74 @@ def test_tiled_decode_stitches_tiles_where_they_do_not_overlap(model):
     assert torch.equal(tiled[..., :64, 48:96], corner)
 
 
+def _relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+@torch.no_grad()
+def test_exact_svd_tiles_run_each_layer_once_per_tile_with_its_own_halo(model):
+    """Tiles in layer order, 96 x 96 px in 32-px tiles (3 x 3): the last resnet's spatial half runs over the tiles
+    once, plus once more up to its second GroupNorm to measure it, and its temporal half likewise (first
+    convolutions 2 calls per tile, second ones 1), where re-running the stage from its input for every GroupNorm ran
+    them once per later GroupNorm of the stage."""
+    latents = torch.randn(1, 4, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    expected = model.decode_svd_latents(latents, chunk_size=2)
+    resnet = model.svd_vae.decoder.up_blocks[-1].resnets[-1]
+    convolutions = {
+        "spatial conv1": resnet.spatial_res_block.conv1,
+        "spatial conv2": resnet.spatial_res_block.conv2,
+        "temporal conv1": resnet.temporal_res_block.conv1,
+        "temporal conv2": resnet.temporal_res_block.conv2,
+    }
+    counts = dict.fromkeys(convolutions, 0)
+    handles = [
+        conv.register_forward_hook(lambda module, args, output, name=name: counts.update({name: counts[name] + 1}))
+        for name, conv in convolutions.items()
+    ]
+    model.enable_tiling(32, 32, exact=True)
+    try:
+        tiled = model.decode_svd_latents(latents, chunk_size=2)
+    finally:
+        model.disable_tiling()
+        for handle in handles:
+            handle.remove()
+    assert counts == {"spatial conv1": 18, "spatial conv2": 9, "temporal conv1": 18, "temporal conv2": 9}
+    assert _relative_difference(tiled, expected) <= 1e-4
+
+
+@torch.no_grad()
+def test_exact_svd_tiles_need_each_steps_whole_halo(model, monkeypatch):
+    """The fixture's SVD decoder is sensitive to a halo one pixel short: each spatial resnet's 2 pixels are needed,
+    so the parity tests would catch a step that reads too little."""
+    from diffusers_videovae.models import cascadev
+
+    latents = torch.randn(1, 4, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    expected = model.decode_svd_latents(latents, chunk_size=2)
+    in_layer_order = cascadev.tiled_in_layer_order
+
+    def short_halos(steps, x, core):
+        return in_layer_order([step._replace(halo=min(step.halo, 1)) for step in steps], x, core)
+
+    monkeypatch.setattr(cascadev, "tiled_in_layer_order", short_halos)
+    model.enable_tiling(32, 32, exact=True)
+    try:
+        tiled = model.decode_svd_latents(latents, chunk_size=2)
+    finally:
+        model.disable_tiling()
+    assert _relative_difference(tiled, expected) > 1e-2
+
+
+@torch.no_grad()
+def test_exact_svd_tiles_run_through_leaf_level_group_offload(converted_dir, tmp_path):
+    """Offloaded to disk, a layer run outside its hooks would compute garbage: exact tiles call layers as modules."""
+    offloaded = AutoencoderCascadeV.from_pretrained(converted_dir).eval()
+    latents = torch.randn(1, 4, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    expected = offloaded.decode_svd_latents(latents, chunk_size=2)
+    offloaded.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    offloaded.enable_tiling(32, 32, exact=True)
+    assert _relative_difference(offloaded.decode_svd_latents(latents, chunk_size=2), expected) <= 1e-4
+
+
 def test_slicing_gives_the_same_result(model):
     z = _latent(batch=2)
     latents = torch.randn(2, 4, 4, 16, 16, generator=torch.Generator().manual_seed(1))

@@ -478,13 +478,13 @@ def stage_calls(monkeypatch) -> list[dict]:
     steps the step input's shape, its core and its halo."""
     calls = []
 
-    def spy_step(stage, x, modules, core, halo):
+    def spy_step(stage, x, modules, core, halo, **options):
         calls[-1]["steps"].append({"shape": tuple(x.shape), "core": core, "halo": halo})
-        return tiled_with_shared_group_norm(stage, x, modules, core, halo)
+        return tiled_with_shared_group_norm(stage, x, modules, core, halo, **options)
 
-    def spy(steps, x, core):
+    def spy(steps, x, core, **options):
         calls.append({"shape": tuple(x.shape), "core": core, "steps": []})
-        return tiled_in_layer_order(steps, x, core)
+        return tiled_in_layer_order(steps, x, core, **options)
 
     tiled_in_layer_order = od_vae.tiled_in_layer_order
     tiled_with_shared_group_norm = _tiling.tiled_with_shared_group_norm

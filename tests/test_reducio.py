@@ -628,6 +628,77 @@ def test_tiled_decode_also_takes_whole_frame_features():
     assert (from_whole - from_tiles).abs().max() > 1e-3  # the original's tiled features are other numbers
 
 
+def _relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def _count_calls(modules: dict[str, torch.nn.Module]) -> tuple[dict[str, int], list]:
+    counts = dict.fromkeys(modules, 0)
+
+    def counter(name):
+        def hook(module, args, output):
+            counts[name] += 1
+
+        return hook
+
+    return counts, [module.register_forward_hook(counter(name)) for name, module in modules.items()]
+
+
+@torch.no_grad()
+def test_exact_tiles_run_each_layer_once_per_tile_with_its_own_halo():
+    """Tiles in layer order: a full-resolution resnet runs over the 4 x 4 tiles once, plus once more up to its second
+    GroupNorm to measure it (its first convolution: 2 calls per tile, its second: 1), where re-running the stage
+    from its input for every GroupNorm ran them once per later GroupNorm of the stage."""
+    model = _tiny()
+    video = _video()  # 32 x 32 px, 8-px tiles: 4 x 4 tiles at full resolution
+    frame = video[:, :, CONTENT_INDEX]
+    latents = model.normalize_latents(model.encode(video).latent_dist.mean)
+    expected = model.decode(latents, content_frame=frame).sample
+    moments = model.encode(video).latent_dist.mean
+    encoder_resnet, decoder_resnet = model.encoder.down[0].block[0], model.decoder.up[0].block_2[-1]
+    counts, handles = _count_calls(
+        {
+            "encoder conv1": encoder_resnet.conv1,
+            "encoder conv2": encoder_resnet.conv2,
+            "decoder conv1": decoder_resnet.conv1,
+            "decoder conv2": decoder_resnet.conv2,
+        }
+    )
+    model.enable_tiling(8, 8, exact=True)
+    try:
+        tiled_moments = model.encode(video).latent_dist.mean
+        tiled = model.decode(latents, content_frame=frame).sample
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert counts == {"encoder conv1": 32, "encoder conv2": 16, "decoder conv1": 32, "decoder conv2": 16}
+    assert _relative_difference(tiled_moments, moments) <= 1e-4
+    assert _relative_difference(tiled, expected) <= 1e-4
+
+
+@torch.no_grad()
+def test_exact_tiles_need_each_steps_whole_halo(monkeypatch):
+    """The tiny model is sensitive to a halo one pixel short: each resnet's 2 pixels are needed, so the parity tests
+    would catch a step that reads too little."""
+    model = _tiny()
+    video = _video()
+    frame = video[:, :, CONTENT_INDEX]
+    moments = model.encode(video).latent_dist.mean
+    latents = model.normalize_latents(moments)
+    expected = model.decode(latents, content_frame=frame).sample
+    in_layer_order = reducio_vae.tiled_in_layer_order
+
+    def short_halos(steps, x, core):
+        resnet = reducio_vae.ReducioResnetBlock
+        short = [step._replace(halo=1) if isinstance(step.modules, resnet) else step for step in steps]
+        return in_layer_order(short, x, core)
+
+    monkeypatch.setattr(reducio_vae, "tiled_in_layer_order", short_halos)
+    model.enable_tiling(8, 8, exact=True)
+    assert _relative_difference(model.encode(video).latent_dist.mean, moments) > 1e-2
+    assert _relative_difference(model.decode(latents, content_frame=frame).sample, expected) > 1e-2
+
+
 # --- the command line ----------------------------------------------------------------------------------------------
 
 

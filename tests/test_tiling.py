@@ -34,6 +34,9 @@ from diffusers_videovae import (
 )
 from diffusers_videovae.checkpoints import convert_to_folder
 from diffusers_videovae.cli import main
+from diffusers_videovae.memory import LiveTensorBytes
+from diffusers_videovae.models import _tiling
+from diffusers_videovae.models.od_vae import ODVAEAttention
 
 SMALL = {
     "ivvae": (AutoencoderKLIVVAE, TINY_CONFIGS["ivvae"]),
@@ -186,6 +189,84 @@ def test_reducio_exact_tiles_run_through_leaf_level_group_offload(tmp_path):
     model.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
     model.enable_tiling(8, 8, exact=True)
     assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiles, offloaded")
+
+
+# --- what exact tiles hold in memory ------------------------------------------------------------------------------
+
+
+def _traced_peak(model: torch.nn.Module, call, *args) -> int:
+    """Peak bytes of the tensors `call(*args)` creates, traced on `meta`. Unlike `memory.estimate_memory` this
+    keeps PyTorch's own attention dispatch, so an unfused attention's `(H*W)^2` matrix is counted as on a CPU."""
+    with torch.no_grad(), LiveTensorBytes() as live:
+        call(*args)
+    return live.peak
+
+
+@pytest.mark.parametrize("op", ["encode", "decode"])
+def test_odvae_exact_tiles_peak_below_untiled_on_a_frame_many_tiles_wide(op):
+    """OD-VAE's attention tokens take the unfused CPU attention, whose whole-frame matrices set the untiled peak of
+    a small model on a large frame (9 x 512 x 768: 64 x 96 latent pixels, 4 x 6 tiles of 128 px); exact tiles run
+    it per frame and in query chunks, and their peak stays well below untiled (before: equal)."""
+    with torch.device("meta"):
+        model = AutoencoderKLODVAE(block_out_channels=(8, 16, 16, 16), norm_num_groups=8, layers_per_block=1)
+    model = torch.nn.Module.to(model, "meta").eval()
+    if op == "encode":
+        call, data = (lambda x: model.encode(x)), torch.zeros(1, 3, 9, 512, 768, device="meta")
+    else:
+        call, data = (lambda z: model.decode(z)), torch.zeros(1, 4, 3, 64, 96, device="meta")
+    untiled = _traced_peak(model, call, data)
+    model.enable_tiling(128, 128, exact=True)
+    exact = _traced_peak(model, call, data)
+    assert exact < 0.6 * untiled, f"{op}: exact tiles peak {exact / 2**20:.1f} MiB, untiled {untiled / 2**20:.1f} MiB"
+
+
+def test_odvae_exact_encode_runs_its_per_frame_levels_one_frame_at_a_time():
+    """The encoder's 2D stem, 2D resnets (per-frame GroupNorms) and 2D downsampler run one frame at a time, so the
+    whole clip is held only from the first 3D layer on, at half resolution: 9 x 128 x 192 in 32-px tiles, traced
+    peak 0.15 x untiled (0.45 x with every step over the whole clip)."""
+    with torch.device("meta"):
+        model = AutoencoderKLODVAE(block_out_channels=(8, 16, 16, 16), norm_num_groups=8, layers_per_block=1)
+    model = torch.nn.Module.to(model, "meta").eval()
+    video = torch.zeros(1, 3, 9, 128, 192, device="meta")
+    untiled = _traced_peak(model, model.encode, video)
+    model.enable_tiling(32, 32, exact=True)
+    exact = _traced_peak(model, model.encode, video)
+    assert exact < 0.3 * untiled, f"exact tiles peak {exact / 2**20:.1f} MiB, untiled {untiled / 2**20:.1f} MiB"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_odvae_attention_in_query_chunks_equals_whole_frames(chunk):
+    """Every query still attends to all keys of its own frame, whatever the chunk (1024 covers a frame)."""
+    torch.manual_seed(0)
+    attention = ODVAEAttention(16, groups=4).eval()
+    x = torch.randn(2, 16, 3, 5, 6)
+    whole = attention(x)
+    attention.query_chunk_size = chunk
+    assert_relative(attention(x), whole, 1e-5, f"attention in chunks of {chunk} queries")
+
+
+@torch.no_grad()
+def test_exact_tiles_keep_step_boundaries_on_the_offload_device():
+    """`offload_device` keeps each step's whole output there and returns the result there, equal to without it."""
+    model = small("odvae")
+    z = torch.randn(1, 4, 2, 8, 12, generator=torch.Generator().manual_seed(0))
+    model.enable_tiling(32, 32, exact=True)
+    kept = model.decode(z).sample
+    seen = []
+    original = _tiling.tiled_with_shared_group_norm
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append((kwargs.get("out_device"), out.device))
+        return out
+
+    model.tile_offload_device = "cpu"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_tiling, "tiled_with_shared_group_norm", spy)
+        offloaded = model.decode(z).sample
+    assert seen and all(wanted == "cpu" and device.type == "cpu" for wanted, device in seen), seen
+    assert_relative(offloaded, kept, 1e-6, "exact tiles with offloaded step boundaries")
 
 
 # --- tiles through the command line ------------------------------------------------------------------------------

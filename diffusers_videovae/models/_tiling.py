@@ -574,6 +574,8 @@ def tiled_with_shared_group_norm(
     modules: nn.Module | list[nn.Module],
     core: int | tuple[int, int],
     halo: int,
+    device: torch.device | str | None = None,
+    out_device: torch.device | str | None = None,
 ) -> torch.Tensor:
     r"""Run `stage` on spatial tiles of `x` so that the result equals `stage(x)` up to float rounding.
 
@@ -595,8 +597,11 @@ def tiled_with_shared_group_norm(
         modules: the module(s) whose `nn.GroupNorm`s the stage calls.
         core, halo: tile core (one size, or `(height, width)`) and halo in input pixels; with a downsampling stage,
             multiples of its factor.
+        device: where the tiles run (default: where `x` is); each tile is copied there from `x`.
+        out_device: where the result is assembled (default: where the tiles run).
     """
     modules = [modules] if isinstance(modules, nn.Module) else modules
+    device = x.device if device is None else torch.device(device)
     norms = list(dict.fromkeys(m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)))
     core_h, core_w = (core, core) if isinstance(core, int) else core
     rows, columns = halo_spans(x.shape[-2], core_h, halo), halo_spans(x.shape[-1], core_w, halo)
@@ -604,7 +609,8 @@ def tiled_with_shared_group_norm(
     if all(span.start == 0 and span.end == x.shape[-2] for span in rows) and all(
         span.start == 0 and span.end == x.shape[-1] for span in columns
     ):
-        return stage(x)  # every tile would read the whole input: one untiled pass gives the same result
+        out = stage(x.to(device))  # every tile would read the whole input: one untiled pass gives the same result
+        return out if out_device is None else out.to(out_device)
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
     state: dict = {"running": None}
 
@@ -627,14 +633,14 @@ def tiled_with_shared_group_norm(
                 for row, column in tiles:
                     state["tile"] = (row, column)
                     try:
-                        part = stage(x[..., row.start : row.end, column.start : column.end])
+                        part = stage(x[..., row.start : row.end, column.start : column.end].to(device))
                     except _StatisticsTaken:
                         continue
                     scale_h = Fraction(part.shape[-2], row.end - row.start)
                     scale_w = Fraction(part.shape[-1], column.end - column.start)
                     if out is None:
                         height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
-                        out = part.new_empty(*part.shape[:-2], int(height), int(width))
+                        out = part.new_empty(*part.shape[:-2], int(height), int(width), device=out_device)
                     out[
                         ...,
                         int(row.core_start * scale_h) : int(row.core_end * scale_h),
@@ -651,14 +657,21 @@ def tiled_with_shared_group_norm(
 
 class TileStep(NamedTuple):
     """One step of a stage tiled in layer order (`tiled_in_layer_order`): `run` (module calls, local in space apart
-    from the GroupNorms of `modules`) reads at most `halo` of its input pixels beyond an output pixel's own."""
+    from the GroupNorms of `modules`) reads at most `halo` of its input pixels beyond an output pixel's own.
+    `per_frame`: the step works on each frame (dim 2 of a video) alone, GroupNorm statistics included."""
 
     run: Callable[[torch.Tensor], torch.Tensor]
     halo: int
     modules: nn.Module | list[nn.Module]
+    per_frame: bool = False
 
 
-def tiled_in_layer_order(steps: list[TileStep], x: torch.Tensor, core: int | tuple[int, int]) -> torch.Tensor:
+def tiled_in_layer_order(
+    steps: list[TileStep],
+    x: torch.Tensor,
+    core: int | tuple[int, int],
+    offload_device: torch.device | str | None = None,
+) -> torch.Tensor:
     r"""Run `steps` one after the other on spatial tiles of `x`, so that the result equals running them untiled
     up to float rounding: the exact tiles of a stage made of many GroupNorm layers, at a small multiple of the
     untiled compute.
@@ -669,18 +682,54 @@ def tiled_in_layer_order(steps: list[TileStep], x: torch.Tensor, core: int | tup
     stage, and a GroupNorm's statistics are measured by re-running at most the part of its own step before it
     (re-running the stage from its input for every GroupNorm costs one partial pass per GroupNorm instead).
     Memory: a step's whole input and output plus one tile's activations, below the untiled peak, which holds
-    the same input and output and every activation in between at full size.
+    the same input and output and every activation in between at full size. The whole inputs and outputs grow
+    with the frame (GroupNorm statistics span it, so a step must finish on every tile before the next starts);
+    with `offload_device` they are kept there (e.g. `"cpu"` while the tiles run on an accelerator), so that the
+    tiles' device holds one tile's activations only.
 
     Args:
         steps: the stage, in order; a step's output may be smaller or larger than its input (down- or upsampling)
-            by a factor that is the same for every input.
+            by a factor that is the same for every input. Leading steps marked `per_frame` run one frame (dim 2)
+            at a time, so that only the last of them holds a whole-clip output.
         x: the stage input; tiling is over its last two dimensions.
         core: tile core (one size, or `(height, width)`) in pixels of `x`; at each step it is scaled with the
             step's input, and must stay a whole number of pixels (a multiple of every downsampling factor).
+        offload_device: where the steps' whole inputs and outputs are kept, and the result is returned (default:
+            where `x` is; ignored for tensors without data, e.g. on `meta`). The tiles run where `x` is.
     """
-    core_h, core_w = (core, core) if isinstance(core, int) else core
-    height, width = x.shape[-2:]
-    h = x
+    if offload_device is not None and not has_values(x):
+        offload_device = None  # a traced run (meta, fake tensors) has nothing to move
+    core = (core, core) if isinstance(core, int) else tuple(core)
+    leading = next((index for index, step in enumerate(steps) if not step.per_frame), len(steps))
+    if leading == 0 or x.ndim != 5 or x.shape[2] == 1:
+        return _in_layer_order(steps, [x], core, x.shape[-2:], x.device, offload_device)
+    # The leading per-frame steps run one frame at a time: their whole inputs and outputs are one frame's, and only
+    # their last output is assembled for the whole clip (in place, frame by frame).
+    h = None
+    for index, frame in enumerate(x.split(1, dim=2)):
+        out = _in_layer_order(steps[:leading], [frame], core, x.shape[-2:], x.device, offload_device)
+        if h is None:
+            h = out.new_empty(*out.shape[:2], x.shape[2], *out.shape[3:])
+        h[:, :, index : index + 1] = out
+        del out
+    holder = [h]
+    del h  # the loop below frees it once the next step's output is complete
+    return _in_layer_order(steps[leading:], holder, core, x.shape[-2:], x.device, offload_device)
+
+
+def _in_layer_order(
+    steps: list[TileStep],
+    inputs: list[torch.Tensor],
+    core: tuple[int, int],
+    reference: tuple[int, int],
+    device: torch.device,
+    offload_device: torch.device | str | None,
+) -> torch.Tensor:
+    """`tiled_in_layer_order`'s loop over `steps`; `core` is in pixels of a `reference` (height, width) frame.
+    `inputs` holds the input alone and is emptied, so that no reference outlives the first step's output."""
+    h = inputs.pop()
+    core_h, core_w = core
+    height, width = reference
     for step in steps:
         cores = []
         for size, reference, length in ((h.shape[-2], height, core_h), (h.shape[-1], width, core_w)):
@@ -691,5 +740,7 @@ def tiled_in_layer_order(steps: list[TileStep], x: torch.Tensor, core: int | tup
                     f"multiple of the stage's downsampling factor ({Fraction(reference, size)})."
                 )
             cores.append(int(scaled))
-        h = tiled_with_shared_group_norm(step.run, h, step.modules, tuple(cores), step.halo)
+        h = tiled_with_shared_group_norm(
+            step.run, h, step.modules, tuple(cores), step.halo, device=device, out_device=offload_device
+        )
     return h

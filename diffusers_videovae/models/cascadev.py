@@ -26,8 +26,8 @@ The decode is stochastic: `generator` (or explicit `latents` / `step_noises`) de
 from __future__ import annotations
 
 import itertools
-import math
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
 from ._layers import checkpointed
 from ._tiling import (
+    TileStep,
     TilingLimits,
     check_condition,
     check_latents,
@@ -56,7 +57,7 @@ from ._tiling import (
     configure_tiling,
     stitch_blended_tiles,
     tile_starts,
-    tiled_with_shared_group_norm,
+    tiled_in_layer_order,
 )
 
 # The released DiT's grid attention: `[temporal_splits, spatial_splits]` per block (None = full 3-D attention),
@@ -532,6 +533,17 @@ class CascadeVTransformer3DModel(ModelMixin, ConfigMixin):
 # -- the autoencoder --------------------------------------------------------------------------------------------
 
 
+def _svd_temporal_half(resnet: nn.Module, indicator: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """What an SVD `SpatioTemporalResBlock` does after its spatial resnet: `h` `(n, C, H, W)` (the spatial
+    resnet's output, n frames of one clip) through the temporal resnet and mixed with it (`time_mixer`)."""
+    frames, (count, channels, height, width) = indicator.shape[-1], h.shape
+    clip = h.reshape(count // frames, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+    mixed = resnet.time_mixer(
+        x_spatial=clip, x_temporal=resnet.temporal_res_block(clip, None), image_only_indicator=indicator
+    )
+    return mixed.permute(0, 2, 1, 3, 4).reshape(count, channels, height, width)
+
+
 class AutoencoderCascadeV(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -973,46 +985,39 @@ class AutoencoderCascadeV(
         ]
         return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
 
-    def _svd_tile_halo(self) -> int:
-        """Latent pixels an exact SVD tile reads beyond its core on every side: the receptive field of the tiled
-        layers (from the first upsampler on), each counted in its input's pixels: one per 3x3 convolution after a
-        nearest 2x upsampling, two per spatial resnet (the temporal ones are 3x1x1), one for `conv_out`."""
-        reach, scale = Fraction(1), 2
-        for block in self.svd_vae.decoder.up_blocks[1:]:
-            reach += Fraction(2 * len(block.resnets), scale)
-            if block.upsamplers is not None:
-                reach += Fraction(1, scale)
-                scale *= 2
-        return math.ceil(reach + Fraction(1, scale))
+    def _svd_tile_steps(self, indicator: torch.Tensor) -> list[TileStep]:
+        """The SVD decoder from its first upsampler on, as steps that exact tiles run one at a time
+        (`_tiling.tiled_in_layer_order`), each with its reach in input pixels: an upsampler 1 (its 3x3 convolution
+        after the nearest 2x reads one fine pixel past a tile, half an input pixel); a resnet's spatial half 2 (two
+        3x3 convolutions, a 1x1 shortcut) and its temporal half 0 (3x1x1 convolutions and the per-pixel mix), two
+        steps so that each re-runs only its own layers to measure its GroupNorms; the output layers 1 (`conv_out`)."""
+        decoder = self.svd_vae.decoder
+        steps = [TileStep(upsampler, 1, upsampler) for upsampler in decoder.up_blocks[0].upsamplers or ()]
+        for block in decoder.up_blocks[1:]:
+            for resnet in block.resnets:
+                steps.append(TileStep(partial(resnet.spatial_res_block, temb=None), 2, resnet.spatial_res_block))
+                steps.append(TileStep(partial(_svd_temporal_half, resnet, indicator), 0, resnet.temporal_res_block))
+            steps += [TileStep(upsampler, 1, upsampler) for upsampler in block.upsamplers or ()]
 
-    def _svd_decode_exact(self, frames: torch.Tensor) -> torch.Tensor:
-        """`svd_vae.decode(frames)` with the layers above latent resolution (from the first upsampler on) in tiles
-        that read a halo and share the GroupNorm statistics of the whole frame (`tiled_with_shared_group_norm`);
-        the layers before, the mid block's attention over the frame included, run on whole latent frames."""
-        decoder, factor = self.svd_vae.decoder, self.tiling_limits().multiple
-        first, rest = decoder.up_blocks[0], decoder.up_blocks[1:]
-        indicator = torch.zeros(1, frames.shape[0], dtype=frames.dtype, device=frames.device)
-        h = decoder.mid_block(decoder.conv_in(frames), image_only_indicator=indicator)
-        h = h.to(next(itertools.chain(decoder.up_blocks.parameters(), decoder.up_blocks.buffers())).dtype)
-        for resnet in first.resnets:
-            h = resnet(h, image_only_indicator=indicator)
-
-        def high_resolution(x: torch.Tensor) -> torch.Tensor:
-            for upsampler in first.upsamplers or ():
-                x = upsampler(x)
-            for up_block in rest:
-                x = up_block(x, image_only_indicator=indicator)
+        def output_layers(x: torch.Tensor) -> torch.Tensor:
             x = decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(x)))
             clip = decoder.time_conv_out(x.unsqueeze(0).transpose(1, 2))
             return clip.transpose(1, 2).squeeze(0)
 
-        return tiled_with_shared_group_norm(
-            high_resolution,
-            h,
-            [rest, decoder.conv_norm_out],
-            core=(self.tile_sample_min_height // factor, self.tile_sample_min_width // factor),
-            halo=self._svd_tile_halo(),
-        )
+        return steps + [TileStep(output_layers, 1, decoder.conv_norm_out)]
+
+    def _svd_decode_exact(self, frames: torch.Tensor) -> torch.Tensor:
+        """`svd_vae.decode(frames)` with the layers above latent resolution (from the first upsampler on) in tiles,
+        one layer at a time with the GroupNorm statistics of the whole frame (`_tiling.tiled_in_layer_order`); the
+        layers before, the mid block's attention over the frame included, run on whole latent frames."""
+        decoder, factor = self.svd_vae.decoder, self.tiling_limits().multiple
+        indicator = torch.zeros(1, frames.shape[0], dtype=frames.dtype, device=frames.device)
+        h = decoder.mid_block(decoder.conv_in(frames), image_only_indicator=indicator)
+        h = h.to(next(itertools.chain(decoder.up_blocks.parameters(), decoder.up_blocks.buffers())).dtype)
+        for resnet in decoder.up_blocks[0].resnets:
+            h = resnet(h, image_only_indicator=indicator)
+        core = (self.tile_sample_min_height // factor, self.tile_sample_min_width // factor)
+        return tiled_in_layer_order(self._svd_tile_steps(indicator), h, core)
 
     def decode_svd_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Raw SVD latents `(B, 4, T, h, w)` -> video `(B, 3, T, 8h, 8w)`, in independent chunks of frames.

@@ -27,6 +27,8 @@ Numerics that matter for parity with the original (see the model card):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from functools import partial
 
@@ -147,6 +149,11 @@ class ODVAEAttention(nn.Module):
 
     GroupNorm before it spans the whole clip. q, k, v and the output projection are 1x1x1 causal convolutions,
     i.e. per-position linear maps.
+
+    `query_chunk_size` (set by exact tiles, None otherwise): attend one frame and that many queries at a time, each
+    query still over all keys of its frame (the same result up to float rounding). Tokens are made contiguous in
+    their channels: with another layout PyTorch's CPU attention falls back to its unfused form, which holds every
+    frame's whole `(H*W)^2` attention matrix at once (at 720p, more than all the convolutions).
     """
 
     def __init__(self, channels: int, groups: int = 32):
@@ -156,6 +163,7 @@ class ODVAEAttention(nn.Module):
         self.k = ODVAECausalConv3d(channels, channels, 1)
         self.v = ODVAECausalConv3d(channels, channels, 1)
         self.proj_out = ODVAECausalConv3d(channels, channels, 1)
+        self.query_chunk_size: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = x.shape
@@ -163,9 +171,22 @@ class ODVAEAttention(nn.Module):
 
         def tokens(t: torch.Tensor) -> torch.Tensor:
             # (B, C, T, H, W) -> (B, T, H*W, C): one attention problem per frame.
-            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
+            return t.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels).contiguous()
 
-        h = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
+        query, key, value = tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h))
+        del h
+        if self.query_chunk_size is None:
+            h = F.scaled_dot_product_attention(query, key, value)
+        else:
+            h = torch.empty_like(query)
+            for frame in range(frames):
+                keys, values = key[:, frame : frame + 1], value[:, frame : frame + 1]
+                for start in range(0, height * width, self.query_chunk_size):
+                    rows = slice(start, start + self.query_chunk_size)
+                    h[:, frame : frame + 1, rows] = F.scaled_dot_product_attention(
+                        query[:, frame : frame + 1, rows], keys, values
+                    )
+        del query, key, value
         h = h.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
         return x + self.proj_out(h)
 
@@ -441,11 +462,13 @@ class ODVAEEncoder(nn.Module):
     def high_res_steps(self) -> list[TileStep]:
         """`(B, 3, T, H, W)` -> features `(B, C, t, H / 8, W / 8)` as steps that exact tiles run one at a time:
         `conv_in`, then each part of the levels through the last spatial downsampler (local in space apart from
-        their GroupNorms)."""
-        steps = [TileStep(self.conv_in, 1, self.conv_in)]
+        their GroupNorms). The 2D stem, 2D resnets (GroupNorm statistics per frame) and 2D downsamplers are marked
+        per frame: exact tiles run the first of them one frame at a time."""
+        steps = [TileStep(self.conv_in, 1, self.conv_in, isinstance(self.conv_in, ODVAEFrameConv2d))]
         for stage in self.down[: self.num_high_res_levels]:
-            for index, (layer, _) in enumerate(stage.parts()):
-                steps.append(TileStep(partial(stage, parts=slice(index, index + 1)), _part_reach(layer), stage))
+            for index, (layer, per_frame) in enumerate(stage.parts()):
+                run = partial(stage, parts=slice(index, index + 1))
+                steps.append(TileStep(run, _part_reach(layer), stage, per_frame))
         return steps
 
     def forward_low(self, h: torch.Tensor) -> torch.Tensor:
@@ -575,6 +598,20 @@ class ODVAEDecoder(nn.Module):
         return reach + scale  # conv_out: 3x3
 
 
+# Queries per attention call in exact tiles: a 1024 x (H*W) attention matrix, 56 MiB for a 720p latent frame.
+EXACT_QUERY_CHUNK = 1024
+
+
+@contextmanager
+def _attention_in_chunks(attention: ODVAEAttention) -> Iterator[None]:
+    """Run `attention` one frame and `EXACT_QUERY_CHUNK` queries at a time inside the block (exact tiles)."""
+    previous, attention.query_chunk_size = attention.query_chunk_size, EXACT_QUERY_CHUNK
+    try:
+        yield
+    finally:
+        attention.query_chunk_size = previous
+
+
 def _chunk_starts(size: int, length: int, stride: int) -> list[int]:
     """Starts of chunks `[s, s + length)` every `stride`, stopping at the first chunk that reaches `size`."""
     starts = []
@@ -632,9 +669,11 @@ class AutoencoderKLODVAE(
     trilinear upsamplers clamp at tile borders. `enable_tiling(exact=True)` gives the untiled results up to float
     rounding instead: the layers above latent resolution run one level part (a resnet, an up- or downsampler) at a
     time over all tiles, each tile reading the few pixels around its core that the part needs, with GroupNorm
-    statistics shared over all tiles (`_tiling.tiled_in_layer_order`); the rest (mid-block attention included) runs
-    on whole latent frames. It costs about twice the untiled time and keeps the whole clip in time, so its memory
-    grows with the number of frames and the frame size (below the untiled peak: one part's input and output).
+    statistics shared over all tiles (`_tiling.tiled_in_layer_order`; the encoder's per-frame layers one frame at a
+    time); the rest runs on whole latent frames, its attention one frame and 1024 queries at a time. It costs about
+    twice the untiled time and keeps the whole clip in time, so its memory grows with the number of frames and the
+    frame size (below the untiled peak: one part's input and output); `tile_offload_device = "cpu"` keeps those
+    whole tensors in CPU memory while the tiles run on an accelerator.
     """
 
     _supports_gradient_checkpointing = True
@@ -752,6 +791,7 @@ class AutoencoderKLODVAE(
         self.tile_sample_stride_width = 224
         self.tile_sample_stride_num_frames = 28
         self.tile_exact = False
+        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
 
     @staticmethod
     def _check_layout(
@@ -1015,9 +1055,13 @@ class AutoencoderKLODVAE(
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""
         h = tiled_in_layer_order(
-            self.encoder.high_res_steps(), x, core=(self.tile_sample_min_height, self.tile_sample_min_width)
+            self.encoder.high_res_steps(),
+            x,
+            core=(self.tile_sample_min_height, self.tile_sample_min_width),
+            offload_device=self.tile_offload_device,
         )
-        moments = self.encoder.forward_low(h)
+        with _attention_in_chunks(self.encoder.mid.attn_1):
+            moments = self.encoder.forward_low(h.to(x.device))
         return moments if self.quant_conv is None else self.quant_conv(moments)
 
     def _exact_tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -1025,9 +1069,10 @@ class AutoencoderKLODVAE(
         spatial = self.config.spatial_compression_ratio
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        h = self.decoder.forward_low(z)
+        with _attention_in_chunks(self.decoder.mid.attn_1):
+            h = self.decoder.forward_low(z)
         core = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
-        return tiled_in_layer_order(self.decoder.high_res_steps(), h, core)
+        return tiled_in_layer_order(self.decoder.high_res_steps(), h, core, offload_device=self.tile_offload_device)
 
     def forward(
         self,

@@ -560,6 +560,7 @@ class AutoencoderKLOpenSora(
         self.tile_sample_stride_height = 192
         self.tile_sample_stride_width = 192
         self.tile_exact = False
+        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
 
     def tiling_limits(self) -> TilingLimits:
         """What `enable_tiling` accepts: 256-px tiles every 192 px, never cut in time."""
@@ -703,16 +704,25 @@ class AutoencoderKLOpenSora(
                 h = checkpointed(encoder, block, h)
             return h
 
+        def low_resolution(h: torch.Tensor) -> torch.Tensor:
+            h = checkpointed(encoder, encoder.mid_block, h)
+            h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
+            return vae.quant_conv(h) if vae.quant_conv is not None else h
+
         if exact_tiles:
-            # Whole down blocks per step: block-level group offloading onloads a block in its own forward.
+            # Whole down blocks per step: block-level group offloading onloads a block in its own forward. Frames
+            # are independent in every layer (GroupNorm and attention per frame), so the mid block runs one frame
+            # at a time too: its attention then holds one frame's tokens.
             steps = [_layer_step(encoder.conv_in)] + [_layer_step(block) for block in encoder.down_blocks]
             core = (self.tile_sample_min_height, self.tile_sample_min_width)
-            parts = [tiled_in_layer_order(steps, frame, core) for frame in frames.split(1)]
-        else:
-            parts = [high_resolution(frame) for frame in frames.split(1)]
-        h = checkpointed(encoder, encoder.mid_block, torch.cat(parts))
-        h = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(h)))
-        return vae.quant_conv(h) if vae.quant_conv is not None else h
+            offload = self.tile_offload_device
+            return torch.cat(
+                [
+                    low_resolution(tiled_in_layer_order(steps, frame, core, offload).to(frame.device))
+                    for frame in frames.split(1)
+                ]
+            )
+        return low_resolution(torch.cat([high_resolution(frame) for frame in frames.split(1)]))
 
     def _spatial_encode(
         self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None, exact_tiles: bool = False
@@ -742,7 +752,8 @@ class AutoencoderKLOpenSora(
         """One chunk of spatial latents (B, 4, n, h, w) -> temporal moments (B, 2E, ceil(n / 4), h, w)."""
         if not exact_tiles:
             return self.temporal_vae.encode(x_z)
-        return tiled_in_layer_order(self.temporal_vae.encode_steps(), x_z, self._latent_tile_core())
+        steps = self.temporal_vae.encode_steps()
+        return tiled_in_layer_order(steps, x_z, self._latent_tile_core(), self.tile_offload_device).to(x_z.device)
 
     def _encode(
         self,
@@ -805,7 +816,8 @@ class AutoencoderKLOpenSora(
         """One chunk of raw latents (B, E, t, h, w) -> spatial latents (B, 4, num_frames, h, w), times 0.18215."""
         if not exact_tiles:
             return self.temporal_vae.decode(z, num_frames)
-        x = tiled_in_layer_order(self.temporal_vae.decode_steps(), z, self._latent_tile_core())
+        steps = self.temporal_vae.decode_steps()
+        x = tiled_in_layer_order(steps, z, self._latent_tile_core(), self.tile_offload_device).to(z.device)
         return x[:, :, x.shape[2] - num_frames :]
 
     def _spatial_decode(self, latents: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
@@ -817,8 +829,10 @@ class AutoencoderKLOpenSora(
         `exact_tiles`), which bounds the activations to one frame's.
         """
         vae, decoder = self.spatial_vae, self.spatial_vae.decoder
-        h = vae.post_quant_conv(latents) if vae.post_quant_conv is not None else latents
-        h = checkpointed(decoder, decoder.mid_block, decoder.conv_in(h), None)
+
+        def low_resolution(h: torch.Tensor) -> torch.Tensor:
+            h = vae.post_quant_conv(h) if vae.post_quant_conv is not None else h
+            return checkpointed(decoder, decoder.mid_block, decoder.conv_in(h), None)
 
         def high_resolution(h: torch.Tensor) -> torch.Tensor:
             for block in decoder.up_blocks:
@@ -832,8 +846,11 @@ class AutoencoderKLOpenSora(
                 return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
 
             steps.append(TileStep(output_layers, 1, decoder.conv_norm_out))
-            core = self._latent_tile_core()
-            return torch.cat([tiled_in_layer_order(steps, frame, core) for frame in h.split(1)])
+            core, offload = self._latent_tile_core(), self.tile_offload_device
+            # One frame at a time from the mid block on (frames are independent there), as when encoding.
+            decoded = [tiled_in_layer_order(steps, low_resolution(frame), core, offload) for frame in latents.split(1)]
+            return torch.cat(decoded)
+        h = low_resolution(latents)
         return torch.cat([high_resolution(frame) for frame in h.split(1)])
 
     def _decode(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False) -> torch.Tensor:

@@ -47,6 +47,7 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin, register_compression_ratios
 from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
+    TileStep,
     TilingLimits,
     blend_tile_grid,
     check_condition,
@@ -58,7 +59,7 @@ from ._tiling import (
     group_moments,
     normalize_groups,
     stitch_blended_tiles,
-    tiled_with_shared_group_norm,
+    tiled_in_layer_order,
 )
 
 __all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledContent"]
@@ -68,7 +69,7 @@ __all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledConten
 # and no full-size copy inside the convolution, ever exists. Decoding 16x256x256 peaks at less than half the memory of
 # the original this way (README, bench_reducio.py).
 _FRAME_STEP_BYTES = 128 * 2**20
-# Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_with_shared_group_norm`), which
+# Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_in_layer_order`), which
 # the frame steps bypass (they normalise with `ReducioGroupNorm.statistics`): the exact tiled paths call the blocks
 # without `stream=True`, so they run whole clips there.
 
@@ -150,7 +151,8 @@ def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
 def _split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
     """`(N, L, heads * d)` -> `(N, heads, L, d)`; channel `c = head * d + i` as in the original."""
     batch, length, channels = tokens.shape
-    return tokens.view(batch, length, heads, channels // heads).transpose(1, 2)
+    # Channels contiguous: the CPU's fused attention kernel needs it, else PyTorch builds the (L, L) matrix per head.
+    return tokens.contiguous().view(batch, length, heads, channels // heads).transpose(1, 2)
 
 
 def _merge_heads(tokens: torch.Tensor) -> torch.Tensor:
@@ -295,6 +297,23 @@ class ReducioUpsample(nn.Module):
         if self.temporal or not (stream and _streams(x, growth=4)):
             return self.conv(x)
         return _by_frames(x, self.conv, _frames_per_step(x, growth=4))
+
+
+def _tile_reach(layer: nn.Module) -> int:
+    """How far, in input pixels, beyond its own an output pixel of a layer that exact tiles run as one step reads
+    (`_tiling.TileStep.halo`): a resnet its two 3x3 convolutions (the shortcut is 1x1); a downsampler one pixel past
+    its own two (one zero right / bottom, then 3x3 stride 2), rounded up to 2 so that tiles stay aligned to its
+    stride; an upsampler its 3x3 convolution after the nearest 2x (one fine pixel past a tile is half an input
+    pixel, rounded up); a convolution its padding."""
+    if isinstance(layer, (ReducioResnetBlock, ReducioDownsample)):
+        return 2
+    if isinstance(layer, ReducioUpsample):
+        return 1
+    return layer.padding[-1]
+
+
+def _tile_step(layer: nn.Module) -> TileStep:
+    return TileStep(layer, _tile_reach(layer), layer)
 
 
 class ReducioSelfAttention(nn.Module):
@@ -529,6 +548,23 @@ class ReducioEncoder(nn.Module):
         h = checkpointed(self, self.mid.block_2, h, stream)
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def high_res_steps(self) -> list[TileStep]:
+        """`(B, 3, T, H, W)` -> features at latent resolution, as steps that exact tiles run one at a time
+        (`_tiling.tiled_in_layer_order`): `conv_in`, then every resnet and downsampler of the levels above latent
+        resolution (all but the last)."""
+        steps = [_tile_step(self.conv_in)]
+        for level in self.down[:-1]:
+            steps += [_tile_step(block) for block in level.block] + [_tile_step(level.downsample)]
+        return steps
+
+    def forward_low(self, h: torch.Tensor) -> torch.Tensor:
+        """What follows `high_res_steps`, on whole frames: the last level's resnets, the mid block (its attention
+        spans the frame), `norm_out` and `conv_out`."""
+        for block in self.down[-1].block:
+            h = block(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
 
 class ReducioContentEncoder(nn.Module):
     """The 2D content-frame encoder: `(B, 3, H, W)` -> features, one per level (the output of its resnets, before
@@ -710,6 +746,28 @@ class ReducioDecoder(nn.Module):
             if level.upsample is not None:
                 h = level.upsample(h, stream)
         return self.conv_out(F.silu(self.norm_out(h), inplace=stream))
+
+    def output_layers(self, h: torch.Tensor) -> torch.Tensor:
+        """`norm_out`, SiLU and `conv_out`: `(B, C, T, H, W)` -> `(B, 3, T, H, W)`."""
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def tile_segments(self) -> list[tuple[ReducioFusionBlock | None, int, list[TileStep]]]:
+        """The layers after the mid block, for exact tiles: `(fusion, index, steps)` per segment, in order, where
+        `fusion` (with content feature `index`) runs on whole frames first (None for the first segment), then
+        `steps` (resnets, upsamplers and, last, the output layers), local in space apart from their GroupNorms, run
+        one at a time over the tiles (`_tiling.tiled_in_layer_order`)."""
+        segments, fusion, index, steps = [], None, -1, []
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
+            steps += [_tile_step(block) for block in level.block_1]
+            if level.fusion is not None:
+                segments.append((fusion, index, steps))
+                fusion, index, steps = level.fusion, self.fusion_feature_index[i], []
+            steps += [_tile_step(block) for block in level.block_2]
+            if level.upsample is not None:
+                steps.append(_tile_step(level.upsample))
+        steps.append(TileStep(self.output_layers, _tile_reach(self.conv_out), self.norm_out))
+        return segments + [(fusion, index, steps)]
 
 
 @dataclass
@@ -1354,39 +1412,18 @@ class AutoencoderKLReducio(
         return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
-        """`tiled_encode` with exact tiles: the levels above latent resolution in halo tiles with shared GroupNorm
-        statistics, the last level, the mid block (its attention spans the clip) and the output on whole frames."""
-        encoder, spatial = self.encoder, self.config.spatial_compression_ratio
-        high = encoder.down[:-1]
-        # Receptive field in pixels: conv_in, two 3x3 convolutions per resnet and the downsampler's one pixel past
-        # its own two (zero padding right/bottom), at each level's scale; rounded up to whole latent pixels so
-        # that tiles stay aligned to the downsampling.
-        reach = 1 + sum(2**i * (2 * len(level.block) + 1) for i, level in enumerate(high))
-
-        def high_resolution(part: torch.Tensor) -> torch.Tensor:
-            h = encoder.conv_in(part)
-            for level in high:
-                for block in level.block:
-                    h = block(h)
-                h = level.downsample(h)
-            return h
-
-        h = tiled_with_shared_group_norm(
-            high_resolution,
-            x,
-            [encoder.conv_in, *high],
-            core=(self.tile_sample_min_height, self.tile_sample_min_width),
-            halo=-(-reach // spatial) * spatial,
-        )
-        for block in encoder.down[-1].block:
-            h = block(h)
-        h = encoder.mid.block_2(encoder.mid.attn_1(encoder.mid.block_1(h)))
-        return self.quant_conv(encoder.conv_out(F.silu(encoder.norm_out(h))))
+        """`tiled_encode` with exact tiles: the levels above latent resolution in tiles, one layer at a time with
+        the GroupNorm statistics of the whole frame (`_tiling.tiled_in_layer_order`); the last level, the mid block
+        (its attention spans the frame) and the output on whole frames."""
+        core = (self.tile_sample_min_height, self.tile_sample_min_width)
+        h = tiled_in_layer_order(self.encoder.high_res_steps(), x, core)
+        return self.quant_conv(self.encoder.forward_low(h))
 
     def _exact_tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
-        """`tiled_decode` with exact tiles: the mid block (attention over the clip) and every fusion block
+        """`tiled_decode` with exact tiles: the mid block (attention over the frame) and every fusion block
         (cross-attention to the whole content feature) on whole frames, the layers between them (resnets,
-        upsamplers, the output) in halo tiles with shared GroupNorm statistics."""
+        upsamplers, the output) in tiles, one layer at a time with the GroupNorm statistics of the whole frame
+        (`_tiling.tiled_in_layer_order`)."""
         if isinstance(features, ReducioTiledContent):
             raise ValueError(
                 "Exact tiles decode with the content features of the whole frame: pass `content_frame`, or the "
@@ -1394,51 +1431,22 @@ class AutoencoderKLReducio(
             )
         if isinstance(features, torch.Tensor):
             features = self.encode_content(features)
-        decoder = self.decoder
+        decoder, spatial = self.decoder, self.config.spatial_compression_ratio
         mid = decoder.mid
         h = mid.block_1(decoder.conv_in(self.post_quant_conv(z)))
         if mid.fusion is not None:
             h = mid.fusion(h, features[-1])
         h = mid.block_2(mid.attn_1(h))
-        local, scale = [], 1
-        for i in reversed(range(len(decoder.up))):
-            level = decoder.up[i]
-            local += list(level.block_1)
-            if level.fusion is not None:
-                h = self._tiled_local_layers(local, h, scale)
-                h, local = level.fusion(h, features[decoder.fusion_feature_index[i]]), []
-                scale = 2 ** (len(decoder.up) - 1 - i)
-            local += level.block_2
-            if level.upsample is not None:
-                local.append(level.upsample)
-        return self._tiled_local_layers(local, h, scale, output=True)
-
-    def _tiled_local_layers(
-        self, layers: list[nn.Module], h: torch.Tensor, scale: int, output: bool = False
-    ) -> torch.Tensor:
-        """The decoder's `layers` (resnets and upsamplers; then its output layers when `output`) applied to `h`,
-        which has `scale` pixels per latent pixel, in halo tiles of `tile_sample_min_*` video pixels that share the
-        GroupNorm statistics of the whole frame."""
-        decoder = self.decoder
-        if not layers and not output:
-            return h
-        # Receptive field in pixels of `h`: two 3x3 convolutions per resnet, one input pixel per upsampler (its
-        # convolution after the nearest 2x), the output convolution; each at the scale it runs at.
-        reach, step = Fraction(0), 1
-        for layer in layers:
-            reach += Fraction(2 if isinstance(layer, ReducioResnetBlock) else 1, step)
-            step *= 2 if isinstance(layer, ReducioUpsample) else 1
-        reach += Fraction(1, step) if output else 0
-
-        def stage(part: torch.Tensor) -> torch.Tensor:
-            for layer in layers:
-                part = layer(part)
-            return decoder.conv_out(F.silu(decoder.norm_out(part))) if output else part
-
-        spatial = self.config.spatial_compression_ratio
-        core = (self.tile_sample_min_height // spatial * scale, self.tile_sample_min_width // spatial * scale)
-        norms = [*layers, decoder.norm_out] if output else layers
-        return tiled_with_shared_group_norm(stage, h, norms, core=core, halo=math.ceil(reach))
+        for fusion, index, steps in decoder.tile_segments():
+            if fusion is not None:
+                h = fusion(h, features[index])
+            per_latent = h.shape[-1] // z.shape[-1]  # pixels of `h` per latent pixel
+            core = (
+                self.tile_sample_min_height // spatial * per_latent,
+                self.tile_sample_min_width // spatial * per_latent,
+            )
+            h = tiled_in_layer_order(steps, h, core)
+        return h
 
     def forward(
         self,
