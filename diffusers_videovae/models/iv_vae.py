@@ -721,8 +721,8 @@ class AutoencoderKLIVVAE(
         self.use_slicing = False
         self.use_tiling = False
         # Temporal chunking is always on (it is exact); one frame group per call keeps activations small, like the
-        # original's schedule. Tiling adds spatial tiles: cores of `tile_sample_min_*` pixels (strides equal the
-        # cores) plus a halo that the architecture determines (`tile_halo`).
+        # original's schedule. Tiling adds spatial tiles of at most `tile_sample_min_*` pixels, halo included, for
+        # frames larger than that (`_tile_cores`); the halo is what the architecture reads (`tile_halo`).
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256
         self.tile_sample_stride_height = 256
@@ -749,11 +749,13 @@ class AutoencoderKLIVVAE(
     ) -> None:
         r"""Run the stages above 1/8 resolution in spatial tiles that read a halo, so that memory depends on the
         tile. IV-VAE's tiles are always exact (equal to untiled up to float rounding): `exact` may be True or False.
-        The model card compares the tiling modes of the five models.
+        Frames no larger than the tile run in one piece. The model card compares the tiling modes of the five models.
 
         Args:
-            tile_sample_min_height (`int`, *optional*): tile core height in pixels, a multiple of 8 (default 256).
-            tile_sample_min_width (`int`, *optional*): tile core width in pixels, a multiple of 8 (default 256).
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 8 (default 256): what
+                a tile reads, halo included, so a tile needs no more memory than a frame of that size untiled. A
+                size under four halos keeps a core of `min(size, 2 * halo)` instead (see `_tile_cores`).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels, likewise (default 256).
             tile_sample_min_num_frames (`int`, *optional*): frames per temporal chunk after the first frame, a
                 multiple of 4 (default 4).
             tile_sample_stride_height, tile_sample_stride_width, tile_sample_stride_num_frames (`int`, *optional*):
@@ -888,11 +890,24 @@ class AutoencoderKLIVVAE(
             return (decoded,)
         return DecoderOutput(sample=decoded)
 
+    def _tile_cores(self, halo: int) -> tuple[int, int]:
+        """Tile cores (height, width) in latent pixels, for tiles that read `halo` latent pixels on each side.
+
+        A core is the tile size less a halo on each side, so that a tile reads at most the tile size and its
+        activations are those of an untiled frame of that size (`enable_tiling`'s default, 256 px, bounds memory by
+        what a 256 x 256 frame needs). A core is never below `min(size, 2 * halo)`: a tile smaller than four halos
+        keeps a core of twice the halo (so a tile computes at most 4x its core's area), or the whole size when that
+        is smaller, and then reads more than its size.
+        """
+        spatial = self.config.spatial_compression_ratio
+        sizes = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
+        return tuple(max(size - 2 * halo, min(size, 2 * halo)) for size in sizes)
+
     def _spatial_tiles(self, height: int, width: int, halo: int) -> list[tuple[TileSpan, TileSpan]]:
         """The tiles of an `height x width` latent frame as `(rows, columns)` spans in latent pixels."""
-        spatial = self.config.spatial_compression_ratio
-        rows = halo_spans(height, self.tile_sample_min_height // spatial, halo)
-        columns = halo_spans(width, self.tile_sample_min_width // spatial, halo)
+        core_height, core_width = self._tile_cores(halo)
+        rows = halo_spans(height, core_height, halo)
+        columns = halo_spans(width, core_width, halo)
         return [(row, column) for row in rows for column in columns]
 
     def _latent_chunks(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -927,12 +942,14 @@ class AutoencoderKLIVVAE(
         for row, column in self._spatial_tiles(*size, halo=self.tile_halo["encode"]):
             cache = None
             for (start, end), (first, last) in zip(chunks, latent_chunks):
-                part, cache = self.encoder.forward_high(_tile_window(frames[:, start:end], row, column, size), cache)
+                part, cache = self.encoder.forward_high(
+                    _tile_window(frames[:, start:end], row, column, size), cache, in_place=self._in_place()
+                )
                 if high is None:
                     high = _whole_frame_like(part, row, column, size)
                     high = high.new_empty(high.shape[0], latent_chunks[-1][1], *high.shape[2:])
                 _paste_core(high[:, first:last], part, row, column)
-        features = [self.encoder.forward_low(high[:, first:last]) for first, last in latent_chunks]
+        features = [self.encoder.forward_low(high[:, first:last], self._in_place()) for first, last in latent_chunks]
         return self.quant_conv(torch.cat(features, dim=1).transpose(1, 2))
 
     def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -951,15 +968,22 @@ class AutoencoderKLIVVAE(
         num_frames = 1 + temporal * (num_latent_frames - 1)
         sample = x.new_empty(batch, 3, num_frames, height * spatial, width * spatial)
         chunks = self._frame_chunks(num_latent_frames, max(1, self.tile_sample_min_num_frames // temporal))
-        # Latent resolution: conv_in, middle and first level (attention) on whole latent frames, chunk by chunk.
-        low = torch.cat([self.decoder.forward_low(x[:, start:end]) for start, end in chunks], dim=1)
+        # Latent resolution: conv_in, middle and first level (attention) on whole latent frames, chunk by chunk,
+        # written into one tensor (no second copy of the clip's features from a concatenation).
+        low = None
+        for start, end in chunks:
+            part = self.decoder.forward_low(x[:, start:end], self._in_place())
+            if low is None:
+                low = part.new_empty(batch, num_latent_frames, *part.shape[2:])
+            low[:, start:end] = part
+            del part
         for row, column in self._spatial_tiles(height, width, halo=self.tile_halo["decode"]):
             cache = None
             core = (..., row.core_slice(spatial), column.core_slice(spatial))
             for start, end in chunks:
                 # 2x to 8x, local layers only: this tile's window.
                 images, cache = self.decoder.forward_high(
-                    _tile_window(low[:, start:end], row, column, (height, width)), cache
+                    _tile_window(low[:, start:end], row, column, (height, width)), cache, in_place=self._in_place()
                 )
                 images = images[..., row.core_in_tile(spatial), column.core_in_tile(spatial)]
                 self._write_frames(sample[core], images, start, end)
