@@ -73,10 +73,22 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
     # dynamo's eager backend (inductor's code generation takes minutes on this machine): what is checked here is the
     # plumbing, a compiled copy whose every call goes through dynamo, timed and compared with the eager model.
     compiled = []
+    calls: dict[str, int] = {}
+
+    def counted(name, compiled_call):
+        def call(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return compiled_call(*args, **kwargs)
+
+        return call
 
     def compiled_copy(model):
         copy = build_compiled_copy(model, backend="eager")
-        compiled.extend(child for child in copy.children() if getattr(child, "_compiled_call_impl", None) is not None)
+        for name, child in copy.named_children():
+            if getattr(child, "_compiled_call_impl", None) is not None:
+                compiled.append(name)
+                # Still through dynamo: the compiled call is wrapped, and a module's call takes it when it is set.
+                child._compiled_call_impl = counted(name, child._compiled_call_impl)
         return copy
 
     build_compiled_copy = bench_roofline.compiled_copy
@@ -88,16 +100,16 @@ def test_compiled_variant_is_timed_against_eager_with_its_compile_time(monkeypat
     finally:
         torch.set_num_threads(threads)
         torch._dynamo.reset()
-    assert compiled  # the encoder and decoder
+    assert {"encoder", "decoder"} <= set(compiled)
+    # Every timed, profiled and compared call of the compiled variant went through the compiled modules (whether
+    # dynamo's own profiler rows rank among the top ops depends on the machine's load, so they are not the check).
+    assert calls.get("encoder", 0) >= 2 and calls.get("decoder", 0) >= 2, calls
     variants = {(row["call"], row["variant"]): row for row in result["variants"]}
     assert set(variants) == {(call, bench_roofline.COMPILED) for call in ("encode", "decode")}
     for row in variants.values():
         assert float(row["first call s"]) > 0 and row["speed vs float32"].endswith("x")
         assert float(row["max abs diff"]) < 1e-4
-        # The profiled call went through dynamo: its profiler row is named "TorchDynamo Cache Lookup" or
-        # "Torch-Compiled Region" (which of the two ranks among the top ops varies from run to run).
-        top_ops = row["top ops (self time)"]
-        assert "TorchDynamo Cache Lookup" in top_ops or "Torch-Compiled Region" in top_ops, top_ops
+        assert row["top ops (self time)"]
 
 
 def _in_process(setup, call, *, repeats, threads, device="cpu", **kwargs):
