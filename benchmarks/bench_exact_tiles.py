@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _harness import alternated_runs, format_table  # noqa: E402
+from _tiny_configs import SMALL_TILING_CONFIGS  # noqa: E402
 
 SIDES = ("untiled", "exact, stage per GroupNorm (before)", "exact, layer order (now)")
 
@@ -52,41 +54,17 @@ MID_SIZE = {
         content_conv_in_channels=32,
         content_block_out_channels=(32, 64, 128, 128),
     ),
-    "cascadev": dict(
-        with_previewer=False,
-        transformer_hidden_size=72,
-        transformer_num_layers=1,
-        transformer_num_attention_heads=2,
-        transformer_sample_size=8,
-        svd_block_out_channels=(32, 64, 128, 128),
-    ),
+    # The small tiling layout's DiT, the released SVD decoder's layers (2 resnets per level) at a quarter of its widths.
+    "cascadev": {
+        **SMALL_TILING_CONFIGS["cascadev"],
+        "svd_block_out_channels": (32, 64, 128, 128),
+        "svd_layers_per_block": 2,
+    },
 }
 QUICK = {
     "odvae": dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=4),
-    "reducio": dict(
-        latent_channels=4,
-        z_channels=8,
-        conv_in_channels=16,
-        block_out_channels=(16, 16, 16),
-        layers_per_block=1,
-        content_conv_in_channels=16,
-        content_block_out_channels=(16, 16, 16),
-        fusion_feature_index=(-1, 1, -1),
-        attention_num_heads=2,
-        fusion_head_dim=8,
-        window_size=8,
-        content_window_size=4,
-        norm_num_groups=4,
-    ),
-    "cascadev": dict(
-        with_previewer=False,
-        transformer_hidden_size=72,
-        transformer_num_layers=1,
-        transformer_num_attention_heads=2,
-        transformer_sample_size=8,
-        svd_block_out_channels=(32, 32, 32, 32),
-        svd_layers_per_block=1,
-    ),
+    "reducio": SMALL_TILING_CONFIGS["reducio"],
+    "cascadev": SMALL_TILING_CONFIGS["cascadev"],
 }
 # (frames, size, tile) by default and with --quick.
 SIZES = {"odvae": (9, 128, 64), "reducio": (16, 256, 64), "cascadev": (4, 256, 64)}

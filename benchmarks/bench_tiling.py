@@ -44,7 +44,7 @@ from _harness import add_device_argument, format_table, gib, measure, peak_cell 
 from bench_roofline import MODELS, released_config  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from diffusers_videovae.memory import LiveTensorBytes, _FusedAttention  # noqa: E402
+from diffusers_videovae.memory import LiveTensorBytes, _FusedAttention, cascadev_decode_on_meta  # noqa: E402
 
 NAMES = ("ivvae", "odvae", "opensora", "reducio", "cascadev")
 OPS = ("encode", "decode")
@@ -257,23 +257,11 @@ def traced_peaks(name: str, config: dict, mode: str, frames: int, size: tuple[in
         z = model.latents_for_decode(model.encode(video).latent_dist.mode())
         conditions = model.decode_conditions(video)
     if hasattr(model, "decode_svd_latents"):  # CascadeV: one denoising step and the SVD decode (no scheduler on meta)
-        peaks["decode"] = _traced(lambda: _cascadev_decode(model, z))
+        peaks["decode"] = _traced(lambda: cascadev_decode_on_meta(model, z))
     else:
         options = model.decode_kwargs(num_frames=frames)
         peaks["decode"] = _traced(lambda: model.decode(z, **conditions, **options))
     return peaks
-
-
-def _cascadev_decode(model: torch.nn.Module, z: torch.Tensor) -> None:
-    config = model.config
-    batch, _, frames, height, width = z.shape
-    svd_shape = (batch, config.svd_latent_channels, frames, height * config.sr_scale, width * config.sr_scale)
-    state = [torch.zeros(svd_shape, device="meta") for _ in range(3)]  # latents, the step's noise, x0
-    condition = torch.zeros(batch, frames, config.latent_channels, *svd_shape[-2:], device="meta")
-    x_in = torch.zeros(frames, config.svd_latent_channels, *svd_shape[-2:], device="meta")
-    model._predict_noise(x_in, condition[0], torch.zeros((), device="meta"))
-    del condition, x_in, state
-    model.decode_svd_latents(torch.zeros(svd_shape, device="meta"))
 
 
 def traced_against_size(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> list[dict]:

@@ -424,8 +424,13 @@ def _traced_peak(
 def _cascadev_stages(model: torch.nn.Module, sample: torch.Tensor) -> None:
     """CascadeV's decode steps a diffusers scheduler, which cannot run on `meta`: its stages run one by one with
     what a denoising step keeps alive (the effnet latent, the condition, the SVD latents and their noise)."""
+    cascadev_decode_on_meta(model, model.encode(sample).latent_dist.mode())
+
+
+def cascadev_decode_on_meta(model: torch.nn.Module, z: torch.Tensor) -> None:
+    """CascadeV's decode of effnet latents `z` as stages that run on `meta`: one DiT step with the tensors a
+    denoising step keeps alive, then the SVD decode (see `_cascadev_stages`)."""
     config = model.config
-    z = model.encode(sample).latent_dist.mode()
     batch, _, frames, height, width = z.shape
     svd_shape = (batch, config.svd_latent_channels, frames, height * config.sr_scale, width * config.sr_scale)
     state = [torch.zeros(svd_shape, device="meta") for _ in range(3)]  # latents, the step's noise, x0

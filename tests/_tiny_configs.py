@@ -1,4 +1,4 @@
-"""The tiny random configs of the models, written once: tests and `benchmarks/bench_roofline.py --quick` build them.
+"""The tiny random configs of the models, written once: tests and the benchmarks' `--quick` runs build them.
 
 Each is the release's layer layout at widths that run in well under a second on a CPU. A test that needs another
 shape overrides a field: `{**TINY_CONFIGS["odvae"], "layers_per_block": 2}`.
@@ -32,5 +32,35 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         fusion_feature_index=(-1, 1, 2, -1),
         window_size=8,
         content_window_size=4,
+    ),
+}
+
+# Smaller Reducio and CascadeV layouts for tiling (tests/test_tiling.py, `bench_exact_tiles.py --quick`): Reducio with
+# 3 levels (4x) and an attention window of 8 latent positions, so frames up to 32 px run untiled; CascadeV with a
+# one-layer DiT and a one-resnet SVD decoder.
+SMALL_TILING_CONFIGS: dict[str, dict[str, Any]] = {
+    "reducio": dict(
+        latent_channels=4,
+        z_channels=8,
+        conv_in_channels=16,
+        block_out_channels=(16, 16, 16),
+        layers_per_block=1,
+        content_conv_in_channels=16,
+        content_block_out_channels=(16, 16, 16),
+        fusion_feature_index=(-1, 1, -1),
+        attention_num_heads=2,
+        fusion_head_dim=8,
+        window_size=8,
+        content_window_size=4,
+        norm_num_groups=4,
+    ),
+    "cascadev": dict(
+        with_previewer=False,
+        transformer_hidden_size=72,
+        transformer_num_layers=1,
+        transformer_num_attention_heads=2,
+        transformer_sample_size=8,
+        svd_block_out_channels=(32, 32, 32, 32),
+        svd_layers_per_block=1,
     ),
 }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_configs import TINY_CONFIGS
+from _tiny_configs import SMALL_TILING_CONFIGS, TINY_CONFIGS
 from conftest import reference_dir
 
 from diffusers_videovae import (
@@ -42,37 +42,8 @@ SMALL = {
     "ivvae": (AutoencoderKLIVVAE, TINY_CONFIGS["ivvae"]),
     "odvae": (AutoencoderKLODVAE, TINY_CONFIGS["odvae"]),
     "opensora": (AutoencoderKLOpenSora, TINY_CONFIGS["opensora"]),
-    # 3 levels (4x), attention window 8 latent positions: frames up to 32 px run untiled.
-    "reducio": (
-        AutoencoderKLReducio,
-        dict(
-            latent_channels=4,
-            z_channels=8,
-            conv_in_channels=16,
-            block_out_channels=(16, 16, 16),
-            layers_per_block=1,
-            content_conv_in_channels=16,
-            content_block_out_channels=(16, 16, 16),
-            fusion_feature_index=(-1, 1, -1),
-            attention_num_heads=2,
-            fusion_head_dim=8,
-            window_size=8,
-            content_window_size=4,
-            norm_num_groups=4,
-        ),
-    ),
-    "cascadev": (
-        AutoencoderCascadeV,
-        dict(
-            with_previewer=False,
-            transformer_hidden_size=72,
-            transformer_num_layers=1,
-            transformer_num_attention_heads=2,
-            transformer_sample_size=8,
-            svd_block_out_channels=(32, 32, 32, 32),
-            svd_layers_per_block=1,
-        ),
-    ),
+    "reducio": (AutoencoderKLReducio, SMALL_TILING_CONFIGS["reducio"]),
+    "cascadev": (AutoencoderCascadeV, SMALL_TILING_CONFIGS["cascadev"]),
 }
 NAMES = list(SMALL)
 
