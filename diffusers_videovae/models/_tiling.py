@@ -19,17 +19,28 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 import operator
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import NamedTuple
 
+import psutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.utils import logging
 
 __all__ = [
+    "AUTO_SPILL_SHARE",
+    "SpilledTensor",
     "TileSpan",
     "TileStep",
     "blend",
@@ -45,12 +56,15 @@ __all__ = [
     "halo_spans",
     "has_values",
     "nearest_valid_num_frames",
+    "offload_place",
     "stitch_blended_tiles",
     "tile_settings",
     "tile_starts",
     "tiled_in_layer_order",
     "tiled_with_shared_group_norm",
 ]
+
+logger = logging.get_logger(__name__)
 
 
 def nearest_valid_num_frames(num_frames: int, temporal_compression: int) -> tuple[int, int]:
@@ -565,15 +579,225 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
         return h  # the pass stops when the module returns (after its hooks), see `tiled_with_shared_group_norm`
 
 
+# --- where exact tiles keep their step boundaries -----------------------------------------------------------------
+
+# `offload_device="auto"`: a step boundary stays where the tiles run while it takes at most this share of the memory
+# available there (then in CPU memory, for tiles on an accelerator), else it is spilled to the system's temp folder.
+# A quarter leaves room for the step's input, one tile's activations and other processes.
+AUTO_SPILL_SHARE = 0.25
+
+
+def offload_place(value: object) -> torch.device | Path | str | None:
+    """`offload_device` (a model's `tile_offload_device`) checked: None (where the tiles run), `"auto"`, a
+    `torch.device`, or a folder (`Path`) for `"disk"` (the system's temp folder, `tempfile.gettempdir()`), a
+    `pathlib.Path` or a string naming an existing folder. One clear error otherwise."""
+    if value is None or value == "auto" or isinstance(value, torch.device):
+        return value
+    if isinstance(value, str) and value == "disk":
+        return Path(tempfile.gettempdir())
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            pass
+    if isinstance(value, (str, os.PathLike)) and Path(value).is_dir():
+        return Path(value)
+    raise ValueError(
+        f"`tile_offload_device` must be None, 'auto', a device such as 'cpu', 'disk' or an existing folder; got "
+        f"{value!r}."
+    )
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
+
+
+def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor, numel: int):
+    """Where a step boundary of `numel` elements like `like` (a tile's output) is kept: None (beside `like`), a
+    device, or a folder to spill it into. A tensor without data is not moved, but spilled as it would be."""
+    if isinstance(place, torch.device):
+        return place if has_values(like) else None
+    if place != "auto":
+        return place
+    if like.requires_grad:
+        return None  # a file carries no gradients
+    nbytes = numel * like.element_size()
+    candidates = [like.device] if like.device.type in ("cpu", "meta") or not has_values(like) else [like.device, "cpu"]
+    for device in map(torch.device, candidates):
+        if nbytes <= AUTO_SPILL_SHARE * _available_bytes(device):
+            return None if device == like.device else device
+    return Path(tempfile.gettempdir())
+
+
+def _new_boundary(like: torch.Tensor, shape: tuple[int, ...], place) -> torch.Tensor | SpilledTensor:
+    """An empty step boundary of `shape` with `like`'s dtype, kept as `_boundary_place` says."""
+    where = _boundary_place(place, like, math.prod(shape))
+    if isinstance(where, Path):
+        if like.requires_grad:
+            raise RuntimeError(
+                "Exact tiles cannot spill step boundaries to disk while computing gradients (a file carries none): "
+                "set `tile_offload_device` to None or 'auto', or run under `torch.no_grad()`."
+            )
+        return SpilledTensor(shape, like.dtype, where if has_values(like) else None, device=like.device)
+    return like.new_empty(shape, device=where)
+
+
+def _close(boundary: object) -> None:
+    if isinstance(boundary, SpilledTensor):
+        boundary.close()
+
+
+@functools.cache
+def _warn_if_ram_disk(folder: Path) -> None:
+    """Spilling to a RAM disk (tmpfs, as `/tmp` is on some systems) frees no memory: say so, once per folder."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return  # not Linux: no cheap way to tell
+    path, best = folder.resolve(), ("", "")
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 2:
+            mount = fields[1].replace("\\040", " ")
+            if (path == Path(mount) or Path(mount) in path.parents) and len(mount) > len(best[0]):
+                best = (mount, fields[2])
+    if best[1] in ("tmpfs", "ramfs"):
+        logger.warning(
+            f"Exact tiles spill their step boundaries to {folder}, a RAM disk ({best[1]}): that frees no memory. "
+            "Set `tile_offload_device` (or TMPDIR) to a folder on a disk."
+        )
+
+
+class SpilledTensor:
+    """A step boundary of exact tiles kept in a temporary file instead of memory (`tiled_in_layer_order` with
+    `offload_device="disk"` or a folder): written tile core by tile core, read tile window by tile window, so that
+    the process holds one window at a time.
+
+    `spilled[key]` reads a window into a new CPU tensor and `spilled[key] = value` writes one; `key` takes slices
+    (step 1) and `...`, as tiles need. The file has no name (`tempfile.TemporaryFile`: unlinked when made on POSIX),
+    so nothing is left behind even if the process is killed; `close()` frees its space. It is read and written with
+    plain file I/O, not memory-mapped, so its pages are the OS's (reclaimable page cache), never the process's
+    resident memory. In the file, frames and rows come first and batch and channels last: a tile's window is one
+    contiguous run per frame and row.
+
+    With `folder` None (a traced run on `meta`), nothing is written or read and a read allocates the window on
+    `device`: what a trace (`memory.LiveTensorBytes`) should count for a spilled boundary.
+    """
+
+    def __init__(self, shape, dtype: torch.dtype, folder: Path | None, device: torch.device | str = "meta"):
+        self.shape, self.dtype = torch.Size(shape), dtype
+        if len(self.shape) < 4:
+            raise ValueError(f"A spilled tile boundary is (N, C, ..., H, W), got shape {tuple(self.shape)}.")
+        self.ndim = len(self.shape)
+        self._order = (*range(2, self.ndim), 0, 1)  # file layout: frames, rows, columns, batch, channels
+        self._inverse = tuple(self._order.index(dim) for dim in range(self.ndim))
+        self._itemsize = torch.empty((), dtype=dtype).element_size()
+        self.device = torch.device("cpu" if folder is not None else device)
+        self._file = None
+        if folder is not None:
+            nbytes = self.shape.numel() * self._itemsize
+            free = shutil.disk_usage(folder).free
+            if nbytes > free:
+                raise RuntimeError(
+                    f"Exact tiles need {nbytes / 2**30:.2f} GiB in {folder} to spill a step boundary; "
+                    f"{free / 2**30:.2f} GiB are free there: set `tile_offload_device` to another folder."
+                )
+            _warn_if_ram_disk(folder)
+            self._file = tempfile.TemporaryFile(prefix="videovae-tiles-", dir=folder, buffering=0)
+            try:  # reserve the space now: a full disk fails here, not after the tiles ran
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(self._file.fileno(), 0, nbytes)
+                else:
+                    self._file.truncate(nbytes)
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Free the file's space (reads and writes fail afterwards)."""
+        if self._file is not None:
+            self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file is not None and self._file.closed
+
+    def to(self, device: torch.device | str) -> torch.Tensor:
+        """The whole tensor, read into memory on `device`."""
+        return self[...].to(device)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        bounds = self._bounds(key)
+        buffer = torch.empty([bounds[d][1] - bounds[d][0] for d in self._order], dtype=self.dtype, device=self.device)
+        if self._file is not None:
+            self._transfer(bounds, buffer, write=False)
+        return buffer.permute(self._inverse).contiguous()
+
+    def __setitem__(self, key, value: torch.Tensor) -> None:
+        bounds = self._bounds(key)
+        if tuple(value.shape) != tuple(stop - start for start, stop in bounds):
+            raise ValueError(f"Cannot write a tensor of shape {tuple(value.shape)} to {key!r} of {self.shape}.")
+        if value.requires_grad:
+            raise RuntimeError("A spilled tile boundary carries no gradients: run under `torch.no_grad()`.")
+        stored = value.detach().to(self.dtype).permute(self._order).contiguous().to(self.device)
+        if self._file is not None:
+            self._transfer(bounds, stored, write=True)
+
+    def _bounds(self, key) -> list[tuple[int, int]]:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(item is Ellipsis for item in key):
+            at = next(index for index, item in enumerate(key) if item is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
+        key += (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim or not all(isinstance(item, slice) and item.step in (None, 1) for item in key):
+            raise TypeError(f"A spilled tile boundary is indexed with slices of step 1 and `...`, got {key!r}.")
+        bounds = []
+        for item, size in zip(key, self.shape):
+            start, stop, _ = item.indices(size)
+            bounds.append((start, max(start, stop)))
+        return bounds
+
+    def _runs(self, bounds: list[tuple[int, int]]):
+        """(offset, bytes) of each contiguous run of the window `bounds` in the file, in the file's order."""
+        stored = [bounds[d] for d in self._order]
+        sizes = [self.shape[d] for d in self._order]
+        strides = [math.prod(sizes[d + 1 :]) * self._itemsize for d in range(self.ndim)]
+        inner = self.ndim - 1  # the outermost dimension of the run; those inside it are read whole
+        while inner > 0 and stored[inner] == (0, sizes[inner]):
+            inner -= 1
+        start, stop = stored[inner]
+        length = (stop - start) * strides[inner]
+        if length == 0:
+            return
+        for index in itertools.product(*(range(*bound) for bound in stored[:inner])):
+            yield sum(i * stride for i, stride in zip(index, strides)) + start * strides[inner], length
+
+    def _transfer(self, bounds: list[tuple[int, int]], buffer: torch.Tensor, write: bool) -> None:
+        """Write the contiguous `buffer` (the window in the file's layout) to the file, or read it from there."""
+        data = memoryview(buffer.view(-1).view(torch.uint8).numpy())
+        position = 0
+        for offset, length in self._runs(bounds):
+            part = data[position : position + length]
+            self._file.seek(offset)
+            while part:
+                done = self._file.write(part) if write else self._file.readinto(part)
+                if not done:
+                    raise OSError(f"The spilled tile boundary's file ended at byte {offset}.")
+                part, offset = part[done:], offset + done
+            position += length
+
+
 def tiled_with_shared_group_norm(
     stage: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
+    x: torch.Tensor | SpilledTensor,
     modules: nn.Module | list[nn.Module],
     core: int | tuple[int, int],
     halo: int,
     device: torch.device | str | None = None,
-    out_device: torch.device | str | None = None,
-) -> torch.Tensor:
+    out_device: torch.device | str | os.PathLike | None = None,
+) -> torch.Tensor | SpilledTensor:
     r"""Run `stage` on spatial tiles of `x` so that the result equals `stage(x)` up to float rounding.
 
     Made for networks whose GroupNorms take statistics over whole frames or clips, where plain tiles see other
@@ -590,15 +814,17 @@ def tiled_with_shared_group_norm(
     Args:
         stage: `(N, C, ..., h, w) -> (N, C', ..., h', w')`, local in space apart from its GroupNorms; `h' / h` is
             the same for every input (e.g. 8 for an upsampling decoder, 1/8 for a downsampling encoder).
-        x: the stage input; tiling is over its last two dimensions.
+        x: the stage input (a tensor, or a `SpilledTensor`); tiling is over its last two dimensions.
         modules: the module(s) whose `nn.GroupNorm`s the stage calls.
         core, halo: tile core (one size, or `(height, width)`) and halo in input pixels; with a downsampling stage,
             multiples of its factor.
         device: where the tiles run (default: where `x` is); each tile is copied there from `x`.
-        out_device: where the result is assembled (default: where the tiles run).
+        out_device: where the result is assembled: None (where the tiles run), a device, or as `offload_place`
+            reads it `"disk"` / a folder (a `SpilledTensor` is returned, which the caller closes) or `"auto"`.
     """
     modules = [modules] if isinstance(modules, nn.Module) else modules
     device = x.device if device is None else torch.device(device)
+    out_place = offload_place(out_device)
     norms = list(dict.fromkeys(m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)))
     core_h, core_w = (core, core) if isinstance(core, int) else core
     rows, columns = halo_spans(x.shape[-2], core_h, halo), halo_spans(x.shape[-1], core_w, halo)
@@ -607,7 +833,11 @@ def tiled_with_shared_group_norm(
         span.start == 0 and span.end == x.shape[-1] for span in columns
     ):
         out = stage(x.to(device))  # every tile would read the whole input: one untiled pass gives the same result
-        return out if out_device is None else out.to(out_device)
+        if out_place is None:
+            return out
+        held = _new_boundary(out, tuple(out.shape), out_place)
+        held[...] = out
+        return held
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
     state: dict = {"running": None}
 
@@ -626,30 +856,43 @@ def tiled_with_shared_group_norm(
         with _SharedGroupNorm(state, statistics):
             while True:
                 state.update(target=None, moments=None)
-                out = None
-                for row, column in tiles:
-                    state["tile"] = (row, column)
-                    try:
-                        part = stage(x[..., row.start : row.end, column.start : column.end].to(device))
-                    except _StatisticsTaken:
-                        continue
-                    scale_h = Fraction(part.shape[-2], row.end - row.start)
-                    scale_w = Fraction(part.shape[-1], column.end - column.start)
-                    if out is None:
-                        height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
-                        out = part.new_empty(*part.shape[:-2], int(height), int(width), device=out_device)
-                    out[
-                        ...,
-                        int(row.core_start * scale_h) : int(row.core_end * scale_h),
-                        int(column.core_start * scale_w) : int(column.core_end * scale_w),
-                    ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+                out = _tile_pass(stage, x, tiles, device, out_place, state)
                 if state["target"] is None:
                     return out
+                _close(out)  # not reached normally: a statistics pass stops every tile before it finishes
                 count, mean, m2 = state["moments"]
                 statistics[state["target"]] = (mean, torch.rsqrt(m2 / count + state["target"].eps))
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _tile_pass(stage, x, tiles: list, device: torch.device, out_place, state: dict):
+    """One pass of `tiled_with_shared_group_norm` over the tiles: None when every tile stopped at the GroupNorm
+    being measured, else the stage's output assembled from the tiles' cores (closed again on an exception)."""
+    out = None
+    try:
+        for row, column in tiles:
+            state["tile"] = (row, column)
+            try:
+                part = stage(x[..., row.start : row.end, column.start : column.end].to(device))
+            except _StatisticsTaken:
+                continue
+            scale_h = Fraction(part.shape[-2], row.end - row.start)
+            scale_w = Fraction(part.shape[-1], column.end - column.start)
+            if out is None:
+                height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
+                out = _new_boundary(part, (*part.shape[:-2], int(height), int(width)), out_place)
+            out[
+                ...,
+                int(row.core_start * scale_h) : int(row.core_end * scale_h),
+                int(column.core_start * scale_w) : int(column.core_end * scale_w),
+            ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+            del part
+    except BaseException:
+        _close(out)
+        raise
+    return out
 
 
 class TileStep(NamedTuple):
@@ -667,22 +910,22 @@ def tiled_in_layer_order(
     steps: list[TileStep],
     x: torch.Tensor,
     core: int | tuple[int, int],
-    offload_device: torch.device | str | None = None,
+    offload_device: torch.device | str | os.PathLike | None = None,
 ) -> torch.Tensor:
     r"""Run `steps` one after the other on spatial tiles of `x`, so that the result equals running them untiled
     up to float rounding: the exact tiles of a stage made of many GroupNorm layers, at a small multiple of the
     untiled compute.
 
     Each step runs over all tiles (`tiled_with_shared_group_norm`, with the step's own halo and GroupNorm
-    statistics shared over all tiles) before the next one starts, and its tile cores are pasted into one tensor
-    that the next step cuts again. A halo is thus only the reach of one step (a few pixels), not of the whole
-    stage, and a GroupNorm's statistics are measured by re-running at most the part of its own step before it
-    (re-running the stage from its input for every GroupNorm costs one partial pass per GroupNorm instead).
-    Memory: a step's whole input and output plus one tile's activations, below the untiled peak, which holds
-    the same input and output and every activation in between at full size. The whole inputs and outputs grow
-    with the frame (GroupNorm statistics span it, so a step must finish on every tile before the next starts);
-    with `offload_device` they are kept there (e.g. `"cpu"` while the tiles run on an accelerator), so that the
-    tiles' device holds one tile's activations only.
+    statistics shared over all tiles) before the next one starts, and its tile cores are pasted into one whole
+    output (a step boundary) that the next step cuts again. A halo is thus only the reach of one step (a few
+    pixels), not of the whole stage, and a GroupNorm's statistics are measured by re-running at most the part of its
+    own step before it (re-running the stage from its input for every GroupNorm costs one partial pass per
+    GroupNorm instead). Memory: a step's whole input and output plus one tile's activations, below the untiled
+    peak, which holds the same input and output and every activation in between at full size. The step boundaries
+    grow with the frame (GroupNorm statistics span it, so a step must finish on every tile before the next starts);
+    `offload_device` says where they live, so that the tiles' device holds one tile's activations (and the windows
+    it reads) only.
 
     Args:
         steps: the stage, in order; a step's output may be smaller or larger than its input (down- or upsampling)
@@ -691,53 +934,77 @@ def tiled_in_layer_order(
         x: the stage input; tiling is over its last two dimensions.
         core: tile core (one size, or `(height, width)`) in pixels of `x`; at each step it is scaled with the
             step's input, and must stay a whole number of pixels (a multiple of every downsampling factor).
-        offload_device: where the steps' whole inputs and outputs are kept, and the result is returned (default:
-            where `x` is; ignored for tensors without data, e.g. on `meta`). The tiles run where `x` is.
+        offload_device: where the step boundaries live (`offload_place`): None, where `x` is; a device (e.g.
+            `"cpu"` while the tiles run on an accelerator; the result is returned there too; ignored for tensors
+            without data, e.g. on `meta`); `"disk"` or a folder: in temporary files there (`SpilledTensor`), freed
+            as soon as the next step has read them and when the call ends, also on an exception; `"auto"`: where
+            `x` is while a boundary takes at most `AUTO_SPILL_SHARE` of the memory available there, else in CPU
+            memory (tiles on an accelerator) or on disk. The tiles and, unless on a device, the result stay where
+            `x` is.
     """
-    if offload_device is not None and not has_values(x):
-        offload_device = None  # a traced run (meta, fake tensors) has nothing to move
+    place = offload_place(offload_device)
+    result = place if isinstance(place, torch.device) and has_values(x) else None
     core = (core, core) if isinstance(core, int) else tuple(core)
     leading = next((index for index, step in enumerate(steps) if not step.per_frame), len(steps))
     if leading == 0 or x.ndim != 5 or x.shape[2] == 1:
-        return _in_layer_order(steps, [x], core, x.shape[-2:], x.device, offload_device)
+        return _in_layer_order(steps, [x], core, x.shape[-2:], x.device, place, result)
     # The leading per-frame steps run one frame at a time: their whole inputs and outputs are one frame's, and only
-    # their last output is assembled for the whole clip (in place, frame by frame).
+    # their last output is assembled for the whole clip (in place, frame by frame), as any boundary is kept.
     h = None
-    for index, frame in enumerate(x.split(1, dim=2)):
-        out = _in_layer_order(steps[:leading], [frame], core, x.shape[-2:], x.device, offload_device)
-        if h is None:
-            h = out.new_empty(*out.shape[:2], x.shape[2], *out.shape[3:])
-        h[:, :, index : index + 1] = out
-        del out
+    try:
+        for index, frame in enumerate(x.split(1, dim=2)):
+            out = _in_layer_order(steps[:leading], [frame], core, x.shape[-2:], x.device, place, result)
+            if h is None:  # a boundary, unless the per-frame steps are all the stage
+                whole = (*out.shape[:2], x.shape[2], *out.shape[3:])
+                h = _new_boundary(out, whole, place if leading < len(steps) else result)
+            h[:, :, index : index + 1] = out
+            del out
+    except BaseException:
+        _close(h)
+        raise
     holder = [h]
     del h  # the loop below frees it once the next step's output is complete
-    return _in_layer_order(steps[leading:], holder, core, x.shape[-2:], x.device, offload_device)
+    return _in_layer_order(steps[leading:], holder, core, x.shape[-2:], x.device, place, result, owned=True)
 
 
 def _in_layer_order(
     steps: list[TileStep],
-    inputs: list[torch.Tensor],
+    inputs: list,
     core: tuple[int, int],
     reference: tuple[int, int],
     device: torch.device,
-    offload_device: torch.device | str | None,
+    place,
+    result,
+    owned: bool = False,
 ) -> torch.Tensor:
     """`tiled_in_layer_order`'s loop over `steps`; `core` is in pixels of a `reference` (height, width) frame.
-    `inputs` holds the input alone and is emptied, so that no reference outlives the first step's output."""
+    Step boundaries are kept as `place` says, the last output as `result` does. `inputs` holds the input alone and
+    is emptied, so that no reference outlives the first step's output; an `owned` input is a boundary of the
+    caller's, closed here once read."""
     h = inputs.pop()
     core_h, core_w = core
     height, width = reference
-    for step in steps:
-        cores = []
-        for size, reference, length in ((h.shape[-2], height, core_h), (h.shape[-1], width, core_w)):
-            scaled = Fraction(length) * Fraction(size, reference)
-            if scaled.denominator != 1:
-                raise ValueError(
-                    f"A tile core of {length} px is {scaled} px at a layer of {size} px: use a core that is a "
-                    f"multiple of the stage's downsampling factor ({Fraction(reference, size)})."
-                )
-            cores.append(int(scaled))
-        h = tiled_with_shared_group_norm(
-            step.run, h, step.modules, tuple(cores), step.halo, device=device, out_device=offload_device
-        )
-    return h
+    try:
+        for index, step in enumerate(steps):
+            cores = []
+            for size, reference, length in ((h.shape[-2], height, core_h), (h.shape[-1], width, core_w)):
+                scaled = Fraction(length) * Fraction(size, reference)
+                if scaled.denominator != 1:
+                    raise ValueError(
+                        f"A tile core of {length} px is {scaled} px at a layer of {size} px: use a core that is a "
+                        f"multiple of the stage's downsampling factor ({Fraction(reference, size)})."
+                    )
+                cores.append(int(scaled))
+            out_device = result if index == len(steps) - 1 else place
+            out = tiled_with_shared_group_norm(
+                step.run, h, step.modules, tuple(cores), step.halo, device=device, out_device=out_device
+            )
+            if owned:
+                _close(h)
+            h, owned = out, True
+            del out
+        return h
+    except BaseException:
+        if owned:
+            _close(h)
+        raise
