@@ -677,6 +677,7 @@ class AutoencoderCascadeV(
         self.tile_sample_stride_height = 384
         self.tile_sample_stride_width = 384
         self.tile_exact = False
+        self.tile_offload_device = "auto"  # where exact tiles keep their step boundaries (see `enable_tiling`)
         self._progress_bar_config: dict[str, Any] = {}
 
     # -- configuration ----------------------------------------------------------------------------------------
@@ -710,6 +711,10 @@ class AutoencoderCascadeV(
             tile_sample_stride_width (`int`, *optional*): the same for the width.
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is not tiled).
             exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
+
+        Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
+        (default: where the model runs while one takes at most a quarter of the memory available, else in a
+        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,
@@ -1017,7 +1022,8 @@ class AutoencoderCascadeV(
         for resnet in decoder.up_blocks[0].resnets:
             h = resnet(h, image_only_indicator=indicator)
         core = (self.tile_sample_min_height // factor, self.tile_sample_min_width // factor)
-        return tiled_in_layer_order(self._svd_tile_steps(indicator), h, core)
+        steps = self._svd_tile_steps(indicator)
+        return tiled_in_layer_order(steps, h, core, self.tile_offload_device).to(frames.device)
 
     def decode_svd_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Raw SVD latents `(B, 4, T, h, w)` -> video `(B, 3, T, 8h, 8w)`, in independent chunks of frames.

@@ -729,6 +729,7 @@ class AutoencoderKLIVVAE(
         self.tile_sample_stride_width = 256
         self.tile_sample_min_num_frames = temporal
         self.tile_sample_stride_num_frames = temporal
+        self.tile_offload_device = "auto"  # the other models' setting; nothing to offload here (see `enable_tiling`)
 
     def tiling_limits(self) -> TilingLimits:
         """What `enable_tiling` accepts: halo tiles (never overlapping) and temporal chunks of 4k frames."""
@@ -761,6 +762,10 @@ class AutoencoderKLIVVAE(
             tile_sample_stride_height, tile_sample_stride_width, tile_sample_stride_num_frames (`int`, *optional*):
                 unset or equal to the size: halo tiles and cache-carrying chunks do not overlap.
             exact (`bool`, defaults to `False`): accepted for the common signature; both values give exact tiles.
+
+        `vae.tile_offload_device`, where the other models' exact tiles keep the whole tensors between their layers,
+        is accepted and changes nothing here: IV-VAE's tiles run the whole tiled stage per tile and hold no such
+        tensors, so there is nothing to offload.
         """
         configure_tiling(
             self,

@@ -672,8 +672,9 @@ class AutoencoderKLODVAE(
     statistics shared over all tiles (`_tiling.tiled_in_layer_order`; the encoder's per-frame layers one frame at a
     time); the rest runs on whole latent frames, its attention one frame and 1024 queries at a time. It costs about
     twice the untiled time and keeps the whole clip in time, so its memory grows with the number of frames and the
-    frame size (below the untiled peak: one part's input and output); `tile_offload_device = "cpu"` keeps those
-    whole tensors in CPU memory while the tiles run on an accelerator.
+    frame size (below the untiled peak: one part's input and output); `tile_offload_device` keeps those whole
+    tensors in CPU memory or on disk instead (by default on disk once one would take more than a quarter of the
+    memory available).
     """
 
     _supports_gradient_checkpointing = True
@@ -791,7 +792,7 @@ class AutoencoderKLODVAE(
         self.tile_sample_stride_width = 224
         self.tile_sample_stride_num_frames = 28
         self.tile_exact = False
-        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
+        self.tile_offload_device = "auto"  # where exact tiles keep their step boundaries (see `enable_tiling`)
 
     @staticmethod
     def _check_layout(
@@ -884,6 +885,10 @@ class AutoencoderKLODVAE(
             tile_sample_stride_num_frames (`int`, *optional*): step between chunks, a multiple of 4 at most
                 `tile_sample_min_num_frames - 1` (default: that). Exact tiles are not cut in time: unset.
             exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
+
+        Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
+        (default: where the model runs while one takes at most a quarter of the memory available, else in a
+        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,

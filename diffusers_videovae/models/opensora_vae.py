@@ -560,7 +560,7 @@ class AutoencoderKLOpenSora(
         self.tile_sample_stride_height = 192
         self.tile_sample_stride_width = 192
         self.tile_exact = False
-        self.tile_offload_device = None  # where exact tiles keep their step boundaries, e.g. "cpu" (see README)
+        self.tile_offload_device = "auto"  # where exact tiles keep their step boundaries (see `enable_tiling`)
 
     def tiling_limits(self) -> TilingLimits:
         """What `enable_tiling` accepts: 256-px tiles every 192 px, never cut in time."""
@@ -595,6 +595,10 @@ class AutoencoderKLOpenSora(
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is never tiled: the temporal
                 chunks of `micro_frame_size` frames are the model's own).
             exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
+
+        Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
+        (default: where the model runs while one takes at most a quarter of the memory available, else in a
+        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,

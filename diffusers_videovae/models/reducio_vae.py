@@ -962,7 +962,7 @@ class AutoencoderKLReducio(
         limits = self.tiling_limits()
         self.tile_sample_min_height = self.tile_sample_min_width = limits.default_size
         self.tile_sample_stride_height = self.tile_sample_stride_width = limits.default_stride(limits.default_size)
-        self.tile_exact = False
+        self.tile_exact, self.tile_offload_device = False, "auto"  # offload: exact tiles' step boundaries
 
     @staticmethod
     def _check_layout(levels, decoder_block_out_channels, temporal_downsamples, num_frames, features, fusion_index):
@@ -1086,6 +1086,10 @@ class AutoencoderKLReducio(
             tile_sample_stride_width (`int`, *optional*): the same for the width.
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (each 16-frame segment is one clip).
             exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
+
+        Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
+        (default: where the model runs while one takes at most a quarter of the memory available, else in a
+        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,
@@ -1416,7 +1420,7 @@ class AutoencoderKLReducio(
         the GroupNorm statistics of the whole frame (`_tiling.tiled_in_layer_order`); the last level, the mid block
         (its attention spans the frame) and the output on whole frames."""
         core = (self.tile_sample_min_height, self.tile_sample_min_width)
-        h = tiled_in_layer_order(self.encoder.high_res_steps(), x, core)
+        h = tiled_in_layer_order(self.encoder.high_res_steps(), x, core, self.tile_offload_device).to(x.device)
         return self.quant_conv(self.encoder.forward_low(h))
 
     def _exact_tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
@@ -1445,7 +1449,7 @@ class AutoencoderKLReducio(
                 self.tile_sample_min_height // spatial * per_latent,
                 self.tile_sample_min_width // spatial * per_latent,
             )
-            h = tiled_in_layer_order(steps, h, core)
+            h = tiled_in_layer_order(steps, h, core, self.tile_offload_device).to(h.device)
         return h
 
     def forward(
