@@ -19,9 +19,11 @@ untiled encode.
 2. Peak RSS against frame size (`--sizes`, e.g. 256, 512 and 720x1280) with the model's own default tile size, for
    default and exact tiles; "growth" is the largest peak over the peak at the first size.
 
-With `--traced`, table 2 is traced instead of measured, untiled included: the peak bytes of the tensors each call
-creates (`memory.LiveTensorBytes` on a `meta` copy of the model, no arithmetic), so all five full-size models at
-256, 512 and 720x1280 take minutes, not hours. Attention is counted as the CPU runs it: fused (no attention matrix)
+With `--traced`, table 2 is traced instead of measured, untiled included, and exact tiles get two rows: "exact",
+their step boundaries (the whole tensors between two tiled layers) kept in memory, and "exact, disk", spilled to
+temporary files (`tile_offload_device="disk"`; the default "auto" spills only what would not fit in memory). Traced:
+the peak bytes of the tensors each call creates (`memory.LiveTensorBytes` on a `meta` copy of the model, no
+arithmetic), so all five full-size models at 256, 512 and 720x1280 take minutes, not hours. Attention is counted as the CPU runs it: fused (no attention matrix)
 where query, key and value are contiguous in their last dimension, else PyTorch's unfused form with its whole
 `(L, S)` matrix. Weights, inputs, allocator slack and kernel workspaces are not counted (RSS counts them).
 
@@ -63,7 +65,17 @@ CASCADEV_TINY = {
     "svd_layers_per_block": 1,
 }
 MODES = ("untiled", "default tiles", "exact tiles")
-TILING = {"untiled": "off", "default tiles": "on", "exact tiles": "exact"}
+TILING = {"untiled": "off", "default tiles": "on", "exact tiles": "exact", "exact tiles, spilled": "exact"}
+# Traced rows: exact tiles with their step boundaries in memory (`tile_offload_device=None`, what the "exact" rows
+# always meant) and spilled to disk ("disk"); the default, "auto", is one or the other by the memory available.
+TRACED_MODES = (*MODES, "exact tiles, spilled")
+OFFLOAD = {"exact tiles": None, "exact tiles, spilled": "disk"}
+LABELS = {
+    "untiled": "untiled",
+    "default tiles": "default",
+    "exact tiles": "exact",
+    "exact tiles, spilled": "exact, disk",
+}
 
 
 def _class(name: str):
@@ -247,6 +259,7 @@ def traced_peaks(name: str, config: dict, mode: str, frames: int, size: tuple[in
         model = _class(name)(**config)
     model = torch.nn.Module.to(model, "meta").eval()
     enable_tiling(model, TILING[mode], None)
+    model.tile_offload_device = OFFLOAD.get(mode)
     video = torch.zeros(1, 3, frames, *size, device="meta")
     peaks: dict[str, int | None] = {}
     try:
@@ -265,15 +278,16 @@ def traced_peaks(name: str, config: dict, mode: str, frames: int, size: tuple[in
 
 
 def traced_against_size(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> list[dict]:
-    """Table 2 rows of one model, traced: untiled, default and exact tiles per frame size."""
+    """Table 2 rows of one model, traced: untiled, default and exact tiles (boundaries in memory, and on disk) per
+    frame size."""
     config = model_config(name, args.quick, args.config)
     frames = (QUICK_FRAMES if args.quick else FRAMES)[name]
     exact = accepts_exact(_class(name)(**model_config(name, True, {})))
-    rows = {(op, mode): {"model": name, "call": op, "tiles": mode.split()[0]} for op in OPS for mode in MODES}
+    rows = {(op, mode): {"model": name, "call": op, "tiles": LABELS[mode]} for op in OPS for mode in TRACED_MODES}
     for size in sizes:
-        for mode in MODES:
+        for mode in TRACED_MODES:
             label = f"{size[0]}x{size[1]}"
-            peaks = traced_peaks(name, config, mode, frames, size) if exact or mode != "exact tiles" else {}
+            peaks = traced_peaks(name, config, mode, frames, size) if exact or "exact" not in mode else {}
             for op in OPS:
                 rows[op, mode][label] = "n/a" if peaks.get(op) is None else gib(peaks[op])
                 rows[op, mode].setdefault("bytes", []).append(peaks.get(op))
