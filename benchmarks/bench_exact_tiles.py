@@ -16,8 +16,9 @@ Three ways to run each call with the same random weights and inputs, alternated 
 so that a change in machine load hits them alike): untiled; exact tiles as before (`tiled_with_shared_group_norm`
 over each whole tiled stage with its receptive-field halo: one partial pass over the tiles per GroupNorm, then a
 full one); exact tiles now (`tiled_in_layer_order`: one layer at a time over all tiles, each with its own small
-halo). Prints median seconds and CPU seconds, their ratio to untiled, the largest difference to untiled and, with
-`--traced`, for all three (`--skip-before` or not) the FLOPs of each call and the peak of the tensors it creates,
+halo); with `--spill`, exact tiles now with their step boundaries in temporary files (`tile_offload_device="disk"`;
+the other exact sides keep them in memory). Prints median seconds and CPU seconds, their ratio to untiled, the
+largest difference to untiled and, with `--traced`, for all of them (`--skip-before` or not) the FLOPs of each call and the peak of the tensors it creates,
 traced on the meta device (`FlopCounterMode`, `memory.LiveTensorBytes`: no arithmetic; attention as the fused
 kernels allocate it; weights and inputs do not count; an estimate of the tensors' share of the peak, not a
 measurement).
@@ -44,6 +45,7 @@ from _harness import alternated_runs, format_table  # noqa: E402
 from _tiny_configs import SMALL_TILING_CONFIGS  # noqa: E402
 
 SIDES = ("untiled", "exact, stage per GroupNorm (before)", "exact, layer order (now)")
+SPILLED = "exact, layer order, spilled to disk"  # with --spill: step boundaries in temporary files
 
 # Mid-size configs: the released layouts with a quarter of their widths (GroupNorms of 32 groups still fit).
 MID_SIZE = {
@@ -198,9 +200,10 @@ def _set_side(model, side: str, tile: int) -> None:
         model.disable_tiling()
     else:
         model.enable_tiling(tile, tile, exact=True)
+        model.tile_offload_device = "disk" if side == SPILLED else None
 
 
-def _traced(model, calls, tile: int) -> dict[tuple[str, str], tuple[int, int]]:
+def _traced(model, calls, tile: int, sides: tuple[str, ...]) -> dict[tuple[str, str], tuple[int, int]]:
     """`(peak bytes, FLOPs)` of the tensors each call creates and the arithmetic it does, per side, traced on `meta`
     (see the module docstring): the old exact tiles too, whose run at full cost can take most of an hour."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -210,7 +213,7 @@ def _traced(model, calls, tile: int) -> dict[tuple[str, str], tuple[int, int]]:
     copy, traced = meta_copy(model), {}
     for call, (inputs, run) in calls.items():
         tensors = inputs(copy, "meta")
-        for side in SIDES:
+        for side in sides:
             _set_side(copy, side, tile)
             with torch.no_grad(), FlopCounterMode(display=False) as flops:
                 with LiveTensorBytes() as live, _FusedAttention():
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--traced", action="store_true", help="also each call's traced peak of tensors and FLOPs")
     parser.add_argument("--skip-before", action="store_true", help="do not time the old exact tiles (slow)")
     parser.add_argument("--quick", action="store_true", help="tiny config and sizes, 1 repeat")
+    parser.add_argument("--spill", action="store_true", help="also exact tiles with their step boundaries on disk")
     args = parser.parse_args(argv)
     name = args.model
     frames, size, tile = QUICK_SIZES[name] if args.quick else SIZES[name]
@@ -240,8 +244,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     model = _build(name, config)
     calls = _calls(name, frames, size)
-    sides = [side for side in SIDES if not (args.skip_before and side == SIDES[1])]
-    traced = _traced(model, calls, tile) if args.traced else {}
+    all_sides = (*SIDES, SPILLED) if args.spill else SIDES
+    sides = [side for side in all_sides if not (args.skip_before and side == SIDES[1])]
+    traced = _traced(model, calls, tile, all_sides) if args.traced else {}
     inputs = {call: make(model, "cpu") for call, (make, _) in calls.items()}
     outputs = {}
 
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for call in calls:
         base_seconds = statistics.median(r["seconds"] for r in runs[call, SIDES[0]])
         base_cpu = statistics.median(r["cpu"] for r in runs[call, SIDES[0]])
-        for side in SIDES if traced else sides:
+        for side in all_sides if traced else sides:
             row = {"call": call, "mode": side}
             if (call, side) in runs:
                 seconds = statistics.median(r["seconds"] for r in runs[call, side])

@@ -108,6 +108,7 @@ def setup(
         for parameter in model.parameters():
             parameter.data = parameter.data.clone()
     enable_tiling(model, TILING[mode], tile)
+    model.tile_offload_device = OFFLOAD.get(mode, model.tile_offload_device)
     clip = synthetic_clip(frames, *size, seed=0) if op == "encode" else torch.load(data)
     return {"model": model, "op": op, "data": clip, "frames": frames, "out": out}
 
@@ -149,9 +150,9 @@ class Runner:
 
     def run(self, op: str, mode: str, size: tuple[int, int], tile: int | None, latents: Path | None) -> dict:
         """`{"seconds", "peak_bytes", "output"}` of one call, `{"n/a": reason}` without an exact mode."""
-        if mode == "exact tiles" and not self.exact:
+        if "exact" in mode and not self.exact:
             return {"n/a": "no exact mode"}
-        tag = f"{self.name}_{op}_{mode.split()[0]}_{size[0]}x{size[1]}_{tile}"
+        tag = f"{self.name}_{op}_{LABELS[mode].replace(', ', '_')}_{size[0]}x{size[1]}_{tile}"
         result = measure(
             setup,
             call,
@@ -213,7 +214,7 @@ def memory_against_size(runner: Runner, sizes: list[tuple[int, int]], modes: lis
     rows = []
     for op in ("encode", "decode"):
         for mode in modes:
-            row, peaks = {"model": runner.name, "call": op, "tiles": mode.split()[0]}, []
+            row, peaks = {"model": runner.name, "call": op, "tiles": LABELS[mode]}, []
             for size in sizes:
                 latents = runner.work / f"{runner.name}_encode_default_{size[0]}x{size[1]}_None.pt"
                 result = runner.run(op, mode, size, None, latents)
@@ -305,7 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--tile", type=int, default=128, help="tile size in pixels of table 1")
     parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2 (none: skip it)")
     parser.add_argument("--skip-modes", action="store_true", help="table 2 only")
-    parser.add_argument("--memory-modes", nargs="+", choices=MODES[1:], default=list(MODES[1:]), help="of table 2")
+    parser.add_argument(
+        "--memory-modes", nargs="+", choices=TRACED_MODES[1:], default=list(MODES[1:]), help="of table 2 (measured)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--config", type=json.loads, default={}, help='config overrides, {"model": {...}}')
