@@ -644,6 +644,16 @@ def _new_boundary(like: torch.Tensor, shape: tuple[int, ...], place) -> torch.Te
     return like.new_empty(shape, device=where)
 
 
+def _hold(tensor: torch.Tensor, place) -> torch.Tensor | SpilledTensor:
+    """A finished whole `tensor` kept as `_boundary_place` says: itself, moved, or written to a spill file."""
+    where = _boundary_place(place, tensor, tensor.numel())
+    if isinstance(where, Path):
+        held = _new_boundary(tensor, tuple(tensor.shape), where)
+        held[...] = tensor
+        return held
+    return tensor if where is None else tensor.to(where)
+
+
 def _close(boundary: object) -> None:
     if isinstance(boundary, SpilledTensor):
         boundary.close()
@@ -832,12 +842,7 @@ def tiled_with_shared_group_norm(
     if all(span.start == 0 and span.end == x.shape[-2] for span in rows) and all(
         span.start == 0 and span.end == x.shape[-1] for span in columns
     ):
-        out = stage(x.to(device))  # every tile would read the whole input: one untiled pass gives the same result
-        if out_place is None:
-            return out
-        held = _new_boundary(out, tuple(out.shape), out_place)
-        held[...] = out
-        return held
+        return _hold(stage(x.to(device)), out_place)  # every tile would read the whole input: one untiled pass
     statistics: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}
     state: dict = {"running": None}
 
