@@ -278,15 +278,17 @@ def traced_peaks(name: str, config: dict, mode: str, frames: int, size: tuple[in
     return peaks
 
 
-def traced_against_size(name: str, args: argparse.Namespace, sizes: list[tuple[int, int]]) -> list[dict]:
+def traced_against_size(
+    name: str, args: argparse.Namespace, sizes: list[tuple[int, int]], modes: list[str]
+) -> list[dict]:
     """Table 2 rows of one model, traced: untiled, default and exact tiles (boundaries in memory, and on disk) per
     frame size."""
     config = model_config(name, args.quick, args.config)
     frames = (QUICK_FRAMES if args.quick else FRAMES)[name]
     exact = accepts_exact(_class(name)(**model_config(name, True, {})))
-    rows = {(op, mode): {"model": name, "call": op, "tiles": LABELS[mode]} for op in OPS for mode in TRACED_MODES}
+    rows = {(op, mode): {"model": name, "call": op, "tiles": LABELS[mode]} for op in OPS for mode in modes}
     for size in sizes:
-        for mode in TRACED_MODES:
+        for mode in modes:
             label = f"{size[0]}x{size[1]}"
             peaks = traced_peaks(name, config, mode, frames, size) if exact or "exact" not in mode else {}
             for op in OPS:
@@ -307,7 +309,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--sizes", nargs="*", type=_size, default=None, help="frame sizes of table 2 (none: skip it)")
     parser.add_argument("--skip-modes", action="store_true", help="table 2 only")
     parser.add_argument(
-        "--memory-modes", nargs="+", choices=TRACED_MODES[1:], default=list(MODES[1:]), help="of table 2 (measured)"
+        "--memory-modes",
+        nargs="+",
+        choices=TRACED_MODES,
+        help="of table 2 (default: default and exact tiles; traced, untiled and exact tiles spilled too)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
@@ -329,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         runner = None if args.skip_modes and args.traced else Runner(name, args, work)
         modes += [] if args.skip_modes else compare_modes(runner, args.size, args.tile)
         if sizes:
-            traced = args.traced and traced_against_size(name, args, sizes)
-            memory += traced or memory_against_size(runner, sizes, args.memory_modes)
+            traced = args.traced and traced_against_size(name, args, sizes, list(args.memory_modes or TRACED_MODES))
+            memory += traced or memory_against_size(runner, sizes, args.memory_modes or list(MODES[1:]))
     config = (
         "tiny configs"
         if args.quick
