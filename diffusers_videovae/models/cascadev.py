@@ -833,6 +833,10 @@ class AutoencoderCascadeV(
         height, width = frame.shape[-2:]
         rows = halo_spans(height, self._encoder_tile_core(self.tile_sample_min_height), encoder.local_halo)
         columns = halo_spans(width, self._encoder_tile_core(self.tile_sample_min_width), encoder.local_halo)
+        if all(span.end - span.start == height for span in rows) and all(
+            span.end - span.start == width for span in columns
+        ):
+            return encoder(self._normalize(frame))  # every tile would read the whole frame
         features = None
         for row, column in itertools.product(rows, columns):
             part = encoder.forward_local(self._normalize(frame[..., row.start : row.end, column.start : column.end]))
