@@ -667,6 +667,17 @@ def test_encoder_tiles_read_at_most_the_tile_size_and_pool_whole_frames(model):
     assert pooled == [torch.Size([1, 64, 25, 33])] * 2
 
 
+@torch.no_grad()
+def test_encoder_tiles_run_through_leaf_level_group_offload(converted_dir, tmp_path):
+    """Offloaded to disk, a layer run outside its hooks would compute garbage: the tiles call layers as modules."""
+    offloaded = AutoencoderCascadeV.from_pretrained(converted_dir).eval()
+    video = _encoder_clip()[:, :, :1]
+    expected = offloaded.encode(video).latent_dist.mode()
+    offloaded.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    offloaded.enable_tiling(160, 160)
+    assert _relative_difference(offloaded.encode(video).latent_dist.mode(), expected) <= 1e-4
+
+
 def test_default_tile_is_256_px_every_192():
     with torch.device("meta"):
         model = AutoencoderCascadeV(with_previewer=False, transformer_num_layers=1, svd_block_out_channels=(32,) * 4)
