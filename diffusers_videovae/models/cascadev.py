@@ -738,8 +738,8 @@ class AutoencoderCascadeV(
         Args:
             tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 8 (default 256).
             tile_sample_min_width (`int`, *optional*): tile width in pixels, a multiple of 8 (default 256).
-            tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 8 at most the height
-                (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_stride_height (`int`, *optional*): step between the SVD decoder's blended tiles, a multiple
+                of 8 at most the height (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
             tile_sample_stride_width (`int`, *optional*): the same for the width.
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is not tiled).
             exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
