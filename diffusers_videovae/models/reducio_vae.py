@@ -34,6 +34,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -207,16 +208,23 @@ class ReducioResnetBlock(nn.Module):
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return _pad_frames(x) if self.dims == 3 else x
 
-    def forward(self, x: torch.Tensor, stream: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: bool = False, convolve_by_frames: bool = False) -> torch.Tensor:
+        """`convolve_by_frames` (exact tiles, whose shared GroupNorms need whole-clip norm calls): the norms run on
+        the whole clip, the 3x3x3 convolutions a few frames at a time, so that no padded copy of a map exists."""
         if stream and _streams(x) and not (self.training and self.dropout.p > 0):
             return self._forward_by_frames(x)
         # One statement per layer so that each intermediate is freed as soon as the next one exists.
         h = F.silu(self.norm1(x), inplace=True)
-        h = self.conv1(self._pad(h))
+        h = self._convolve(self.conv1, h, convolve_by_frames)
         h = F.silu(self.norm2(h), inplace=True)
-        h = self.conv2(self._pad(self.dropout(h)))
+        h = self._convolve(self.conv2, self.dropout(h), convolve_by_frames)
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return h.add_(shortcut)
+
+    def _convolve(self, conv: nn.Module, h: torch.Tensor, by_frames: bool) -> torch.Tensor:
+        if by_frames and self.dims == 3:
+            return _by_frames(h, lambda part, pad: conv(_pad_frames(part, *pad)))
+        return conv(self._pad(h))
 
     def _forward_by_frames(self, x: torch.Tensor) -> torch.Tensor:
         """`forward` a few output frames at a time (inference): each GroupNorm normalises the frames a step reads
@@ -314,6 +322,8 @@ def _tile_reach(layer: nn.Module) -> int:
 
 
 def _tile_step(layer: nn.Module) -> TileStep:
+    if isinstance(layer, ReducioResnetBlock):
+        return TileStep(partial(layer, convolve_by_frames=True), _tile_reach(layer), layer)
     return TileStep(layer, _tile_reach(layer), layer)
 
 
@@ -1458,9 +1468,12 @@ class AutoencoderKLReducio(
         if mid.fusion is not None:
             h = mid.fusion(h, features[-1])
         h = mid.block_2(mid.attn_1(h))
-        for fusion, index, steps in decoder.tile_segments():
+        segments = decoder.tile_segments()
+        for done, (fusion, index, steps) in enumerate(segments, 1):
             if fusion is not None:
                 h = fusion(h, features[index])
+            if all(later is None for later, _, _ in segments[done:]):
+                features = None  # no fusion left: the whole frame's features are freed before the largest steps
             per_latent = h.shape[-1] // z.shape[-1]  # pixels of `h` per latent pixel
             core = (
                 self.tile_sample_min_height // spatial * per_latent,
