@@ -770,8 +770,8 @@ def blend_tiles_as_they_come(
     above: list[tuple[torch.Tensor | None, ...] | None] = [None] * len(starts_w)
     left: tuple[torch.Tensor | None, ...] | None = None
     count = 0
-    for index, tile in enumerate(tiles):
-        i, j = divmod(index, len(starts_w))
+    for tile in tiles:  # not `enumerate`, whose reused result tuple would keep the unblended maps alive
+        i, j = divmod(count, len(starts_w))
         if j == 0:
             left = None
         if len(tile) != len(scales):
@@ -783,14 +783,15 @@ def blend_tiles_as_they_come(
             if left is not None and left[k] is not None:
                 part = blend(left[k], part, left[k].shape[-1], dim=-1)
             blended.append(part)
+        del tile, part  # the unblended maps: only the blended ones are held while the caller uses them
         # Copies of the overlaps, so that the rest of the tile is freed once the caller is done with it.
-        below = [overlap(part.shape[-2], starts_h, i, scale) for scale, part in zip(scales, blended)]
-        right = [overlap(part.shape[-1], starts_w, j, scale) for scale, part in zip(scales, blended)]
+        below = [overlap(p.shape[-2], starts_h, i, scale) for scale, p in zip(scales, blended)]
+        right = [overlap(p.shape[-1], starts_w, j, scale) for scale, p in zip(scales, blended)]
         above[j] = tuple(p[..., -e:, :].clone() if e else None for p, e in zip(blended, below))
         left = tuple(p[..., -e:].clone() if e else None for p, e in zip(blended, right))
         count += 1
         yield tuple(blended)
-        del blended, tile
+        del blended
     if count != len(starts_h) * len(starts_w):
         raise ValueError(f"{count} tiles were given for a grid of {len(starts_h)} x {len(starts_w)}.")
 
@@ -813,8 +814,10 @@ def stitch_tiles_as_they_come(
     out = None
     columns = len(starts_w)
     blended = blend_tiles_as_they_come(((tile,) for tile in tiles), starts_h, starts_w, (scale,))
-    for index, (tile,) in enumerate(blended):
+    index = 0
+    for (tile,) in blended:  # not `enumerate`, whose reused result tuple would keep the previous tile alive
         i, j = divmod(index, columns)
+        index += 1
         top, left = scale * (starts_h[i] - starts_h[0]), scale * (starts_w[j] - starts_w[0])
         keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(starts_h) else tile.shape[-2]
         keep_w = scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < columns else tile.shape[-1]
