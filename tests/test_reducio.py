@@ -906,14 +906,14 @@ def _traced_decode_peak(model: AutoencoderKLReducio, height: int, width: int) ->
 def test_default_tile_decode_holds_one_tile_whatever_the_frame():
     """Content features are computed tile by tile as the tiles are decoded, and each decoded tile is blended into
     the output as it comes: a 160 x 320 frame (7 x 13 tiles) peaks at the 32 x 32 frame's bytes plus its larger
-    output and the overlaps of one row of tiles (1.25x the former, the bound the README states for frame sizes).
+    output and the overlaps of one row of tiles (1.09x the former here; the bound is 1.15x).
     Computing the whole grid of content tiles first, or holding every decoded tile, exceeds it."""
     with torch.device("meta"):
         model = AutoencoderKLReducio(**TINY_CONFIGS["reducio"]).eval()
     model.enable_tiling(32, 32, tile_sample_stride_height=24, tile_sample_stride_width=24)
     one_tile, _ = _traced_decode_peak(model, 32, 32)
     peak, output = _traced_decode_peak(model, 160, 320)
-    assert peak <= 1.25 * one_tile + output, f"{peak / 2**20:.1f} MiB vs {one_tile / 2**20:.1f} + {output / 2**20:.1f}"
+    assert peak <= 1.15 * one_tile + output, f"{peak / 2**20:.1f} MiB vs {one_tile / 2**20:.1f} + {output / 2**20:.1f}"
 
 
 def test_exact_tile_decode_peaks_below_the_untiled_one(monkeypatch):
