@@ -32,6 +32,7 @@ from diffusers_videovae.checkpoints import CheckpointError, convert_to_folder, g
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, compare_with_model
 from diffusers_videovae.checkpoints._protocol import check_checkpoint_module
 from diffusers_videovae.checkpoints.cascadev import convert, read_original, read_python_config
+from diffusers_videovae.memory import LiveTensorBytes, _ReplayingTrace
 
 EFFNET_CASES = ["effnet_image", "effnet_video", "effnet_awkward"]
 
@@ -617,6 +618,108 @@ def test_exact_svd_tiles_run_through_leaf_level_group_offload(converted_dir, tmp
     offloaded.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
     offloaded.enable_tiling(32, 32, exact=True)
     assert _relative_difference(offloaded.decode_svd_latents(latents, chunk_size=2), expected) <= 1e-4
+
+
+# -- encoder tiles and what tiles keep in memory ---------------------------------------------------------------------
+
+# 2 frames of 200 x 264 px in 160-px tiles: cores of 64 px (160 less a 48-px halo on both sides), 4 x 5 tiles.
+ENCODER_CLIP = (1, 3, 2, 200, 264)
+
+
+def _encoder_clip() -> torch.Tensor:
+    return torch.rand(*ENCODER_CLIP, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["default", "exact"])
+@torch.no_grad()
+def test_encoder_tiles_equal_untiled(model, exact):
+    """The encoder's tiles are exact in both modes: the local stages in halo tiles, the squeeze-excitation stages on
+    the whole frame (the fixture's effnet weights are sensitive to a halo of 40 px: 6e-3 relative)."""
+    video = _encoder_clip()
+    untiled = model.encode(video).latent_dist.mode()
+    model.enable_tiling(160, 160, exact=exact)
+    try:
+        tiled = model.encode(video).latent_dist.mode()
+    finally:
+        model.disable_tiling()
+    assert tiled.shape == untiled.shape == (1, 16, 2, 7, 9)
+    assert _relative_difference(tiled, untiled) <= 1e-4
+
+
+@torch.no_grad()
+def test_encoder_tiles_read_at_most_the_tile_size_and_pool_whole_frames(model):
+    """Every window the stem reads is at most 160 px (4 x 5 per frame); the first squeeze-excitation stage sees
+    each whole frame's features once (ceil(200 / 8) x ceil(264 / 8))."""
+    windows, pooled = [], []
+    hooks = [
+        model.encoder.backbone[0].register_forward_pre_hook(lambda module, args: windows.append(args[0].shape)),
+        model.encoder.backbone[4].register_forward_pre_hook(lambda module, args: pooled.append(args[0].shape)),
+    ]
+    model.enable_tiling(160, 160)
+    try:
+        model.encode(_encoder_clip())
+    finally:
+        model.disable_tiling()
+        for hook in hooks:
+            hook.remove()
+    assert len(windows) == 2 * 4 * 5
+    assert max(shape[-2] for shape in windows) == max(shape[-1] for shape in windows) == 160
+    assert pooled == [torch.Size([1, 64, 25, 33])] * 2
+
+
+@torch.no_grad()
+def test_encoder_tiles_run_through_leaf_level_group_offload(converted_dir, tmp_path):
+    """Offloaded to disk, a layer run outside its hooks would compute garbage: the tiles call layers as modules."""
+    offloaded = AutoencoderCascadeV.from_pretrained(converted_dir).eval()
+    video = _encoder_clip()[:, :, :1]
+    expected = offloaded.encode(video).latent_dist.mode()
+    offloaded.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
+    offloaded.enable_tiling(160, 160)
+    assert _relative_difference(offloaded.encode(video).latent_dist.mode(), expected) <= 1e-4
+
+
+def test_default_tile_is_256_px_every_192():
+    with torch.device("meta"):
+        model = AutoencoderCascadeV(with_previewer=False, transformer_num_layers=1, svd_block_out_channels=(32,) * 4)
+    assert model.tiling_limits().default_size == 256
+    model.enable_tiling()
+    sizes = [
+        getattr(model, f"tile_sample_{kind}_{axis}") for kind in ("min", "stride") for axis in ("height", "width")
+    ]
+    assert sizes == [256, 256, 192, 192]
+
+
+def _traced_peaks(model: AutoencoderCascadeV, tracer, size: int) -> tuple[int, int]:
+    """Peak bytes of the tensors an encode of 8 frames and the SVD decode of their latents create, traced on meta
+    (repeated module calls, tiles, replayed from their first trace, as `memory.estimate_memory` does)."""
+    calls = (
+        lambda: model.encode(torch.zeros(1, 3, 8, size, size, device="meta")),
+        lambda: model.decode_svd_latents(torch.zeros(1, 4, 8, size // 8, size // 8, device="meta")),
+    )
+    peaks = []
+    with torch.no_grad():
+        for call in calls:
+            with LiveTensorBytes() as live:
+                tracer.live = live
+                call()
+            tracer.live = None
+            peaks.append(live.peak)
+    return peaks[0], peaks[1]
+
+
+@pytest.mark.parametrize("tiled", [True, False], ids=["default tiles", "untiled"])
+def test_default_tiles_bound_the_traced_peak_of_the_released_encoder_and_svd_decoder(tiled):
+    """Released encoder and SVD decoder, 8 frames, traced on meta: with default tiles the peak at 512 x 512 stays
+    within 1.25x of 256 x 256 for the encode and for the SVD decode (untiled: 4.0x both)."""
+    with torch.device("meta"):
+        model = AutoencoderCascadeV(with_previewer=False, transformer_num_layers=1)
+    model = torch.nn.Module.to(model, "meta").eval()
+    tracer = _ReplayingTrace(model)
+    if tiled:
+        model.enable_tiling()
+    (encode_256, decode_256), (encode_512, decode_512) = (_traced_peaks(model, tracer, size) for size in (256, 512))
+    growth = {"encode": encode_512 / encode_256, "SVD decode": decode_512 / decode_256}
+    assert {call: ratio <= 1.25 for call, ratio in growth.items()} == {"encode": tiled, "SVD decode": tiled}, growth
 
 
 def test_slicing_gives_the_same_result(model):

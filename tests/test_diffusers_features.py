@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from _tiny_configs import TINY_CONFIGS
+from _tiny_configs import SMALL_TILING_CONFIGS, TINY_CONFIGS
 from conftest import assert_close
 
 from diffusers_videovae.models.iv_vae import AutoencoderKLIVVAE
@@ -157,6 +157,51 @@ def test_group_offload_equals_the_plain_model(name, offload_type, tmp_path):
         torch.device("cpu"), offload_type=offload_type, offload_to_disk_path=str(tmp_path), **options
     )
     z, sample = _run(model, x)
+    assert_close(z, expected_z, 1e-6, "latents")
+    assert_close(sample, expected, 1e-6, "sample")
+
+
+def _reducio_and_cascadev(name: str):
+    """A tiny Reducio or CascadeV model and a call that encodes and decodes through the public methods (not
+    `forward`, so that no hook on the autoencoder itself onloads what `encode` and `decode` run)."""
+    from diffusers_videovae.models.cascadev import AutoencoderCascadeV
+    from diffusers_videovae.models.reducio_vae import AutoencoderKLReducio
+
+    torch.manual_seed(0)
+    if name == "reducio":
+        model = AutoencoderKLReducio(**TINY_CONFIGS["reducio"]).eval()
+        x = torch.rand(1, 3, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+        def run():
+            z = model.normalize_latents(model.encode(x).latent_dist.mode())
+            return z, model.decode(z, content_frame=x[:, :, 8]).sample
+
+    else:
+        model = AutoencoderCascadeV(**SMALL_TILING_CONFIGS["cascadev"]).eval()
+        x = torch.rand(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+        def run():
+            z = model.encode(x).latent_dist.mode()
+            generator = torch.Generator().manual_seed(0)
+            return z, model.decode(z, num_inference_steps=1, generator=generator).sample
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model, run
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+@pytest.mark.parametrize("name", ["reducio", "cascadev"])
+@torch.no_grad()
+def test_group_offload_to_disk_through_encode_and_decode(name, offload_type, tmp_path):
+    model, run = _reducio_and_cascadev(name)
+    expected_z, expected = run()
+    options = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
+    model.enable_group_offload(
+        torch.device("cpu"), offload_type=offload_type, offload_to_disk_path=str(tmp_path), **options
+    )
+    z, sample = run()
     assert_close(z, expected_z, 1e-6, "latents")
     assert_close(sample, expected, 1e-6, "sample")
 

@@ -70,7 +70,7 @@ def assert_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: flo
 # --- one signature, one meaning ------------------------------------------------------------------------------------
 
 # What `enable_tiling(32, 32)` gives: the stride of blended tiles follows the size with each model's default ratio
-# (OD-VAE 224/256, Open-Sora 192/256, Reducio 256/320, CascadeV 384/512), rounded down to the model's multiple;
+# (OD-VAE 224/256, Open-Sora 192/256, Reducio 256/320, CascadeV 192/256), rounded down to the model's multiple;
 # IV-VAE's halo tiles never overlap.
 STRIDE_OF_32 = {"ivvae": 32, "odvae": 24, "opensora": 24, "reducio": 24, "cascadev": 24}
 

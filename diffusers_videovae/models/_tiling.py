@@ -26,7 +26,7 @@ import operator
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -1017,3 +1017,90 @@ def _in_layer_order(
         if owned:
             _close(h)
         raise
+
+
+def blend_tiles_as_they_come(
+    tiles: Iterable[tuple[torch.Tensor, ...]],
+    starts_h: list[int],
+    starts_w: list[int],
+    scales: tuple[int | Fraction, ...] = (1,),
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """`blend_tile_grid` for tiles made one at a time: yields each tile of `tiles` (row-major, a tuple of maps per
+    tile) blended with its upper and left neighbours, the same numbers as `blend_tile_grid` gives, while holding
+    only what later tiles blend with: the bottom overlap of the previous row's tiles and the right overlap of the
+    tile on the left (not the grid), so that memory does not grow with the frame.
+
+    Map k of tile `(i, j)` starts at `scales[k] * (starts_h[i], starts_w[j])` in its own pixels (e.g. a feature
+    pyramid's levels at 1, 1/2, 1/4 of the frame); each map is blended with the same map of its neighbours.
+    """
+
+    def overlap(size: int, starts: list[int], index: int, scale: int | Fraction) -> int:
+        """Rows (columns) of a tile of `size` that the next tile along the axis blends with (0 for the last)."""
+        if index + 1 >= len(starts):
+            return 0
+        step = scale * (starts[index + 1] - starts[index])
+        if step != int(step):
+            raise ValueError(f"A tile step of {starts[index + 1] - starts[index]} is {step} px at scale {scale}.")
+        return max(0, min(size, size - int(step)))
+
+    above: list[tuple[torch.Tensor | None, ...] | None] = [None] * len(starts_w)
+    left: tuple[torch.Tensor | None, ...] | None = None
+    count = 0
+    for tile in tiles:  # not `enumerate`, whose reused result tuple would keep the unblended maps alive
+        i, j = divmod(count, len(starts_w))
+        if j == 0:
+            left = None
+        if len(tile) != len(scales):
+            raise ValueError(f"A tile has {len(tile)} maps; {len(scales)} scales were given.")
+        blended = []
+        for k, part in enumerate(tile):
+            if above[j] is not None and above[j][k] is not None:
+                part = blend(above[j][k], part, above[j][k].shape[-2], dim=-2)
+            if left is not None and left[k] is not None:
+                part = blend(left[k], part, left[k].shape[-1], dim=-1)
+            blended.append(part)
+        del tile, part  # the unblended maps: only the blended ones are held while the caller uses them
+        # Copies of the overlaps, so that the rest of the tile is freed once the caller is done with it.
+        below = [overlap(p.shape[-2], starts_h, i, scale) for scale, p in zip(scales, blended)]
+        right = [overlap(p.shape[-1], starts_w, j, scale) for scale, p in zip(scales, blended)]
+        above[j] = tuple(p[..., -e:, :].clone() if e else None for p, e in zip(blended, below))
+        left = tuple(p[..., -e:].clone() if e else None for p, e in zip(blended, right))
+        count += 1
+        yield tuple(blended)
+        del blended
+    if count != len(starts_h) * len(starts_w):
+        raise ValueError(f"{count} tiles were given for a grid of {len(starts_h)} x {len(starts_w)}.")
+
+
+def stitch_tiles_as_they_come(
+    tiles: Iterable[torch.Tensor],
+    starts_h: list[int],
+    starts_w: list[int],
+    size: tuple[int, int],
+    scale: int = 1,
+) -> torch.Tensor:
+    """`stitch_blended_tiles` for tiles made one at a time (e.g. a generator that decodes each tile when asked):
+    the same numbers, but each tile is blended (`blend_tiles_as_they_come`) and its kept part written into the
+    output as soon as it comes, so that besides the output only the overlaps later tiles blend with are held, not
+    the whole grid of tiles.
+
+    `tiles`: row-major over the grid `starts_h x starts_w` (starts in input units, `scale` output units per input
+    unit); `size`: the output's (height, width), where the last row and column of tiles end.
+    """
+    out = None
+    columns = len(starts_w)
+    blended = blend_tiles_as_they_come(((tile,) for tile in tiles), starts_h, starts_w, (scale,))
+    index = 0
+    for (tile,) in blended:  # not `enumerate`, whose reused result tuple would keep the previous tile alive
+        i, j = divmod(index, columns)
+        index += 1
+        top, left = scale * (starts_h[i] - starts_h[0]), scale * (starts_w[j] - starts_w[0])
+        keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(starts_h) else tile.shape[-2]
+        keep_w = scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < columns else tile.shape[-1]
+        if out is None:
+            out = tile.new_empty(*tile.shape[:-2], *size)
+        if (i + 1 == len(starts_h) and top + keep_h != size[0]) or (j + 1 == columns and left + keep_w != size[1]):
+            raise ValueError(f"The last tiles end at {top + keep_h} x {left + keep_w}, not at the output's {size}.")
+        out[..., top : top + keep_h, left : left + keep_w] = tile[..., :keep_h, :keep_w]
+        del tile
+    return out

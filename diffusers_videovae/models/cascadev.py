@@ -48,6 +48,7 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin
 from ._layers import checkpointed
 from ._tiling import (
+    TileSpan,
     TileStep,
     TilingLimits,
     check_condition,
@@ -55,6 +56,7 @@ from ._tiling import (
     check_positive_int,
     check_video,
     configure_tiling,
+    halo_spans,
     stitch_blended_tiles,
     tile_starts,
     tiled_in_layer_order,
@@ -170,7 +172,17 @@ class CascadeVMBConv(nn.Module):
 class CascadeVEfficientNetEncoder(nn.Module):
     """StableCascade's `EfficientNetEncoder`: EfficientNet-V2-S features (`backbone`) + 1x1 conv to 16 channels and a
     non-affine BatchNorm (`mapper`). Frames `(N, 3, H, W)`, ImageNet-normalised -> `(N, 16, ceil(H/32), ceil(W/32))`.
+
+    For tiles, `forward` is split in two: `forward_local` (the stem and the three Fused-MBConv stages, stride 8:
+    convolutions and per-channel BatchNorms only, so an output pixel reads at most `local_halo` input pixels beyond
+    its own 8) and `forward_global` (from the first squeeze-excitation on, whose average pool spans the frame).
     """
+
+    local_stages = 4
+    local_stride = 8
+    # Reach of the local stages in input pixels: 1 (stem) + 2 x 2 (stage 1) + 2 + 3 x 4 (stage 2) + 4 + 3 x 8
+    # (stage 3) = 47, rounded up to their stride so that tiles stay on the stride-8 grid.
+    local_halo = 48
 
     def __init__(self, latent_channels: int = 16):
         super().__init__()
@@ -200,6 +212,18 @@ class CascadeVEfficientNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mapper(self.backbone(x))
+
+    def forward_local(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames `(N, 3, H, W)`, ImageNet-normalised -> features `(N, 64, ceil(H/8), ceil(W/8))`."""
+        for stage in self.backbone[: self.local_stages]:
+            x = stage(x)
+        return x
+
+    def forward_global(self, h: torch.Tensor) -> torch.Tensor:
+        """`forward_local`'s features of whole frames -> the latent `(N, 16, ceil(H/32), ceil(W/32))`."""
+        for stage in self.backbone[self.local_stages :]:
+            h = stage(h)
+        return self.mapper(h)
 
 
 class CascadeVPreviewer(nn.Module):
@@ -544,6 +568,14 @@ def _svd_temporal_half(resnet: nn.Module, indicator: torch.Tensor, h: torch.Tens
     return mixed.permute(0, 2, 1, 3, 4).reshape(count, channels, height, width)
 
 
+def _strided_core(span: TileSpan, stride: int) -> tuple[slice, slice]:
+    """Where the core of a tile `span` on the stride grid lands in the stride-`stride` features of the whole axis
+    and of the tile; a core that ends at the frame's border ends between grid points (sizes are rounded up)."""
+    start, end = span.core_start // stride, -(-span.core_end // stride)
+    offset = (span.core_start - span.start) // stride
+    return slice(start, end), slice(offset, offset + end - start)
+
+
 class AutoencoderCascadeV(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -672,10 +704,10 @@ class AutoencoderCascadeV(
         self.temporal_compression_ratio = 1
         self.use_slicing = False
         self.use_tiling = False
-        self.tile_sample_min_height = 512
-        self.tile_sample_min_width = 512
-        self.tile_sample_stride_height = 384
-        self.tile_sample_stride_width = 384
+        self.tile_sample_min_height = 256
+        self.tile_sample_min_width = 256
+        self.tile_sample_stride_height = 192
+        self.tile_sample_stride_width = 192
         self.tile_exact = False
         self.tile_offload_device = "auto"  # where exact tiles keep their step boundaries (see `enable_tiling`)
         self._progress_bar_config: dict[str, Any] = {}
@@ -683,10 +715,10 @@ class AutoencoderCascadeV(
     # -- configuration ----------------------------------------------------------------------------------------
 
     def tiling_limits(self) -> TilingLimits:
-        """What `enable_tiling` accepts: SVD-decoder tiles of 512 px every 384 px, never cut in time."""
+        """What `enable_tiling` accepts: tiles of 256 px (the SVD decoder's every 192 px), never cut in time."""
         factor = 2 ** (len(self.config.svd_block_out_channels) - 1)
         return TilingLimits(
-            "CascadeV", factor, 512, Fraction(3, 4), frames_note=" (the SVD decoder's chunks are the model's own)"
+            "CascadeV", factor, 256, Fraction(3, 4), frames_note=" (the SVD decoder's chunks are the model's own)"
         )
 
     def enable_tiling(
@@ -699,15 +731,16 @@ class AutoencoderCascadeV(
         tile_sample_stride_num_frames: int | None = None,
         exact: bool = False,
     ) -> None:
-        r"""Run the SVD decoder in spatial tiles, so that its memory depends on the tile: blended tiles (default,
-        close to untiled) or exact tiles (`exact=True`: equal to untiled up to float rounding, slower). The encoder
-        works per frame and the DiT on its own windows; the model card compares the modes.
+        r"""Run the encoder and the SVD decoder in spatial tiles, so that their memory depends on the tile. The SVD
+        decoder's tiles are blended (default, close to untiled) or exact (`exact=True`: equal to untiled up to float
+        rounding, slower); the encoder's are exact in both modes (halo tiles of its high-resolution stages, the
+        rest on whole frames at 1/8). The DiT runs on its own windows; the model card compares the modes.
 
         Args:
-            tile_sample_min_height (`int`, *optional*): tile height in output pixels, a multiple of 8 (default 512).
-            tile_sample_min_width (`int`, *optional*): tile width in output pixels, a multiple of 8 (default 512).
-            tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 8 at most the height
-                (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 8 (default 256).
+            tile_sample_min_width (`int`, *optional*): tile width in pixels, a multiple of 8 (default 256).
+            tile_sample_stride_height (`int`, *optional*): step between the SVD decoder's blended tiles, a multiple
+                of 8 at most the height (default: 3/4 of it). Exact tiles do not overlap: unset or equal to the height.
             tile_sample_stride_width (`int`, *optional*): the same for the width.
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (time is not tiled).
             exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
@@ -784,14 +817,51 @@ class AutoencoderCascadeV(
 
     # -- encoding ---------------------------------------------------------------------------------------------
 
+    def _normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `(N, 3, H, W)` in [-1, 1] -> the encoder's input (ImageNet-normalised [0, 1], compute dtype)."""
+        frames = self._to_compute_dtype(frames)
+        mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=frames.dtype).view(1, 3, 1, 1)
+        return ((frames + 1) / 2 - mean) / std
+
+    def _encoder_tile_core(self, size: int) -> int:
+        """The core of an encoder tile of `size` px: the size less a halo on both sides, so that a tile reads at
+        most `size` px (from 144 px on; smaller tiles keep a 48-px core and read 144 px)."""
+        halo = self.encoder.local_halo
+        return max(size - 2 * halo, halo)
+
+    def _encode_frame_in_tiles(self, frame: torch.Tensor) -> torch.Tensor:
+        """One frame `(1, 3, H, W)` -> its latent `(1, 16, ceil(H/32), ceil(W/32))`, equal to `encoder(frame)` up to
+        float rounding: the local stages run on halo tiles whose cores are pasted (no blending), the rest, whose
+        squeeze-excitations pool the whole frame, on the assembled features at 1/8 of the frame."""
+        encoder, stride = self.encoder, self.encoder.local_stride
+        height, width = frame.shape[-2:]
+        rows = halo_spans(height, self._encoder_tile_core(self.tile_sample_min_height), encoder.local_halo)
+        columns = halo_spans(width, self._encoder_tile_core(self.tile_sample_min_width), encoder.local_halo)
+        if all(span.end - span.start == height for span in rows) and all(
+            span.end - span.start == width for span in columns
+        ):
+            return encoder(self._normalize(frame))  # every tile would read the whole frame
+        features = None
+        for row, column in itertools.product(rows, columns):
+            part = encoder.forward_local(self._normalize(frame[..., row.start : row.end, column.start : column.end]))
+            if features is None:
+                features = part.new_empty(*part.shape[:2], -(-height // stride), -(-width // stride))
+            (out_rows, in_rows), (out_columns, in_columns) = _strided_core(row, stride), _strided_core(column, stride)
+            features[..., out_rows, out_columns] = part[..., in_rows, in_columns]
+            del part
+        return encoder.forward_global(features)
+
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, frames, height, width = x.shape
-        x = self._to_compute_dtype(x)
-        frames_first = x.permute(0, 2, 1, 3, 4).reshape(batch * frames, 3, height, width)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        # Frames are independent (BatchNorm uses running statistics): a few at a time bounds the activations.
-        latents = [self.encoder(((part + 1) / 2 - mean) / std) for part in frames_first.split(8)]
+        if self.use_tiling and (height > self.tile_sample_min_height or width > self.tile_sample_min_width):
+            # One frame at a time: the whole-frame features of the later stages are what grows with the frame.
+            latents = [self._encode_frame_in_tiles(x[b, :, t][None]) for b in range(batch) for t in range(frames)]
+        else:
+            x = self._to_compute_dtype(x)
+            frames_first = x.permute(0, 2, 1, 3, 4).reshape(batch * frames, 3, height, width)
+            # Frames are independent (BatchNorm uses running statistics): a few at a time bounds the activations.
+            latents = [self.encoder(self._normalize(part)) for part in frames_first.split(8)]
         z = torch.cat(latents)
         return z.reshape(batch, frames, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 

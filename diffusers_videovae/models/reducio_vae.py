@@ -31,8 +31,10 @@ What makes this model unlike the package's others:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,7 @@ from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
     TileStep,
     TilingLimits,
-    blend_tile_grid,
+    blend_tiles_as_they_come,
     check_condition,
     check_finite,
     check_latents,
@@ -58,7 +60,7 @@ from ._tiling import (
     configure_tiling,
     group_moments,
     normalize_groups,
-    stitch_blended_tiles,
+    stitch_tiles_as_they_come,
     tiled_in_layer_order,
 )
 
@@ -206,16 +208,23 @@ class ReducioResnetBlock(nn.Module):
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         return _pad_frames(x) if self.dims == 3 else x
 
-    def forward(self, x: torch.Tensor, stream: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: bool = False, convolve_by_frames: bool = False) -> torch.Tensor:
+        """`convolve_by_frames` (exact tiles, whose shared GroupNorms need whole-clip norm calls): the norms run on
+        the whole clip, the 3x3x3 convolutions a few frames at a time, so that no padded copy of a map exists."""
         if stream and _streams(x) and not (self.training and self.dropout.p > 0):
             return self._forward_by_frames(x)
         # One statement per layer so that each intermediate is freed as soon as the next one exists.
         h = F.silu(self.norm1(x), inplace=True)
-        h = self.conv1(self._pad(h))
+        h = self._convolve(self.conv1, h, convolve_by_frames)
         h = F.silu(self.norm2(h), inplace=True)
-        h = self.conv2(self._pad(self.dropout(h)))
+        h = self._convolve(self.conv2, self.dropout(h), convolve_by_frames)
         shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return h.add_(shortcut)
+
+    def _convolve(self, conv: nn.Module, h: torch.Tensor, by_frames: bool) -> torch.Tensor:
+        if by_frames and self.dims == 3:
+            return _by_frames(h, lambda part, pad: conv(_pad_frames(part, *pad)))
+        return conv(self._pad(h))
 
     def _forward_by_frames(self, x: torch.Tensor) -> torch.Tensor:
         """`forward` a few output frames at a time (inference): each GroupNorm normalises the frames a step reads
@@ -313,6 +322,8 @@ def _tile_reach(layer: nn.Module) -> int:
 
 
 def _tile_step(layer: nn.Module) -> TileStep:
+    if isinstance(layer, ReducioResnetBlock):
+        return TileStep(partial(layer, convolve_by_frames=True), _tile_reach(layer), layer)
     return TileStep(layer, _tile_reach(layer), layer)
 
 
@@ -1264,10 +1275,13 @@ class AutoencoderKLReducio(
         return segments
 
     def _decode(self, z: torch.Tensor, features) -> torch.Tensor:
-        """One segment: normalised latents `(B, C, t, h, w)` + its content features -> `(B, 3, 16, H, W)`."""
+        """One segment: normalised latents `(B, C, t, h, w)` + its content features (or its checked content frame
+        `(B, 3, H, W)`, whose features are computed here) -> `(B, 3, 16, H, W)`."""
         spatial = self.config.spatial_compression_ratio
         if self._tiles_needed(z.shape[-2] * spatial, z.shape[-1] * spatial):
             return self.tiled_decode(z, features)
+        if isinstance(features, torch.Tensor):
+            features = self.content_encoder(self._to_compute_dtype(features))
         if isinstance(features, ReducioTiledContent):
             if len(features.rows) != 1 or len(features.rows[0]) != 1:
                 raise ValueError("Tiled content features were given, but these latents are decoded in one piece.")
@@ -1321,9 +1335,8 @@ class AutoencoderKLReducio(
         for index in range(count):
             if content_frame is None:
                 features = segments[index]
-            else:
-                frame = content_frame if content_frame.ndim == 4 else content_frame[:, :, index]
-                features = self.encode_content(frame).maps  # one segment at a time: memory flat in T
+            else:  # the frame: `_decode` computes its features, one segment (and with tiles one tile) at a time
+                features = content_frame if content_frame.ndim == 4 else content_frame[:, :, index]
             part = z[:, :, index * segment : (index + 1) * segment]
             if self.use_slicing and z.shape[0] > 1:
                 decoded = torch.cat(
@@ -1345,75 +1358,93 @@ class AutoencoderKLReducio(
             return self._exact_tiled_encode(x)
         spatial = self.config.spatial_compression_ratio
         size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
-        tops = range(0, x.shape[-2], self.tile_sample_stride_height)
-        lefts = range(0, x.shape[-1], self.tile_sample_stride_width)
-        tiles = [
-            [self._encode_moments(x[:, :, :, top : top + size_h, left : left + size_w]) for left in lefts]
+        tops = list(range(0, x.shape[-2], self.tile_sample_stride_height))
+        lefts = list(range(0, x.shape[-1], self.tile_sample_stride_width))
+        tiles = (
+            self._encode_moments(x[:, :, :, top : top + size_h, left : left + size_w])
             for top in tops
-        ]
-        return stitch_blended_tiles(tiles, [top // spatial for top in tops], [left // spatial for left in lefts])
+            for left in lefts
+        )
+        starts_h, starts_w = [top // spatial for top in tops], [left // spatial for left in lefts]
+        size = (x.shape[-2] // spatial, x.shape[-1] // spatial)
+        return stitch_tiles_as_they_come(tiles, starts_h, starts_w, size)
 
     def tiled_encode_content(self, frame: torch.Tensor) -> ReducioTiledContent:
         """Content features of `frame` `(B, 3, H, W)` per pixel tile, blended and uncropped (see `enable_tiling`)."""
+        tiles = list(self._content_tiles(frame))
+        columns = len(range(0, frame.shape[-1], self.tile_sample_stride_width))
+        return ReducioTiledContent([tiles[start : start + columns] for start in range(0, len(tiles), columns)])
+
+    def _content_tiles(self, frame: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The blended content-feature tiles of `frame` `(B, 3, H, W)`, row-major, each computed when asked for and
+        blended with its upper and left neighbours as the original blends its grid (`_tiling.blend_tiles_as_they_come`):
+        a tiled decode holds one tile's features and the overlaps the next tiles blend with, not the whole grid."""
         size_h, size_w = self.tile_sample_min_height, self.tile_sample_min_width
-        tops = range(0, frame.shape[-2], self.tile_sample_stride_height)
-        lefts = range(0, frame.shape[-1], self.tile_sample_stride_width)
-        rows = [
-            [self.content_encoder(frame[:, :, top : top + size_h, left : left + size_w]) for left in lefts]
+        tops = list(range(0, frame.shape[-2], self.tile_sample_stride_height))
+        lefts = list(range(0, frame.shape[-1], self.tile_sample_stride_width))
+        tiles = (
+            self.content_encoder(frame[:, :, top : top + size_h, left : left + size_w])
             for top in tops
-        ]
+            for left in lefts
+        )
         # Feature k is at 1 / 2^k of the frame's size (the mid feature at the last level's).
         levels = len(self.config.content_block_out_channels)
-        for k in range(levels + 1):
-            factor = 2 ** min(k, levels - 1)
-            grid = [[tile[k] for tile in row] for row in rows]
-            blend_tile_grid(grid, [top // factor for top in tops], [left // factor for left in lefts])
-            for row, blended in zip(rows, grid):
-                row[:] = [(*tile[:k], feature, *tile[k + 1 :]) for tile, feature in zip(row, blended)]
-        return ReducioTiledContent(rows)
+        scales = tuple(Fraction(1, 2 ** min(k, levels - 1)) for k in range(levels + 1))
+        return blend_tiles_as_they_come(tiles, tops, lefts, scales)
 
-    def _tile_features(self, features, top: int, left: int, index: tuple[int, int], frame_size: tuple[int, int]):
-        """The content features that latent tile `index` (pixel offset `top, left`) is decoded with."""
+    def _tile_features(
+        self, features, tops: list[int], lefts: list[int], frame_size: tuple[int, int]
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The content features each pixel tile (`tops x lefts`, row-major) is decoded with: from a content frame
+        `(B, 3, H, W)`, its blended feature tiles computed one at a time (`_content_tiles`); from a
+        `ReducioTiledContent`, its tiles; from whole-frame features, the part under each tile's pixels (not the
+        original's tiled numbers)."""
+        if isinstance(features, torch.Tensor):
+            yield from self._content_tiles(self._to_compute_dtype(features))
+            return
         if isinstance(features, ReducioTiledContent):
-            i, j = index
-            if i >= len(features.rows) or j >= len(features.rows[i]):
+            if [len(row) for row in features.rows] != [len(lefts)] * len(tops):
                 raise ValueError("The tiled content features do not have the tile grid of these latents.")
-            return features.rows[i][j]
-        # Whole-frame features: each tile gets the part under its pixels (not the original's tiled numbers).
-        out = []
-        for feature in features:
-            scale_h, scale_w = feature.shape[-2] / frame_size[0], feature.shape[-1] / frame_size[1]
-            out.append(
-                feature[
-                    ...,
-                    int(top * scale_h) : int((top + self.tile_sample_min_height) * scale_h),
-                    int(left * scale_w) : int((left + self.tile_sample_min_width) * scale_w),
-                ]
-            )
-        return tuple(out)
+            for row in features.rows:
+                yield from row
+            return
+        for top in tops:
+            for left in lefts:
+                out = []
+                for feature in features:
+                    scale_h, scale_w = feature.shape[-2] / frame_size[0], feature.shape[-1] / frame_size[1]
+                    out.append(
+                        feature[
+                            ...,
+                            int(top * scale_h) : int((top + self.tile_sample_min_height) * scale_h),
+                            int(left * scale_w) : int((left + self.tile_sample_min_width) * scale_w),
+                        ]
+                    )
+                yield tuple(out)
 
     def tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
         """One segment's normalised latents decoded tile by tile with the matching content tiles (see
-        `enable_tiling`). `features`: a `ReducioTiledContent`, or whole-frame features (each tile then reads the
-        part under its pixels), or a content frame `(B, 3, H, W)`."""
+        `enable_tiling`). `features`: a content frame `(B, 3, H, W)` (its feature tiles are computed as the tiles are
+        decoded), a `ReducioTiledContent`, or whole-frame features (each tile then reads the part under its pixels).
+        Each decoded tile is blended into the output as it comes (`_tiling.stitch_tiles_as_they_come`): memory holds
+        one tile, the overlaps later tiles blend with, and the output."""
         if self.tile_exact:
             return self._exact_tiled_decode(z, features)
         spatial = self.config.spatial_compression_ratio
         frame_size = (z.shape[-2] * spatial, z.shape[-1] * spatial)
-        if isinstance(features, torch.Tensor):
-            features = self.tiled_encode_content(features)
         size_h, size_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
-        tops = range(0, z.shape[-2], self.tile_sample_stride_height // spatial)
-        lefts = range(0, z.shape[-1], self.tile_sample_stride_width // spatial)
-        tiles = []
-        for i, top in enumerate(tops):
-            row = []
-            for j, left in enumerate(lefts):
+        tops = list(range(0, z.shape[-2], self.tile_sample_stride_height // spatial))
+        lefts = list(range(0, z.shape[-1], self.tile_sample_stride_width // spatial))
+        pixel_tops, pixel_lefts = [top * spatial for top in tops], [left * spatial for left in lefts]
+        content = self._tile_features(features, pixel_tops, pixel_lefts, frame_size)
+        stream = self._streams_frames()
+
+        def decoded_tiles() -> Iterator[torch.Tensor]:
+            for top, left in ((top, left) for top in tops for left in lefts):
                 tile = self.post_quant_conv(z[:, :, :, top : top + size_h, left : left + size_w])
-                tile_features = self._tile_features(features, top * spatial, left * spatial, (i, j), frame_size)
-                row.append(self.decoder(tile, tile_features, self._streams_frames()))
-            tiles.append(row)
-        return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
+                yield self.decoder(tile, next(content), stream)
+
+        return stitch_tiles_as_they_come(decoded_tiles(), tops, lefts, frame_size, scale=spatial)
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` with exact tiles: the levels above latent resolution in tiles, one layer at a time with
@@ -1434,16 +1465,19 @@ class AutoencoderKLReducio(
                 "features `encode_content` returns with exact tiling on (not blended tiles' features)."
             )
         if isinstance(features, torch.Tensor):
-            features = self.encode_content(features)
+            features = self.content_encoder(self._to_compute_dtype(features))
         decoder, spatial = self.decoder, self.config.spatial_compression_ratio
         mid = decoder.mid
         h = mid.block_1(decoder.conv_in(self.post_quant_conv(z)))
         if mid.fusion is not None:
             h = mid.fusion(h, features[-1])
         h = mid.block_2(mid.attn_1(h))
-        for fusion, index, steps in decoder.tile_segments():
+        segments = decoder.tile_segments()
+        for done, (fusion, index, steps) in enumerate(segments, 1):
             if fusion is not None:
                 h = fusion(h, features[index])
+            if all(later is None for later, _, _ in segments[done:]):
+                features = None  # no fusion left: the whole frame's features are freed before the largest steps
             per_latent = h.shape[-1] // z.shape[-1]  # pixels of `h` per latent pixel
             core = (
                 self.tile_sample_min_height // spatial * per_latent,
@@ -1471,7 +1505,9 @@ class AutoencoderKLReducio(
 
 
 def _select(features, index: slice):
-    """One segment's `features` (a tuple of maps, or tiled features) for a slice of the batch."""
+    """One segment's `features` (a content frame, a tuple of maps, or tiled features) for a slice of the batch."""
+    if isinstance(features, torch.Tensor):
+        return features[index]
     if isinstance(features, ReducioTiledContent):
         return features.select(index)
     return tuple(feature[index] for feature in features)
