@@ -597,8 +597,8 @@ def test_exact_svd_tiles_need_each_steps_whole_halo(model, monkeypatch):
     expected = model.decode_svd_latents(latents, chunk_size=2)
     in_layer_order = cascadev.tiled_in_layer_order
 
-    def short_halos(steps, x, core):
-        return in_layer_order([step._replace(halo=min(step.halo, 1)) for step in steps], x, core)
+    def short_halos(steps, x, core, offload_device=None):
+        return in_layer_order([step._replace(halo=min(step.halo, 1)) for step in steps], x, core, offload_device)
 
     monkeypatch.setattr(cascadev, "tiled_in_layer_order", short_halos)
     model.enable_tiling(32, 32, exact=True)

@@ -695,10 +695,10 @@ def test_exact_tiles_need_each_steps_whole_halo(monkeypatch):
     expected = model.decode(latents, content_frame=frame).sample
     in_layer_order = reducio_vae.tiled_in_layer_order
 
-    def short_halos(steps, x, core):
+    def short_halos(steps, x, core, offload_device=None):
         resnet = reducio_vae.ReducioResnetBlock
         short = [step._replace(halo=1) if isinstance(step.modules, resnet) else step for step in steps]
-        return in_layer_order(short, x, core)
+        return in_layer_order(short, x, core, offload_device)
 
     monkeypatch.setattr(reducio_vae, "tiled_in_layer_order", short_halos)
     model.enable_tiling(8, 8, exact=True)
