@@ -118,6 +118,20 @@ def upcast_if_forced(model: torch.nn.Module) -> bool:
     return False
 
 
+def block_offload_names(model: torch.nn.Module, top: list[str], layer_by_layer: list[str]) -> list[str]:
+    """`_group_offload_block_modules` for diffusers' block-level group offloading of a model whose `layer_by_layer`
+    submodules (dotted paths) have their layers called one by one (frame streaming, exact tiles, a method other than
+    `forward`): diffusers onloads a block's group when the block's own `forward` runs, and offloading to disk leaves
+    uninitialised tensors in place of the weights of a layer called without it. Every module under those paths gets
+    a group of its own (as leaf-level offloading would); `top` (names of modules called directly whose module lists
+    run block by block) and module lists elsewhere keep their block groups. Names match at any depth."""
+    names = set(top)
+    for path in layer_by_layer:
+        names.update(path.split("."))
+        names.update(name.rsplit(".", 1)[-1] for name, _ in model.get_submodule(path).named_modules() if name)
+    return sorted(names)
+
+
 _NORMALIZATION_FIELDS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
 

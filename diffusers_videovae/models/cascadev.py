@@ -45,7 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._common import InputRule, VideoAutoencoderMixin
+from ._common import InputRule, VideoAutoencoderMixin, block_offload_names
 from ._layers import checkpointed
 from ._tiling import (
     TileSpan,
@@ -627,6 +627,12 @@ class AutoencoderCascadeV(
     _no_split_modules = ["CascadeVTransformerBlock", "CascadeVMBConv"]
     # The effnet encoder (20 M parameters) stays in its dtype: the latent is what the whole decode is conditioned on.
     _skip_layerwise_casting_patterns = [r"^encoder\.", "norm", "x_embedder", "t_embedder", "scale_shift_table"]
+
+    @property
+    def _group_offload_block_modules(self) -> list[str]:
+        """Block-level group offloading: the DiT's blocks and the encoder's stages stay groups; the SVD decoder,
+        which `svd_vae.decode` calls directly and exact tiles run layer by layer, is offloaded layer by layer."""
+        return block_offload_names(self, ["encoder", "previewer", "transformer"], ["svd_vae.decoder"])
 
     @register_to_config
     def __init__(

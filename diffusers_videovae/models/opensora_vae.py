@@ -465,6 +465,7 @@ class AutoencoderKLOpenSora(
         "conv_in",
         "mid_block",
         "conv_norm_out",
+        "norm_out",
         "conv_out",
     ]
 

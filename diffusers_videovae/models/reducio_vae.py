@@ -46,7 +46,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..loaders import FromOriginalCheckpointMixin
-from ._common import InputRule, VideoAutoencoderMixin, register_compression_ratios
+from ._common import InputRule, VideoAutoencoderMixin, block_offload_names, register_compression_ratios
 from ._layers import NearestUpsampleConvMixin, checkpointed
 from ._tiling import (
     TileStep,
@@ -872,6 +872,12 @@ class AutoencoderKLReducio(
     _supports_gradient_checkpointing = True
     _no_split_modules = ["ReducioResnetBlock", "ReducioSelfAttention", "ReducioFusionBlock"]
     _skip_layerwise_casting_patterns = ["norm", "pos_embed"]
+
+    @property
+    def _group_offload_block_modules(self) -> list[str]:
+        """Block-level group offloading: every level's layers are called one by one (frame streaming, tiles, the
+        fusion blocks), so each layer is offloaded on its own."""
+        return block_offload_names(self, ["quant_conv", "post_quant_conv"], ["encoder", "decoder", "content_encoder"])
 
     @register_to_config
     def __init__(
