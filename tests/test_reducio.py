@@ -815,10 +815,25 @@ def test_empty_batches_are_reported_as_empty_batches():
 # --- default tiles: blended as they come ------------------------------------------------------------------------
 
 
+def _grid_stitch(tiles: list[list[torch.Tensor]], starts_h, starts_w, scale: int = 1) -> torch.Tensor:
+    """The former whole-grid stitch, kept here as the reference of the streaming one: the grid blended in place
+    (`blend_tile_grid`), then each tile cropped to where the next starts and the pieces concatenated."""
+    blend_tile_grid(tiles, starts_h, starts_w, scale)
+    rows = []
+    for i, row in enumerate(tiles):
+        keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(tiles) else None
+        pieces = [
+            tile[..., :keep_h, : scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else None]
+            for j, tile in enumerate(row)
+        ]
+        rows.append(torch.cat(pieces, dim=-1))
+    return torch.cat(rows, dim=-2)
+
+
 def _grid_tiled_decode(model: AutoencoderKLReducio, z: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """The default-tile decode as it was written before tiles were blended as they come, kept as the reference:
     every content tile computed first and blended as a grid (`blend_tile_grid`), every decoded tile held, then the
-    grid stitched (`stitch_blended_tiles`)."""
+    grid stitched (`_grid_stitch`)."""
     spatial = model.config.spatial_compression_ratio
     size_h, size_w = model.tile_sample_min_height, model.tile_sample_min_width
     tops = range(0, frame.shape[-2], model.tile_sample_stride_height)
@@ -844,7 +859,7 @@ def _grid_tiled_decode(model: AutoencoderKLReducio, z: torch.Tensor, frame: torc
         ]
         for i, t in enumerate(tops)
     ]
-    return stitch_blended_tiles(tiles, [t // spatial for t in tops], [w // spatial for w in lefts], scale=spatial)
+    return _grid_stitch(tiles, [t // spatial for t in tops], [w // spatial for w in lefts], scale=spatial)
 
 
 @torch.no_grad()
@@ -861,7 +876,7 @@ def test_default_tiles_give_the_numbers_of_the_whole_grid_stitch():
     expected = _grid_tiled_decode(model, latents, frame)
     tops, lefts = range(0, 40, 16), range(0, 56, 16)
     moment_tiles = [[model._encode_moments(video[..., t : t + 24, w : w + 24]) for w in lefts] for t in tops]
-    assert torch.equal(moments, stitch_blended_tiles(moment_tiles, [t // 8 for t in tops], [w // 8 for w in lefts]))
+    assert torch.equal(moments, _grid_stitch(moment_tiles, [t // 8 for t in tops], [w // 8 for w in lefts]))
     assert torch.equal(model.decode(latents, content_frame=frame).sample, expected)
     features = model.encode_content(frame)
     assert [len(row) for row in features.maps.rows] == [4, 4, 4]
@@ -883,7 +898,8 @@ def test_tiles_blended_as_they_come_equal_the_blended_grid():
         tiles = [[torch.randn(2, 3, *shape, generator=generator) for shape in row] for row in shapes]
         halves = [[tile[..., ::2, ::2].clone() for tile in row] for row in tiles]
         grid = [list(row) for row in tiles]
-        expected = stitch_blended_tiles(grid, starts_h, starts_w, scale=scale)
+        expected = _grid_stitch(grid, starts_h, starts_w, scale=scale)
+        assert torch.equal(stitch_blended_tiles([list(row) for row in tiles], starts_h, starts_w, scale), expected)
         stream = (tile for row in tiles for tile in row)
         assert torch.equal(stitch_tiles_as_they_come(stream, starts_h, starts_w, size, scale=scale), expected)
         blend_tile_grid(halves, starts_h, starts_w)

@@ -464,3 +464,32 @@ def test_cli_names_its_flags_when_reducio_frames_pass_the_window(capsys, reducio
 def test_cli_refuses_a_tile_larger_than_reducio_runs_in_one_piece(capsys, reducio_dir, tmp_path):
     code, err = _reconstruct(capsys, reducio_dir, tmp_path, *PAST_THE_WINDOW, "--tiling", "on", "--tile-size", 72)
     assert code != 0 and "--tile-size 64 or smaller" in err
+
+
+# -- blended tiles are stitched as they come --------------------------------------------------------------------------
+
+
+def _traced_default_tile_decode(name: str, height: int, width: int) -> tuple[int, int]:
+    """(peak bytes a default-tile decode of 5 frames creates, bytes of its output), traced on meta, 32-px tiles."""
+    cls, config = SMALL[name]
+    with torch.device("meta"):
+        model = cls(**config).eval()
+    model.enable_tiling(32, 32)
+    spatial, temporal = model.config.spatial_compression_ratio, model.config.temporal_compression_ratio
+    latents = torch.zeros(
+        1, model.config.latent_channels, 1 + 4 // temporal, height // spatial, width // spatial, device="meta"
+    )
+    extra = {"num_frames": 5} if name == "opensora" else {}
+    with torch.no_grad(), LiveTensorBytes() as live:
+        out = model.decode(latents, **extra).sample
+    return live.peak, out.numel() * out.element_size()
+
+
+@pytest.mark.parametrize("name", ["odvae", "opensora"])
+def test_default_tile_decode_holds_one_tile_and_the_output(name):
+    """Each decoded tile is blended into the output as it comes (`_tiling.stitch_tiles_as_they_come`): a frame of
+    5 x 6 tiles needs what one tile needs plus its output, not the grid of decoded tiles (about 1.8x the output
+    with these overlaps), which a whole-grid stitch holds besides the output."""
+    one_tile, _ = _traced_default_tile_decode(name, 32, 32)
+    peak, output = _traced_default_tile_decode(name, 128, 160)
+    assert peak <= 1.1 * one_tile + 1.25 * output, f"{peak / 2**20:.1f} MiB vs {one_tile / 2**20:.1f} + output"

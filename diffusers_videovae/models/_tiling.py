@@ -58,6 +58,8 @@ __all__ = [
     "nearest_valid_num_frames",
     "offload_place",
     "stitch_blended_tiles",
+    "stitch_tiles_as_they_come",
+    "blend_tiles_as_they_come",
     "tile_settings",
     "tile_starts",
     "tiled_in_layer_order",
@@ -446,20 +448,15 @@ def stitch_blended_tiles(
     diffusers' VAEs and of the originals that tile).
 
     Tile `(i, j)` covers the output from `scale * (starts_h[i], starts_w[j])` (starts in input units, `scale`
-    output units per input unit). The tiles are blended as `blend_tile_grid` does (`tiles` is updated in place
-    with the blended, uncropped tiles), then each keeps its part up to where the next tile starts (all of it for
-    the last row / column).
+    output units per input unit). The tiles are blended as `blend_tile_grid` does, then each keeps its part up to
+    where the next tile starts (all of it for the last row / column): `stitch_tiles_as_they_come` on the grid,
+    for tiles that are small or already made; tiles made one at a time go to that function directly.
     """
-    blend_tile_grid(tiles, starts_h, starts_w, scale)
-    rows = []
-    for i, row in enumerate(tiles):
-        keep_h = scale * (starts_h[i + 1] - starts_h[i]) if i + 1 < len(tiles) else None
-        pieces = [
-            tile[..., :keep_h, : scale * (starts_w[j + 1] - starts_w[j]) if j + 1 < len(row) else None]
-            for j, tile in enumerate(row)
-        ]
-        rows.append(torch.cat(pieces, dim=-1))
-    return torch.cat(rows, dim=-2)
+    size = (
+        scale * (starts_h[-1] - starts_h[0]) + tiles[-1][0].shape[-2],
+        scale * (starts_w[-1] - starts_w[0]) + tiles[0][-1].shape[-1],
+    )
+    return stitch_tiles_as_they_come((tile for row in tiles for tile in row), starts_h, starts_w, size, scale)
 
 
 class TileSpan(NamedTuple):

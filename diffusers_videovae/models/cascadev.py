@@ -57,7 +57,7 @@ from ._tiling import (
     check_video,
     configure_tiling,
     halo_spans,
-    stitch_blended_tiles,
+    stitch_tiles_as_they_come,
     tile_starts,
     tiled_in_layer_order,
 )
@@ -1057,14 +1057,12 @@ class AutoencoderCascadeV(
         tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
         starts_h = tile_starts(height, tile_h, self.tile_sample_stride_height // factor)
         starts_w = tile_starts(width, tile_w, self.tile_sample_stride_width // factor)
-        tiles = [
-            [
-                self.svd_vae.decode(frames[..., h0 : h0 + tile_h, w0 : w0 + tile_w], num_frames=n).sample
-                for w0 in starts_w
-            ]
+        tiles = (
+            self.svd_vae.decode(frames[..., h0 : h0 + tile_h, w0 : w0 + tile_w], num_frames=n).sample
             for h0 in starts_h
-        ]
-        return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
+            for w0 in starts_w
+        )
+        return stitch_tiles_as_they_come(tiles, starts_h, starts_w, (height * factor, width * factor), scale=factor)
 
     def _svd_tile_steps(self, indicator: torch.Tensor) -> list[TileStep]:
         """The SVD decoder from its first upsampler on, as steps that exact tiles run one at a time

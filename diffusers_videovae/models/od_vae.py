@@ -51,6 +51,7 @@ from ._tiling import (
     check_video,
     configure_tiling,
     stitch_blended_tiles,
+    stitch_tiles_as_they_come,
     tiled_in_layer_order,
 )
 
@@ -1051,11 +1052,13 @@ class AutoencoderKLODVAE(
         tile_h, tile_w = self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial
         tops = range(0, z.shape[3], self.tile_sample_stride_height // spatial)
         lefts = range(0, z.shape[4], self.tile_sample_stride_width // spatial)
-        tiles = [
-            [self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w]) for left in lefts]
+        tiles = (
+            self._decode_latents(z[:, :, :, top : top + tile_h, left : left + tile_w])
             for top in tops
-        ]
-        return stitch_blended_tiles(tiles, list(tops), list(lefts), scale=spatial)
+            for left in lefts
+        )
+        size = (z.shape[3] * spatial, z.shape[4] * spatial)
+        return stitch_tiles_as_they_come(tiles, list(tops), list(lefts), size, scale=spatial)
 
     def _exact_tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
         """`tiled_encode` in exact mode: `(B, 3, T, H, W)` -> moments `(B, 2 * latent_channels, t, H / 8, W / 8)`."""

@@ -49,6 +49,7 @@ from ._tiling import (
     check_video,
     configure_tiling,
     stitch_blended_tiles,
+    stitch_tiles_as_they_come,
     tile_starts,
     tiled_in_layer_order,
 )
@@ -956,10 +957,9 @@ class AutoencoderKLOpenSora(
         tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
         starts_h = tile_starts(z.shape[-2], tile_h, self.tile_sample_stride_height // factor)
         starts_w = tile_starts(z.shape[-1], tile_w, self.tile_sample_stride_width // factor)
-        tiles = [
-            [self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for w in starts_w] for h in starts_h
-        ]
-        return stitch_blended_tiles(tiles, starts_h, starts_w, scale=factor)
+        tiles = (self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for h in starts_h for w in starts_w)
+        size = (z.shape[-2] * factor, z.shape[-1] * factor)
+        return stitch_tiles_as_they_come(tiles, starts_h, starts_w, size, scale=factor)
 
     def forward(
         self,
