@@ -71,9 +71,10 @@ __all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledConten
 # and no full-size copy inside the convolution, ever exists. Decoding 16x256x256 peaks at less than half the memory of
 # the original this way (README, bench_reducio.py).
 _FRAME_STEP_BYTES = 128 * 2**20
-# The default side of exact tiles (blended tiles default to the original's 320 px). A full-resolution step of an exact
-# tile holds its whole 16-frame window, the normalised copy and its output at once: 256 px keeps that near what the
-# untiled model holds for a 256x256 clip, where a 320-px tile holds 1.6x (README, "Reducio's exact tiles on disk").
+# The default side of exact tiles (blended tiles default to the original's 320 px). A full-resolution resnet step of an
+# exact tile holds its whole 16-frame window, its normalised copy and its hidden map at once: 256 px keeps that within
+# 1.25x of what the untiled model holds for a 256x256 clip, a 320-px tile's window is 1.58x the area (README, "Reducio's
+# exact tiles on disk").
 _EXACT_TILE = 256
 # Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_in_layer_order`), which
 # the frame steps bypass (they normalise with `ReducioGroupNorm.statistics`): the exact tiled paths call the blocks
