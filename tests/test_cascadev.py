@@ -640,7 +640,7 @@ def _encoder_clip(shape: tuple[int, ...] = ENCODER_CLIP) -> torch.Tensor:
         # Larger than the 64-px tile, but its 48-px cores with their 48-px halos read the whole frame: one piece.
         ((90, 70), 64, (3, 3)),
     ],
-    ids=["multiples of 8", "not multiples of 8", "one tile reads the whole frame"],
+    ids=["multiple-of-8", "not-multiple-of-8", "one-tile-reads-the-frame"],
 )
 @torch.no_grad()
 def test_encoder_tiles_equal_untiled(model, exact, size, tile, latent):

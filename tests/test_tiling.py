@@ -198,6 +198,13 @@ def test_tiles_of_a_stage_that_rounds_sizes_up_must_start_on_its_grid():
         _tiling.tiled_with_shared_group_norm(stage, x, stage, core=12, halo=8, scale=Fraction(1, 8))
 
 
+@torch.no_grad()
+def test_a_stage_that_rounds_sizes_up_cannot_share_group_norm_statistics():
+    stage = torch.nn.Sequential(_stride_8_stage(), torch.nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match="cannot share GroupNorm statistics"):
+        _tiling.tiled_with_shared_group_norm(stage, torch.randn(1, 3, 45, 61), stage, 16, 8, scale=Fraction(1, 8))
+
+
 # --- what exact tiles hold in memory ------------------------------------------------------------------------------
 
 
