@@ -24,6 +24,7 @@ print(peak.describe())
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -454,6 +455,11 @@ class _ReplayingTrace:
         return self._owned[id(module)]
 
 
+# The types of a model's plain settings, which `meta_copy` carries over; devices and folders are forms of
+# `tile_offload_device` (see `_tiling.offload_place`), which decides what a traced run counts.
+_SETTING_TYPES = (bool, int, float, str, type(None), torch.device, os.PathLike)
+
+
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same model (config, dtype, tiling and slicing settings) with every parameter and buffer on `meta`.
 
@@ -466,7 +472,7 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     # `.to` casts without diffusers' warning about modules kept in float32 (a meta copy has no values to keep).
     copy = torch.nn.Module.to(copy, "meta", model.dtype).eval()
     for name, value in vars(model).items():
-        if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None))):
+        if not name.startswith("_") and isinstance(value, _SETTING_TYPES):
             setattr(copy, name, value)
     return copy
 

@@ -164,6 +164,22 @@ def test_meta_copy_keeps_the_settings_and_leaves_the_model_alone():
     assert all(p.is_meta for p in copy.parameters()) and not any(p.is_meta for p in model.parameters())
 
 
+def test_meta_copy_keeps_every_form_of_tile_offload_device(tmp_path):
+    """The estimate's meta copy carries `tile_offload_device` in each form it takes, so the traced run keeps step
+    boundaries where the real run would: a folder given as a `Path` spills like the same folder as a string."""
+    model = bench_memory.build("odvae", quick=True, frames=9, size=64)
+    for value in (None, torch.device("cpu"), "cpu", "disk", "auto", str(tmp_path), tmp_path):
+        model.tile_offload_device = value
+        assert meta_copy(model).tile_offload_device == value
+    model.enable_tiling(32, 32, exact=True)
+    tiled = {}
+    for value in (None, str(tmp_path), tmp_path):
+        model.tile_offload_device = value
+        tiled[value] = memory._traced_peak(meta_copy(model), (9, 64, 64))  # the estimate's tiled figure
+    assert tiled[tmp_path] == tiled[str(tmp_path)] < tiled[None]
+    assert list(tmp_path.iterdir()) == []  # a traced spill writes no file
+
+
 def test_auto_tiling_follows_the_estimate(monkeypatch):
     model = bench_memory.build("odvae", quick=True, frames=9, size=64)
     estimate = estimate_memory(model, (9, 64, 64), torch.device("cpu"))
