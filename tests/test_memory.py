@@ -166,17 +166,17 @@ def test_meta_copy_keeps_the_settings_and_leaves_the_model_alone():
 
 def test_meta_copy_keeps_every_form_of_tile_offload_device(tmp_path):
     """The estimate's meta copy carries `tile_offload_device` in each form it takes, so the traced run keeps step
-    boundaries where the real run would: a folder given as a `Path` spills like the same folder as a string."""
-    model = bench_memory.build("odvae", quick=True, frames=9, size=64)
+    boundaries where the real run would (a folder given as a `Path` was once left behind)."""
+    model = bench_memory.build("odvae", quick=True, frames=5, size=64)
     for value in (None, torch.device("cpu"), "cpu", "disk", "auto", str(tmp_path), tmp_path):
         model.tile_offload_device = value
         assert meta_copy(model).tile_offload_device == value
     model.enable_tiling(32, 32, exact=True)
     tiled = {}
-    for value in (None, str(tmp_path), tmp_path):
+    for value in (None, tmp_path):
         model.tile_offload_device = value
-        tiled[value] = memory._traced_peak(meta_copy(model), (9, 64, 64))  # the estimate's tiled figure
-    assert tiled[tmp_path] == tiled[str(tmp_path)] < tiled[None]
+        tiled[value] = memory._traced_peak(meta_copy(model), (5, 64, 64))  # the estimate's tiled figure
+    assert tiled[tmp_path] < 0.5 * tiled[None]  # 4.0 MB against 8.5 MB: the step boundaries are in files
     assert list(tmp_path.iterdir()) == []  # a traced spill writes no file
 
 
