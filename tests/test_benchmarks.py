@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bench_roofline  # noqa: E402
 import bench_tiling  # noqa: E402
-from _harness import count_flops  # noqa: E402
+from _harness import count_flops, format_table  # noqa: E402
 
 
 def test_flop_count_and_dominant_convolution_of_a_known_layer():
@@ -28,6 +28,12 @@ def test_flop_count_and_dominant_convolution_of_a_known_layer():
     dominant = convolutions.dominant("2d")
     assert (dominant.input_shape, dominant.weight_shape, dominant.padding) == ((2, 4, 8, 8), (6, 4, 3, 3), (1, 1))
     assert convolutions.dominant("3d") is None  # 0.02% of the FLOPs: no measure of the machine's peak
+
+
+def test_table_of_no_rows_is_its_header():
+    # A benchmark whose every run was skipped (e.g. `bench_opensora.py --skip-128 --frames-720p 0`) prints the header.
+    assert format_table([], ["model", "peak"]).splitlines() == ["| model | peak |", "|-------|------|"]
+    assert format_table([{"model": "odvae"}], ["model"]).splitlines()[2] == "| odvae |"
 
 
 @pytest.fixture(scope="module")
