@@ -402,7 +402,7 @@ def test_auto_keeps_step_boundaries_in_memory_while_they_fit_and_spills_them_oth
     in_memory = model.decode(z).sample
     assert spills == []  # a few KiB against the memory available
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # "auto" spills to the system's temp folder
-    monkeypatch.setattr(_tiling, "_available_bytes", lambda device: 0)
+    monkeypatch.setattr(_tiling, "available_memory_bytes", lambda device: 0)
     spilled = model.decode(z).sample
     assert spills and all(spill.closed for spill in spills)
     assert torch.equal(spilled, in_memory)

@@ -32,11 +32,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.utils import logging
+
+from ..memory import available_memory_bytes
 
 __all__ = [
     "AUTO_SPILL_SHARE",
@@ -605,12 +606,6 @@ def offload_place(value: object) -> torch.device | Path | str | None:
     )
 
 
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
-
-
 def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor, numel: int):
     """Where a step boundary of `numel` elements like `like` (a tile's output) is kept: None (beside `like`), a
     device, or a folder to spill it into. A tensor without data is not moved, but spilled as it would be."""
@@ -623,7 +618,7 @@ def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor,
     nbytes = numel * like.element_size()
     candidates = [like.device] if like.device.type in ("cpu", "meta") or not has_values(like) else [like.device, "cpu"]
     for device in map(torch.device, candidates):
-        if nbytes <= AUTO_SPILL_SHARE * _available_bytes(device):
+        if nbytes <= AUTO_SPILL_SHARE * available_memory_bytes(device):
             return None if device == like.device else device
     return Path(tempfile.gettempdir())
 
