@@ -115,9 +115,10 @@ def _whole_stage_halo(steps) -> int:
 def _stage_per_group_norm(module):
     """Inside: `module`'s exact tiles as before layer order (each list of steps run as one stage by
     `tiled_with_shared_group_norm`, with the whole stage's halo)."""
+    from diffusers_videovae.models import reducio_vae
     from diffusers_videovae.models._tiling import tiled_with_shared_group_norm
 
-    def whole_stage(steps, x: torch.Tensor, core) -> torch.Tensor:
+    def one_stage(steps, x: torch.Tensor, core) -> torch.Tensor:
         def stage(h: torch.Tensor) -> torch.Tensor:
             for step in steps:
                 h = step.run(h)
@@ -125,6 +126,18 @@ def _stage_per_group_norm(module):
 
         modules = [step.modules for step in steps]
         return tiled_with_shared_group_norm(stage, x, modules, core, _whole_stage_halo(steps))
+
+    def whole_stage(steps, x: torch.Tensor, core, offload_device=None) -> torch.Tensor:
+        # Before layer order, boundaries stayed in memory (offload_device unused) and Reducio's fusion blocks ran on
+        # the whole clip between the tiled stages: a fusion step splits the steps into stages.
+        stage: list = []
+        for step in steps:
+            if isinstance(step.run, reducio_vae._FusionStep):
+                x = step.run(one_stage(stage, x, core) if stage else x)
+                stage = []
+            else:
+                stage.append(step)
+        return one_stage(stage, x, core) if stage else x
 
     layer_order = module.tiled_in_layer_order
     module.tiled_in_layer_order = whole_stage
