@@ -944,3 +944,48 @@ def test_exact_tile_decode_peaks_below_the_untiled_one(monkeypatch):
     model.enable_tiling(32, 32, exact=True)
     exact, _ = _traced_decode_peak(model, 64, 64)
     assert exact <= 0.93 * untiled, f"exact tiles {exact / 2**20:.1f} MiB, untiled {untiled / 2**20:.1f} MiB"
+
+
+# The released layout at 1/16 of its widths (the same heads and windows per channel), traced at half the released
+# frame sizes with half the released exact tile: what the released model holds, scaled down, but for the decoded
+# clip (3 channels at any width), which a bound therefore adds on its own.
+RELEASED_AT_A_SIXTEENTH = dict(
+    conv_in_channels=8,
+    block_out_channels=(8, 16, 16, 32, 32, 32),
+    content_conv_in_channels=8,
+    content_block_out_channels=(8, 16, 32, 32),
+    fusion_head_dim=4,
+    norm_num_groups=4,
+    window_size=64,
+)
+
+
+def test_exact_tiles_on_disk_bound_the_decode_whatever_the_frame(monkeypatch):
+    """Exact tiles with their boundaries on disk hold one tile's step and whole-frame tensors no larger than a
+    tile's: at 352x640 (the released 704x1280, where the decoder's windowed cross-attention runs) the decode peaks
+    within 1.25x of the untiled 128x128 decode plus its own output (0.66x measured). Fusion blocks run on whole
+    clips, their input and output held in memory outside the tiles, peaked at 2.4x plus the output (the released
+    model: 9.57 GiB traced at 704x1280 against 2.34 at 256x256)."""
+    monkeypatch.setattr(reducio_vae, "_FRAME_STEP_BYTES", 2 * 2**20)  # the released frame steps, scaled alike
+    with torch.device("meta"):
+        model = AutoencoderKLReducio(**RELEASED_AT_A_SIXTEENTH).eval()
+    untiled, _ = _traced_decode_peak(model, 128, 128)
+    model.enable_tiling(128, 128, exact=True)
+    model.tile_offload_device = "disk"
+    peak, output = _traced_decode_peak(model, 352, 640)
+    bound = 1.25 * untiled + output
+    assert peak <= bound, f"{peak / 2**20:.1f} MiB against {bound / 2**20:.1f} ({untiled / 2**20:.1f} untiled)"
+
+
+def test_exact_and_blended_tiles_each_start_from_their_own_default_size():
+    """Exact tiles default to 256 px (a 320-px exact tile holds 1.6x what a 256x256 clip needs); blended tiles keep
+    the original's 320. A size the user set is kept across modes."""
+    with torch.device("meta"):
+        model = AutoencoderKLReducio()
+    model.enable_tiling(exact=True)
+    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (256, 256)
+    model.enable_tiling()
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (320, 256)
+    model.enable_tiling(288, 288)
+    model.enable_tiling(exact=True)
+    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (288, 288)

@@ -71,6 +71,11 @@ __all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledConten
 # and no full-size copy inside the convolution, ever exists. Decoding 16x256x256 peaks at less than half the memory of
 # the original this way (README, bench_reducio.py).
 _FRAME_STEP_BYTES = 128 * 2**20
+# The default side of exact tiles (blended tiles default to the original's 320 px). A full-resolution resnet step of an
+# exact tile holds its whole 16-frame window, its normalised copy and its hidden map at once: 256 px keeps that within
+# 1.25x of what the untiled model holds for a 256x256 clip, a 320-px tile's window is 1.58x the area (README, "Reducio's
+# exact tiles on disk").
+_EXACT_TILE = 256
 # Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_in_layer_order`), which
 # the frame steps bypass (they normalise with `ReducioGroupNorm.statistics`): the exact tiled paths call the blocks
 # without `stream=True`, so they run whole clips there.
@@ -472,15 +477,29 @@ class ReducioFusionBlock(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=1e-5)
         self.attn = ReducioCrossAttention(channels, context_channels, heads, head_dim, window_size, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        batch, channels, frames, height, width = x.shape
+    def forward(self, x: torch.Tensor, context: torch.Tensor, by_frames: bool = False) -> torch.Tensor:
+        """`x` `(B, C, t, h, w)`, `context` `(B, C_ctx, h', w')`. `by_frames` (exact tiles, whose whole-frame steps
+        must not hold the clip's tokens several times over): one frame's queries at a time into the output. Every
+        query attends to the same keys either way (the windows depend on its place in the frame, not on the other
+        frames), so the result is the same up to rounding."""
+        frames = x.shape[2]
         if frames != self.pos_embed.shape[1]:
             raise ValueError(
                 f"This fusion block works on {self.pos_embed.shape[1]} frames (its stored temporal table), got "
                 f"{frames}: decode one 16-frame segment's latents at a time."
             )
+        if not by_frames:
+            return self._fuse(x, context, self.pos_embed)
+        out = torch.empty_like(x)
+        for frame in range(frames):
+            out[:, :, frame : frame + 1] = self._fuse(x[:, :, frame : frame + 1], context, self.pos_embed[:, [frame]])
+        return out
+
+    def _fuse(self, x: torch.Tensor, context: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """`forward` of the frames of `x` whose rows of the temporal table are `pos_embed` `(1, t, 1, C)`."""
+        batch, channels, frames, height, width = x.shape
         tokens = x.permute(0, 2, 3, 4, 1).reshape(batch, frames, height * width, channels)
-        tokens = (tokens + self.pos_embed.to(tokens.dtype)).reshape(batch, frames * height * width, channels)
+        tokens = (tokens + pos_embed.to(tokens.dtype)).reshape(batch, frames * height * width, channels)
         tokens = tokens + self.attn(self.norm(tokens), (frames, height, width), context)
         return tokens.view(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3).contiguous()
 
@@ -762,23 +781,40 @@ class ReducioDecoder(nn.Module):
         """`norm_out`, SiLU and `conv_out`: `(B, C, T, H, W)` -> `(B, 3, T, H, W)`."""
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def tile_segments(self) -> list[tuple[ReducioFusionBlock | None, int, list[TileStep]]]:
-        """The layers after the mid block, for exact tiles: `(fusion, index, steps)` per segment, in order, where
-        `fusion` (with content feature `index`) runs on whole frames first (None for the first segment), then
-        `steps` (resnets, upsamplers and, last, the output layers), local in space apart from their GroupNorms, run
-        one at a time over the tiles (`_tiling.tiled_in_layer_order`)."""
-        segments, fusion, index, steps = [], None, -1, []
+    def tile_steps(self, features: tuple[torch.Tensor, ...], frame_side: int) -> list[TileStep]:
+        """The layers after the mid block as the steps of exact tiles (`_tiling.tiled_in_layer_order`), in order:
+        resnets, upsamplers and, last, the output layers over tiles (local in space apart from their GroupNorms);
+        each fusion block on whole frames, a frame at a time, since its windowed cross-attention places a query by
+        where it is in the frame: its halo is the frame (`frame_side`, the output's larger side), so it runs once,
+        untiled. Every step's input and output are step boundaries, kept where exact tiles keep them (on disk with
+        `tile_offload_device="disk"`). A fusion step lets go of its content feature (from `features`) once it ran,
+        before the full-resolution steps."""
+        steps = []
         for i in reversed(range(len(self.up))):
             level = self.up[i]
             steps += [_tile_step(block) for block in level.block_1]
             if level.fusion is not None:
-                segments.append((fusion, index, steps))
-                fusion, index, steps = level.fusion, self.fusion_feature_index[i], []
+                fusion = _FusionStep(level.fusion, features[self.fusion_feature_index[i]])
+                steps.append(TileStep(fusion, frame_side, level.fusion))
             steps += [_tile_step(block) for block in level.block_2]
             if level.upsample is not None:
                 steps.append(_tile_step(level.upsample))
         steps.append(TileStep(self.output_layers, _tile_reach(self.conv_out), self.norm_out))
-        return segments + [(fusion, index, steps)]
+        return steps
+
+
+class _FusionStep:
+    """A fusion block as a step of exact tiles: one call on whole frames, a frame at a time
+    (`ReducioFusionBlock(by_frames=True)`), after which its content feature is released."""
+
+    def __init__(self, fusion: ReducioFusionBlock, context: torch.Tensor):
+        self.fusion, self.context = fusion, context
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.context is None:
+            raise RuntimeError("A fusion step of exact tiles runs once: its content feature was released.")
+        context, self.context = self.context, None
+        return self.fusion(x, context, by_frames=True)
 
 
 @dataclass
@@ -1096,7 +1132,7 @@ class AutoencoderKLReducio(
 
         Args:
             tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 32 (default 320, at most
-                `window_size * 32` for blended tiles).
+                `window_size * 32`, for blended tiles; 256 for exact tiles).
             tile_sample_min_width (`int`, *optional*): tile width in pixels, likewise.
             tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 32 at most the height
                 (default: 4/5 of it). Exact tiles do not overlap: unset or equal to the height.
@@ -1111,13 +1147,23 @@ class AutoencoderKLReducio(
         configure_tiling(
             self,
             exact,
-            tile_sample_min_height=tile_sample_min_height,
-            tile_sample_min_width=tile_sample_min_width,
+            tile_sample_min_height=self._mode_default(tile_sample_min_height, self.tile_sample_min_height, exact),
+            tile_sample_min_width=self._mode_default(tile_sample_min_width, self.tile_sample_min_width, exact),
             tile_sample_min_num_frames=tile_sample_min_num_frames,
             tile_sample_stride_height=tile_sample_stride_height,
             tile_sample_stride_width=tile_sample_stride_width,
             tile_sample_stride_num_frames=tile_sample_stride_num_frames,
         )
+
+    def _mode_default(self, given: int | None, current: int, exact: bool) -> int | None:
+        """A tile side not given keeps its current value, unless that is the other mode's default: blended and exact
+        tiles each start from their own (`tiling_limits().default_size`, `_EXACT_TILE` rounded to the spatial
+        compression)."""
+        spatial = self.config.spatial_compression_ratio
+        blended, exact_default = self.tiling_limits().default_size, -(-_EXACT_TILE // spatial) * spatial
+        if given is None and current == (blended if exact else exact_default):
+            return exact_default if exact else blended
+        return given
 
     def _tiles_needed(self, height: int, width: int) -> bool:
         """Whether a frame of `height x width` pixels takes the tiled path."""
@@ -1461,10 +1507,11 @@ class AutoencoderKLReducio(
         return self.quant_conv(self.encoder.forward_low(h))
 
     def _exact_tiled_decode(self, z: torch.Tensor, features) -> torch.Tensor:
-        """`tiled_decode` with exact tiles: the mid block (attention over the frame) and every fusion block
-        (cross-attention to the whole content feature) on whole frames, the layers between them (resnets,
-        upsamplers, the output) in tiles, one layer at a time with the GroupNorm statistics of the whole frame
-        (`_tiling.tiled_in_layer_order`)."""
+        """`tiled_decode` with exact tiles: the mid block (attention over the frame, at latent resolution) on whole
+        frames, then every later layer one at a time (`ReducioDecoder.tile_steps`, `_tiling.tiled_in_layer_order`):
+        the resnets, upsamplers and output layers over tiles with the GroupNorm statistics of the whole clip, each
+        fusion block (cross-attention to the whole content feature) on whole frames a frame at a time, every tensor
+        between two of them a step boundary kept as `tile_offload_device` says."""
         if isinstance(features, ReducioTiledContent):
             raise ValueError(
                 "Exact tiles decode with the content features of the whole frame: pass `content_frame`, or the "
@@ -1478,19 +1525,10 @@ class AutoencoderKLReducio(
         if mid.fusion is not None:
             h = mid.fusion(h, features[-1])
         h = mid.block_2(mid.attn_1(h))
-        segments = decoder.tile_segments()
-        for done, (fusion, index, steps) in enumerate(segments, 1):
-            if fusion is not None:
-                h = fusion(h, features[index])
-            if all(later is None for later, _, _ in segments[done:]):
-                features = None  # no fusion left: the whole frame's features are freed before the largest steps
-            per_latent = h.shape[-1] // z.shape[-1]  # pixels of `h` per latent pixel
-            core = (
-                self.tile_sample_min_height // spatial * per_latent,
-                self.tile_sample_min_width // spatial * per_latent,
-            )
-            h = tiled_in_layer_order(steps, h, core, self.tile_offload_device).to(h.device)
-        return h
+        steps = decoder.tile_steps(features, max(z.shape[-2:]) * spatial)
+        del features  # each fusion step holds its own feature until it ran; the others are freed now
+        core = (self.tile_sample_min_height // spatial, self.tile_sample_min_width // spatial)
+        return tiled_in_layer_order(steps, h, core, self.tile_offload_device).to(h.device)
 
     def forward(
         self,
