@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -699,7 +702,9 @@ def test_segments_of_whole_group_models_are_independent_multiples_of_the_group()
         plan_segments(64, 24, rule)
 
 
-# -- the real `videovae` command: outputs never destroy a user's file, and bad options fail at once ---------------
+# -- the `videovae` command: outputs never destroy a user's file, and bad options fail at once -----------------------
+# A real process in the overwrite, `--steps 0` and top-level `--help` tests (and test_console_script_is_installed);
+# the other cases run the same `main` in this process (`videovae_here`).
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NO_MODEL = "/nonexistent/model"  # loading it would fail: an error about an output proves it came first
@@ -712,6 +717,23 @@ def videovae(*argv, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def videovae_here(*argv, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`videovae` as `videovae()` runs it (exit status, stdout, stderr, working folder), in this process: a fresh
+    interpreter costs seconds of imports, and the command's own start is tested by the tests that call `videovae()`.
+    Warnings are written to stderr as an interpreter prints them, so a stray one still breaks a one-line error."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in argv])
+            except SystemExit as exit_info:  # argparse's own exits: errors (2), --help and --version (0)
+                code = exit_info.code if isinstance(exit_info.code, int) else int(exit_info.code is not None)
+    for warning in caught:
+        err.write(warnings.formatwarning(warning.message, warning.category, warning.filename, warning.lineno))
+    return subprocess.CompletedProcess(["videovae", *map(str, argv)], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -743,7 +765,7 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_comp
     original = user_clip.read_bytes()
     if "-m" not in argv:
         argv = [*argv, "-m", NO_MODEL]
-    result = videovae(*argv, cwd=folder)
+    result = videovae_here(*argv, cwd=folder)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
@@ -766,7 +788,7 @@ def test_an_existing_output_is_kept_without_overwrite(user_clip, argv, flag):
     (folder / "z.safetensors").write_bytes(b"latents")
     path = folder / argv[argv.index(flag) + 1]
     path.write_bytes(b"the user's file")
-    result = videovae(*argv, "-m", NO_MODEL, cwd=folder)
+    result = videovae_here(*argv, "-m", NO_MODEL, cwd=folder)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"videovae {argv[0]}: error: {flag} {path.name} already exists; pass --overwrite to replace it."
@@ -797,7 +819,7 @@ def test_overwrite_replaces_an_existing_output(user_clip):
 )
 def test_a_bad_format_or_option_fails_before_the_model_loads(user_clip, argv, message):
     (user_clip.parent / "z.safetensors").write_bytes(b"latents")
-    result = videovae(*argv, "-m", NO_MODEL, cwd=user_clip.parent)
+    result = videovae_here(*argv, "-m", NO_MODEL, cwd=user_clip.parent)
     assert result.returncode in (1, 2)  # 2: argparse's own exit status
     assert message in result.stderr.splitlines()[-1]
     assert sorted(os.listdir(user_clip.parent)) == ["v.mp4", "z.safetensors"]
@@ -807,7 +829,7 @@ def test_a_bad_format_or_option_fails_before_the_model_loads(user_clip, argv, me
 def test_a_latents_file_with_a_bad_fps_is_refused_when_read(capsys, tiny_model, user_clip, tmp_path, fps):
     run(capsys, "encode", user_clip, "-m", tiny_model, "-o", tmp_path / "z.safetensors")
     bad = _rewrite_metadata(tmp_path / "z.safetensors", tmp_path / "bad.safetensors", fps=fps)
-    result = videovae("decode", bad, "-m", NO_MODEL, "-o", tmp_path / "d.mp4")
+    result = videovae_here("decode", bad, "-m", NO_MODEL, "-o", tmp_path / "d.mp4")
     assert result.returncode == 1
     assert result.stderr == (
         f"videovae decode: error: {bad} records the frame rate fps={fps!r}; a latents file needs a finite fps > 0 "
@@ -870,7 +892,7 @@ def test_help_states_the_defaults_the_commands_use(capsys):
         assert frames_help in page, command
     assert "--size SIZE resize so the short side has this many pixels (default: 256)" in pages["eval"]
     assert "--size SIZE resize so the short side has this many pixels (default: keep)" in pages["reconstruct"]
-    assert "-q, --quiet" in videovae("decode", "--help").stdout
+    assert "-q, --quiet" in videovae_here("decode", "--help").stdout
 
 
 def test_frames_defaults_to_17_everywhere_and_all_reads_the_whole_clip():
@@ -885,7 +907,7 @@ def test_cache_latents_keeps_an_index_it_did_not_write_without_overwrite(user_cl
     folder = user_clip.parent / "cache"
     folder.mkdir()
     (folder / "index.json").write_text('{"my": "own index"}')
-    result = videovae("cache-latents", "--data", user_clip, "-m", NO_MODEL, "-o", folder)
+    result = videovae_here("cache-latents", "--data", user_clip, "-m", NO_MODEL, "-o", folder)
     assert result.returncode == 1
     assert result.stderr == (
         f"videovae cache-latents: error: --output-dir {folder}: its index.json was not written by cache-latents; "

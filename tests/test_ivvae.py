@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import subprocess
 import sys
@@ -11,7 +13,12 @@ import pytest
 import torch
 from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 
-from diffusers_videovae.checkpoints import CheckpointError, convert_original, load_original_model
+from diffusers_videovae.checkpoints import (
+    CheckpointError,
+    convert_original,
+    load_original_model,
+    run_conversion_script,
+)
 from diffusers_videovae.checkpoints import ivvae as ivvae_checkpoints
 from diffusers_videovae.checkpoints._common import build_model
 from diffusers_videovae.models import iv_vae
@@ -24,6 +31,15 @@ TINY_CONFIG = dict(latent_channels=8, base_dim=8, dim_mult=(1, 2, 4, 4), num_res
 def run_converter(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(REPO_ROOT / "conversion" / "convert_ivvae.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+def run_converter_here(*args: str) -> subprocess.CompletedProcess:
+    """What `conversion/convert_ivvae.py` runs (`run_conversion_script`), in this process: the script itself runs in
+    `converted_dir`, and a fresh interpreter costs seconds of imports."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_conversion_script("ivvae", list(args))
+    return subprocess.CompletedProcess(["convert_ivvae.py", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +179,7 @@ def test_contradictory_compression_ratio_is_rejected():
 
 def test_checkpoint_of_another_variant_is_rejected_and_nothing_written(tmp_path):
     output = tmp_path / "out"
-    result = run_converter(
+    result = run_converter_here(
         "--checkpoint",
         str(reference_dir("ivvae") / "tiny_original.pth"),
         "--variant",
@@ -180,7 +196,7 @@ def test_checkpoint_of_another_model_is_rejected_and_nothing_written(tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3), "decoder.conv_out.bias": torch.zeros(3)}, other)
     output = tmp_path / "out"
-    result = run_converter("--checkpoint", str(other), "--output", str(output))
+    result = run_converter_here("--checkpoint", str(other), "--output", str(output))
     assert result.returncode != 0
     assert "is not an IV-VAE checkpoint" in result.stderr
     assert not output.exists()
@@ -193,7 +209,7 @@ def test_truncated_checkpoint_is_rejected_and_nothing_written(tmp_path):
     output = tmp_path / "out"
     with pytest.raises(CheckpointError):
         convert_original("ivvae", truncated)
-    result = run_converter("--checkpoint", str(truncated), "--output", str(output))
+    result = run_converter_here("--checkpoint", str(truncated), "--output", str(output))
     assert result.returncode != 0
     assert "truncated or corrupt" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()

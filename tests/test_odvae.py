@@ -16,7 +16,12 @@ from conftest import REPO_ROOT, ReferenceCases, assert_close, reference_dir
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file
 
-from diffusers_videovae.checkpoints import CheckpointError, convert_original, convert_to_folder
+from diffusers_videovae.checkpoints import (
+    CheckpointError,
+    convert_original,
+    convert_to_folder,
+    run_conversion_script,
+)
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, build_model
 from diffusers_videovae.checkpoints.odvae import VARIANTS, convert, looks_like, translate_config
 from diffusers_videovae.models import _tiling, od_vae
@@ -239,23 +244,9 @@ def test_conversion_script_accepts_the_release_folder_and_weights_flag(tiny_file
     (folder / "config.json").write_text(config.read_text())
     (folder / "checkpoint.ckpt").write_bytes(checkpoint.read_bytes())
     output = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--checkpoint",
-            str(folder),
-            "--weights",
-            "non-ema",
-            "--dtype",
-            "bfloat16",
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    # What the script runs, in this process (the `converted_dir` fixture runs the script itself).
+    argv = ["--checkpoint", str(folder), "--weights", "non-ema", "--dtype", "bfloat16", "--output", str(output)]
+    assert run_conversion_script("odvae", argv) == 0
     stored = load_file(str(output / "diffusion_pytorch_model.safetensors"))
     assert {tensor.dtype for tensor in stored.values()} == {torch.bfloat16}
 
