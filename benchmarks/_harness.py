@@ -190,8 +190,8 @@ def measure(
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A Markdown table (what the benchmark scripts print)."""
-    widths = {column: max(len(column), *(len(str(row.get(column, ""))) for row in rows)) for column in columns}
+    """A Markdown table (what the benchmark scripts print); with no rows, its header alone."""
+    widths = {column: max([len(column), *(len(str(row.get(column, ""))) for row in rows)]) for column in columns}
     header = "| " + " | ".join(column.ljust(widths[column]) for column in columns) + " |"
     rule = "|" + "|".join("-" * (widths[column] + 2) for column in columns) + "|"
     lines = [header, rule]

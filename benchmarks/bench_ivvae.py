@@ -126,7 +126,7 @@ def write_weights(folder: Path, quick: bool, repo: str | None) -> str:
     return str(path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original-repo", default=None, help="checkout of ali-vilab/iv-vae to compare against")
     parser.add_argument("--quick", action="store_true", help="tiny config (smoke test)")
@@ -136,115 +136,96 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-size", type=int, default=256, help="height = width of the long clip")
     parser.add_argument("--skip-long", action="store_true", help="only the 17x128x128 comparison")
     add_device_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        weights = write_weights(folder, args.quick, args.original_repo)
-        options = dict(repeats=args.repeats, threads=args.threads)
-        configs = [("17x128x128", 17, 128, None)]
-        if not args.skip_long:
-            # Halo tiling with 128-px cores (strides equal the cores) and the default 4-frame chunks, so that this
-            # row differs from the untiled one only by the tiles. Each tile also reads the architecture's halo
-            # (40 px encoding, 56 px decoding): tiled outputs equal untiled ones up to float rounding.
-            tiling = dict(tile_sample_min_height=128, tile_sample_min_width=128)
-            clip = f"{args.long_frames}x{args.long_size}x{args.long_size}"
-            configs += [
-                (clip, args.long_frames, args.long_size, None),
-                (clip, args.long_frames, args.long_size, tiling),
-            ]
-        for clip, frames, size, tiling in configs:
-            settings = "halo tiles, 128-px cores, 4-frame chunks" if tiling else "4-frame chunks (default)"
-            encoded = measure(
-                setup_ours,
-                call_ours,
-                device=args.device,
-                weights=weights,
-                frames=frames,
-                size=size,
-                stage="encode",
-                tiling=tiling,
-                **options,
-            )
-            if "error" in encoded:
-                raise SystemExit(f"ours, encode {clip}: {encoded['error']}")
-            latent = folder / f"latent_{clip}_{bool(tiling)}.pt"
-            torch.save(torch.from_numpy(encoded["result"]), latent)
-            decoded = measure(
-                setup_ours,
-                call_ours,
-                device=args.device,
-                weights=weights,
-                frames=frames,
-                size=size,
-                stage="decode",
-                tiling=tiling,
-                latent=str(latent),
-                **options,
-            )
-            if "error" in decoded:
-                raise SystemExit(f"ours, decode {clip}: {decoded['error']}")
-            rows.append(
-                {
-                    "implementation": "diffusers-videovae",
-                    "clip": clip,
-                    "settings": settings,
-                    "encode s": f"{encoded['seconds']:.2f}",
-                    "encode peak": peak_cell(encoded),
-                    "decode s": f"{decoded['seconds']:.2f}",
-                    "decode peak": peak_cell(decoded),
-                }
-            )
-            print(rows[-1], flush=True)
-            if args.original_repo and tiling is None and clip == "17x128x128":
-                original_encoded = measure(
-                    setup_original,
-                    call_original,
-                    device=args.device,
-                    weights=weights,
-                    frames=frames,
-                    size=size,
-                    stage="encode",
-                    repo=args.original_repo,
-                    **options,
-                )
-                original_decoded = measure(
-                    setup_original,
-                    call_original,
-                    device=args.device,
-                    weights=weights,
-                    frames=frames,
-                    size=size,
-                    stage="decode",
-                    repo=args.original_repo,
-                    latent=str(latent),
-                    **options,
-                )
-                for name, outcome in (("encode", original_encoded), ("decode", original_decoded)):
-                    if "error" in outcome:
-                        raise SystemExit(f"original, {name}: {outcome['error']}")
-                latent_diff = abs(original_encoded["result"] - encoded["result"]).max()
-                recon_diff = abs(original_decoded["result"] - decoded["result"]).max()
-                rows.append(
-                    {
-                        "implementation": "original (ali-vilab/iv-vae)",
-                        "clip": clip,
-                        "settings": "frame groups one by one",
-                        "encode s": f"{original_encoded['seconds']:.2f}",
-                        "encode peak": peak_cell(original_encoded),
-                        "decode s": f"{original_decoded['seconds']:.2f}",
-                        "decode peak": peak_cell(original_decoded),
-                        "max abs diff (latent / video)": f"{latent_diff:.1e} / {recon_diff:.1e}",
-                    }
-                )
-                print(rows[-1], flush=True)
+
+def clip_configs(args: argparse.Namespace) -> list[tuple[str, int, int, dict | None]]:
+    """`(clip, frames, size, tiling)` of each row of ours: the 17x128x128 comparison, then the long clip."""
+    configs = [("17x128x128", 17, 128, None)]
+    if not args.skip_long:
+        # Halo tiling with 128-px cores (strides equal the cores) and the default 4-frame chunks, so that this
+        # row differs from the untiled one only by the tiles. Each tile also reads the architecture's halo
+        # (40 px encoding, 56 px decoding): tiled outputs equal untiled ones up to float rounding.
+        tiling = dict(tile_sample_min_height=128, tile_sample_min_width=128)
+        clip = f"{args.long_frames}x{args.long_size}x{args.long_size}"
+        configs += [
+            (clip, args.long_frames, args.long_size, None),
+            (clip, args.long_frames, args.long_size, tiling),
+        ]
+    return configs
+
+
+def run_ours(args, weights: str, folder: Path, clip: str, frames: int, size: int, tiling: dict | None):
+    """Our encode, then the decode of its latent (saved in `folder`): the table row, both outcomes, the latent."""
+    options = dict(repeats=args.repeats, threads=args.threads)
+    settings = "halo tiles, 128-px cores, 4-frame chunks" if tiling else "4-frame chunks (default)"
+    common = dict(device=args.device, weights=weights, frames=frames, size=size, tiling=tiling, **options)
+    encoded = measure(setup_ours, call_ours, stage="encode", **common)
+    if "error" in encoded:
+        raise SystemExit(f"ours, encode {clip}: {encoded['error']}")
+    latent = folder / f"latent_{clip}_{bool(tiling)}.pt"
+    torch.save(torch.from_numpy(encoded["result"]), latent)
+    decoded = measure(setup_ours, call_ours, stage="decode", latent=str(latent), **common)
+    if "error" in decoded:
+        raise SystemExit(f"ours, decode {clip}: {decoded['error']}")
+    row = {
+        "implementation": "diffusers-videovae",
+        "clip": clip,
+        "settings": settings,
+        "encode s": f"{encoded['seconds']:.2f}",
+        "encode peak": peak_cell(encoded),
+        "decode s": f"{decoded['seconds']:.2f}",
+        "decode peak": peak_cell(decoded),
+    }
+    return row, encoded, decoded, latent
+
+
+def run_original(args, weights: str, clip: str, frames: int, size: int, latent: Path, encoded: dict, decoded: dict):
+    """The original's encode and decode of the same clip and latent, and the differences to ours."""
+    options = dict(repeats=args.repeats, threads=args.threads)
+    common = dict(device=args.device, weights=weights, frames=frames, size=size, repo=args.original_repo, **options)
+    original_encoded = measure(setup_original, call_original, stage="encode", **common)
+    original_decoded = measure(setup_original, call_original, stage="decode", latent=str(latent), **common)
+    for name, outcome in (("encode", original_encoded), ("decode", original_decoded)):
+        if "error" in outcome:
+            raise SystemExit(f"original, {name}: {outcome['error']}")
+    latent_diff = abs(original_encoded["result"] - encoded["result"]).max()
+    recon_diff = abs(original_decoded["result"] - decoded["result"]).max()
+    return {
+        "implementation": "original (ali-vilab/iv-vae)",
+        "clip": clip,
+        "settings": "frame groups one by one",
+        "encode s": f"{original_encoded['seconds']:.2f}",
+        "encode peak": peak_cell(original_encoded),
+        "decode s": f"{original_decoded['seconds']:.2f}",
+        "decode peak": peak_cell(original_decoded),
+        "max abs diff (latent / video)": f"{latent_diff:.1e} / {recon_diff:.1e}",
+    }
+
+
+def print_table(args: argparse.Namespace, rows: list[dict]) -> None:
     threads = args.threads or torch.get_num_threads()
     print(f"\nIV-VAE {'tiny' if args.quick else VARIANT} (random weights), float32, CPU, {threads} threads\n")
     columns = ["implementation", "clip", "settings", "encode s", "encode peak", "decode s", "decode peak"]
     if args.original_repo:
         columns.append("max abs diff (latent / video)")
     print(format_table(rows, columns))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        weights = write_weights(folder, args.quick, args.original_repo)
+        for clip, frames, size, tiling in clip_configs(args):
+            row, encoded, decoded, latent = run_ours(args, weights, folder, clip, frames, size, tiling)
+            rows.append(row)
+            print(rows[-1], flush=True)
+            if args.original_repo and tiling is None and clip == "17x128x128":
+                rows.append(run_original(args, weights, clip, frames, size, latent, encoded, decoded))
+                print(rows[-1], flush=True)
+    print_table(args, rows)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def _summary(results: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original-repo", default=None, help="Open-Sora-Plan v1.2.0 checkout to compare against")
     parser.add_argument("--repeats", type=int, default=1, help="fresh-process runs per measurement (median)")
@@ -188,92 +188,104 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-long", action="store_true", help="only the encode/decode comparison")
     add_device_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def compare_implementations(args: argparse.Namespace, common: dict) -> None:
+    """Encode and decode, ours and the original alternating, then their table."""
     side = 32 if args.quick else args.size
-    long_side = 32 if args.quick else 64
     latent_frames = (args.frames - 1) // 4 + 1
-
-    with tempfile.TemporaryDirectory(prefix="bench_odvae_") as folder:
-        weights = Path(folder) / "weights.safetensors"
-        write_weights(weights, args.quick)
-        common = dict(weights=str(weights), quick=args.quick, original_repo=args.original_repo)
-        impls = ["ours"] + (["original"] if args.original_repo else [])
-        tasks = [
-            (f"encode 1x3x{args.frames}x{side}x{side}", "encode", (1, 3, args.frames, side, side)),
-            (
-                f"decode 1x4x{latent_frames}x{side // 8}x{side // 8}",
-                "decode",
-                (1, 4, latent_frames, side // 8, side // 8),
-            ),
-        ]
-        rows = []
-        for label, task, shape in tasks:
-            # Runs alternate between implementations so that a change in machine load hits both alike.
-            runs = {impl: [] for impl in impls}
-            for _ in range(args.repeats):
-                for impl in impls:
-                    result = measure(
-                        setup,
-                        call,
-                        device=args.device,
-                        repeats=1,
-                        threads=args.threads,
-                        impl=impl,
-                        task=task,
-                        shape=shape,
-                        tiling=None,
-                        **common,
-                    )
-                    if "error" in result:
-                        raise SystemExit(f"{impl} {label}: {result['error']}")
-                    runs[impl].append(result)
-            summary = {impl: _summary(results) for impl, results in runs.items()}
-            rows.append({"case": label, **side_by_side_row(summary)})
-        columns = ["case", *SIDE_BY_SIDE_COLUMNS, *(ORIGINAL_COLUMNS if args.original_repo else [])]
-        print(
-            f"\nOD-VAE, {'tiny' if args.quick else 'full-size v1.2.0'} config, random weights, fp32, CPU, "
-            f"{torch.get_num_threads() if args.threads is None else args.threads} threads, median of {args.repeats}\n"
-        )
-        print(format_table(rows, columns))
-
-        if not args.skip_long:
-            tiling = dict(
-                tile_sample_min_height=long_side,
-                tile_sample_min_width=long_side,
-                tile_sample_stride_height=long_side,
-                tile_sample_stride_width=long_side,
-                tile_sample_min_num_frames=9,
-                tile_sample_stride_num_frames=8,
-            )
-            rows = []
-            for frames in args.long_frames:
-                latent_frames = (frames - 1) // 4 + 1
-                shape = (1, 4, latent_frames, long_side // 8, long_side // 8)
+    impls = ["ours"] + (["original"] if args.original_repo else [])
+    tasks = [
+        (f"encode 1x3x{args.frames}x{side}x{side}", "encode", (1, 3, args.frames, side, side)),
+        (
+            f"decode 1x4x{latent_frames}x{side // 8}x{side // 8}",
+            "decode",
+            (1, 4, latent_frames, side // 8, side // 8),
+        ),
+    ]
+    rows = []
+    for label, task, shape in tasks:
+        # Runs alternate between implementations so that a change in machine load hits both alike.
+        runs = {impl: [] for impl in impls}
+        for _ in range(args.repeats):
+            for impl in impls:
                 result = measure(
                     setup,
                     call,
                     device=args.device,
                     repeats=1,
                     threads=args.threads,
-                    impl="ours",
-                    task="decode",
+                    impl=impl,
+                    task=task,
                     shape=shape,
-                    tiling=tiling,
+                    tiling=None,
                     **common,
                 )
                 if "error" in result:
-                    raise SystemExit(f"tiled decode {frames} frames: {result['error']}")
-                rows.append(
-                    {
-                        "frames": frames,
-                        "latent": "x".join(map(str, shape)),
-                        "seconds": f"{result['seconds']:.2f}",
-                        "peak (above start)": _peak(result),
-                        "output": gib(result["result"][0].nbytes),
-                    }
-                )
-            print(f"\nTiled decode (9-frame chunks, {long_side}x{long_side}): peak memory as the clip grows\n")
-            print(format_table(rows, ["frames", "latent", "seconds", "peak (above start)", "output"]))
+                    raise SystemExit(f"{impl} {label}: {result['error']}")
+                runs[impl].append(result)
+        summary = {impl: _summary(results) for impl, results in runs.items()}
+        rows.append({"case": label, **side_by_side_row(summary)})
+    columns = ["case", *SIDE_BY_SIDE_COLUMNS, *(ORIGINAL_COLUMNS if args.original_repo else [])]
+    print(
+        f"\nOD-VAE, {'tiny' if args.quick else 'full-size v1.2.0'} config, random weights, fp32, CPU, "
+        f"{torch.get_num_threads() if args.threads is None else args.threads} threads, median of {args.repeats}\n"
+    )
+    print(format_table(rows, columns))
+
+
+def tiled_decode_growth(args: argparse.Namespace, common: dict) -> None:
+    """Our tiled decode of ever longer clips: peak memory as the clip grows, and its table."""
+    long_side = 32 if args.quick else 64
+    tiling = dict(
+        tile_sample_min_height=long_side,
+        tile_sample_min_width=long_side,
+        tile_sample_stride_height=long_side,
+        tile_sample_stride_width=long_side,
+        tile_sample_min_num_frames=9,
+        tile_sample_stride_num_frames=8,
+    )
+    rows = []
+    for frames in args.long_frames:
+        latent_frames = (frames - 1) // 4 + 1
+        shape = (1, 4, latent_frames, long_side // 8, long_side // 8)
+        result = measure(
+            setup,
+            call,
+            device=args.device,
+            repeats=1,
+            threads=args.threads,
+            impl="ours",
+            task="decode",
+            shape=shape,
+            tiling=tiling,
+            **common,
+        )
+        if "error" in result:
+            raise SystemExit(f"tiled decode {frames} frames: {result['error']}")
+        rows.append(
+            {
+                "frames": frames,
+                "latent": "x".join(map(str, shape)),
+                "seconds": f"{result['seconds']:.2f}",
+                "peak (above start)": _peak(result),
+                "output": gib(result["result"][0].nbytes),
+            }
+        )
+    print(f"\nTiled decode (9-frame chunks, {long_side}x{long_side}): peak memory as the clip grows\n")
+    print(format_table(rows, ["frames", "latent", "seconds", "peak (above start)", "output"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_odvae_") as folder:
+        weights = Path(folder) / "weights.safetensors"
+        write_weights(weights, args.quick)
+        common = dict(weights=str(weights), quick=args.quick, original_repo=args.original_repo)
+        compare_implementations(args, common)
+        if not args.skip_long:
+            tiled_decode_growth(args, common)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def call_original(state) -> str:
 # -- driver ------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original-repo", default=None, help="checkout of hpcaitech/Open-Sora at v1.2.0")
     parser.add_argument("--workdir", default="/tmp/opensora_bench", help="weights and outputs go here")
@@ -201,10 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--untiled-720p", action="store_true", help="also run ours untiled at 720p")
     parser.add_argument("--skip-128", action="store_true", help="skip the 17x128x128 comparison")
     add_device_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def prepare_weights(args: argparse.Namespace, workdir: Path) -> Path:
+    """The original's random weights (when comparing) or ours, made once in `workdir` and reused."""
     if args.original_repo:
         weights = workdir / "model.safetensors"
         if not weights.exists():
@@ -213,46 +214,28 @@ def main(argv: list[str] | None = None) -> None:
         weights = workdir / "ours"
         if not (weights / "config.json").exists():
             make_our_weights(weights)
+    return weights
 
-    rows = []
 
-    def run(label, shape, op, tiling=False, original=False, latents=""):
+class Runner:
+    """Measures one call at a time in a fresh process and keeps the table rows, printing each as it comes."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path, weights: Path):
+        self.args, self.workdir, self.weights = args, workdir, weights
+        self.rows: list[dict] = []
+
+    def run(self, label, shape, op, tiling=False, original=False, latents=""):
         """One measurement; `latents` is the encode output that a decode reads (the same file for every side)."""
+        args = self.args
         frames, height, width = shape
         tag = f"{'orig' if original else 'ours'}_{op}_{frames}x{height}x{width}{'_tiled' if tiling else ''}"
-        out = str(workdir / f"{tag}.pt")
+        out = str(self.workdir / f"{tag}.pt")
+        common = dict(device=args.device, repeats=args.repeats, threads=args.threads, weights=str(self.weights))
+        clip = dict(op=op, frames=frames, height=height, width=width, latents=latents, out=out)
         if original:
-            result = measure(
-                setup_original,
-                call_original,
-                device=args.device,
-                repeats=args.repeats,
-                threads=args.threads,
-                repo=args.original_repo,
-                weights=str(weights),
-                op=op,
-                frames=frames,
-                height=height,
-                width=width,
-                latents=latents,
-                out=out,
-            )
+            result = measure(setup_original, call_original, repo=args.original_repo, **common, **clip)
         else:
-            result = measure(
-                setup_ours,
-                call_ours,
-                device=args.device,
-                repeats=args.repeats,
-                threads=args.threads,
-                weights=str(weights),
-                op=op,
-                frames=frames,
-                height=height,
-                width=width,
-                tiling=tiling,
-                latents=latents,
-                out=out,
-            )
+            result = measure(setup_ours, call_ours, tiling=tiling, **common, **clip)
         row = {"model": label, "input (T x H x W)": f"{frames}x{height}x{width}", "call": op}
         if "error" in result:
             row["seconds"] = result["error"][:60]
@@ -260,34 +243,42 @@ def main(argv: list[str] | None = None) -> None:
             row["seconds"] = f"{result['seconds']:.1f}"
             row["peak RSS"] = peak_cell(result)
             row["_seconds"], row["_peak"], row["_out"] = result["seconds"], result["peak_bytes"], out
-        rows.append(row)
+        self.rows.append(row)
         print(row, flush=True)
         return row
 
-    if not args.skip_128:
-        shape = (17, 128, 128)
-        latents = str(workdir / "ours_encode_17x128x128.pt")
-        for op in ("encode", "decode"):
-            ours = run("ours", shape, op, latents=latents)
-            if args.original_repo:
-                original = run("original v1.2.0", shape, op, original=True, latents=latents)
-                if "_out" in ours and "_out" in original:
-                    diff = (torch.load(ours["_out"]) - torch.load(original["_out"])).abs().max().item()
-                    ours["max abs diff vs original"] = f"{diff:.1e}"
-                    ours["speed-up"] = f"{original['_seconds'] / ours['_seconds']:.2f}x"
-                    ours["memory"] = f"{ours['_peak'] / original['_peak']:.2f}x"
-    if args.frames_720p:
-        shape = (args.frames_720p, 720, 1280)
-        latents = str(workdir / f"ours_encode_{args.frames_720p}x720x1280_tiled.pt")
-        for op in ("encode", "decode"):
-            tiled = run("ours, tiled (256 px tiles, stride 192)", shape, op, tiling=True, latents=latents)
-            if args.untiled_720p:
-                plain = run("ours, untiled", shape, op, latents=latents)
-                if "_out" in tiled and "_out" in plain:
-                    diff = (torch.load(tiled["_out"]) - torch.load(plain["_out"])).abs().max().item()
-                    tiled["max abs diff vs untiled"] = f"{diff:.1e}"
-                    tiled["memory"] = f"{tiled['_peak'] / plain['_peak']:.2f}x"
 
+def compare_with_original(runner: Runner) -> None:
+    """Ours at 17x128x128, encode and decode, each beside the original's when a checkout is given."""
+    shape = (17, 128, 128)
+    latents = str(runner.workdir / "ours_encode_17x128x128.pt")
+    for op in ("encode", "decode"):
+        ours = runner.run("ours", shape, op, latents=latents)
+        if runner.args.original_repo:
+            original = runner.run("original v1.2.0", shape, op, original=True, latents=latents)
+            if "_out" in ours and "_out" in original:
+                diff = (torch.load(ours["_out"]) - torch.load(original["_out"])).abs().max().item()
+                ours["max abs diff vs original"] = f"{diff:.1e}"
+                ours["speed-up"] = f"{original['_seconds'] / ours['_seconds']:.2f}x"
+                ours["memory"] = f"{ours['_peak'] / original['_peak']:.2f}x"
+
+
+def run_720p(runner: Runner) -> None:
+    """Ours tiled at 720p, and untiled beside it with `--untiled-720p`."""
+    args = runner.args
+    shape = (args.frames_720p, 720, 1280)
+    latents = str(runner.workdir / f"ours_encode_{args.frames_720p}x720x1280_tiled.pt")
+    for op in ("encode", "decode"):
+        tiled = runner.run("ours, tiled (256 px tiles, stride 192)", shape, op, tiling=True, latents=latents)
+        if args.untiled_720p:
+            plain = runner.run("ours, untiled", shape, op, latents=latents)
+            if "_out" in tiled and "_out" in plain:
+                diff = (torch.load(tiled["_out"]) - torch.load(plain["_out"])).abs().max().item()
+                tiled["max abs diff vs untiled"] = f"{diff:.1e}"
+                tiled["memory"] = f"{tiled['_peak'] / plain['_peak']:.2f}x"
+
+
+def print_table(args: argparse.Namespace, rows: list[dict]) -> None:
     columns = [
         "model",
         "input (T x H x W)",
@@ -303,6 +294,18 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Open-Sora 1.2 VAE, full config, float32, CPU, {args.threads} threads, median of {args.repeats}")
     print(format_table(rows, columns))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(args, workdir, prepare_weights(args, workdir))
+    if not args.skip_128:
+        compare_with_original(runner)
+    if args.frames_720p:
+        run_720p(runner)
+    print_table(args, runner.rows)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,11 @@ print(peak.describe())
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
@@ -43,6 +45,7 @@ __all__ = [
     "TILING_MODES",
     "accelerator_available",
     "available_memory_bytes",
+    "cgroup_memory_headroom",
     "choose_tiling",
     "enable_tiling",
     "estimate_memory",
@@ -68,10 +71,81 @@ def accelerator_available() -> bool:
 
 
 def available_memory_bytes(device: torch.device | None = None) -> int:
-    """Memory that could be allocated now: free CUDA memory on a CUDA device, else the OS's available memory."""
-    if device is not None and device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
+    """Memory that could be allocated now: free memory on an accelerator whose backend reports it
+    (`torch.cuda.mem_get_info`, `torch.xpu.mem_get_info`), else host memory: the smaller of the OS's available
+    memory (psutil) and the headroom under this process's cgroup memory limit (`cgroup_memory_headroom`), since a
+    container that goes past its limit is killed however much memory the host has free."""
+    if device is not None and device.type not in ("cpu", "meta"):
+        mem_get_info = getattr(getattr(torch, device.type, None), "mem_get_info", None)
+        if mem_get_info is not None:
+            return int(mem_get_info(device)[0])
+    available = int(psutil.virtual_memory().available)
+    headroom = cgroup_memory_headroom()
+    return available if headroom is None else min(available, headroom)
+
+
+# Where the cgroup file systems are mounted (a v2 hierarchy, or v1 controllers in folders such as `memory/`) and
+# which cgroup this process is in; module constants so that tests can point them at a fake tree.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# cgroup v1 writes "no limit" as the largest page-aligned 64-bit count (9223372036854771712); no real limit is near.
+_CGROUP_V1_NO_LIMIT = 2**60
+
+
+def cgroup_memory_headroom() -> int | None:
+    """Bytes this process's cgroups let it allocate before their memory limit: the smallest headroom over its cgroup
+    and the ancestors that have a limit, on cgroup v2 (`memory.max` - `memory.current`) and v1 (the memory
+    controller's `memory.limit_in_bytes` - `memory.usage_in_bytes`). The inactive file cache (`memory.stat`) counts
+    as headroom: the kernel reclaims it before it kills, as psutil's "available" counts the host's. None when no
+    limit is known: no cgroup, no limit ("max", or v1's huge "no limit"), or any file that cannot be read."""
+    try:
+        lines = PROC_SELF_CGROUP.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    headrooms = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if not controllers:  # "0::/path", the v2 hierarchy
+            files = ("memory.max", "memory.current", "inactive_file")
+            headrooms += _cgroup_headrooms(CGROUP_ROOT, path, *files)
+        elif "memory" in controllers.split(","):
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            headrooms += _cgroup_headrooms(CGROUP_ROOT / "memory", path, *files)
+    return min(headrooms, default=None)
+
+
+def _cgroup_headrooms(mount: Path, path: str, limit_file: str, usage_file: str, inactive_key: str) -> list[int]:
+    """The headroom of each level that has a limit, from the cgroup at `path` up to the mount's root. In a container
+    the mount's root is often the container's own cgroup while `path` names it as the host sees it (a folder that
+    does not exist here): levels that cannot be read are skipped, and the root is always read."""
+    parts = [part for part in path.split("/") if part]
+    headrooms = []
+    for depth in range(len(parts), -1, -1):
+        folder = mount.joinpath(*parts[:depth])
+        try:
+            limit = (folder / limit_file).read_text(encoding="utf-8").strip()
+            if limit == "max" or int(limit) >= _CGROUP_V1_NO_LIMIT:
+                continue
+            in_use = int((folder / usage_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        headrooms.append(max(0, int(limit) - max(0, in_use - _memory_stat(folder, inactive_key))))
+    return headrooms
+
+
+def _memory_stat(folder: Path, key: str) -> int:
+    """One counter of the cgroup's `memory.stat` (0 when it cannot be read: no reclaimable memory assumed)."""
+    try:
+        for line in (folder / "memory.stat").read_text(encoding="utf-8").splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def resident_bytes(device: torch.device | None = None) -> int:
@@ -381,6 +455,11 @@ class _ReplayingTrace:
         return self._owned[id(module)]
 
 
+# The types of a model's plain settings, which `meta_copy` carries over; devices and folders are forms of
+# `tile_offload_device` (see `_tiling.offload_place`), which decides what a traced run counts.
+_SETTING_TYPES = (bool, int, float, str, type(None), torch.device, os.PathLike)
+
+
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same model (config, dtype, tiling and slicing settings) with every parameter and buffer on `meta`.
 
@@ -393,7 +472,7 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     # `.to` casts without diffusers' warning about modules kept in float32 (a meta copy has no values to keep).
     copy = torch.nn.Module.to(copy, "meta", model.dtype).eval()
     for name, value in vars(model).items():
-        if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None))):
+        if not name.startswith("_") and isinstance(value, _SETTING_TYPES):
             setattr(copy, name, value)
     return copy
 

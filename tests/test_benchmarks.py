@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import bench_roofline  # noqa: E402
 import bench_tiling  # noqa: E402
-from _harness import count_flops  # noqa: E402
+from _harness import count_flops, format_table  # noqa: E402
 
 
 def test_flop_count_and_dominant_convolution_of_a_known_layer():
@@ -28,6 +28,12 @@ def test_flop_count_and_dominant_convolution_of_a_known_layer():
     dominant = convolutions.dominant("2d")
     assert (dominant.input_shape, dominant.weight_shape, dominant.padding) == ((2, 4, 8, 8), (6, 4, 3, 3), (1, 1))
     assert convolutions.dominant("3d") is None  # 0.02% of the FLOPs: no measure of the machine's peak
+
+
+def test_table_of_no_rows_is_its_header():
+    # A benchmark whose every run was skipped (e.g. `bench_opensora.py --skip-128 --frames-720p 0`) prints the header.
+    assert format_table([], ["model", "peak"]).splitlines() == ["| model | peak |", "|-------|------|"]
+    assert format_table([{"model": "odvae"}], ["model"]).splitlines()[2] == "| odvae |"
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +204,48 @@ def test_exact_tiles_benchmark_compares_layer_order_with_untiled(model):
         exact = modes["exact, layer order (now)"]
         assert 0 < float(exact["max abs diff vs untiled"]) < 1e-4 * float(exact["max abs untiled"])
         assert float(exact["seconds"]) > 0 and exact["vs untiled"].endswith("x")
+
+
+# Side-by-side benchmarks against the original code: `measure` (a fresh process per call) is replaced by a stand-in
+# in which the original takes twice our time and memory and its outputs differ from ours by 0.5 everywhere. Per
+# benchmark: its arguments, and cells that one row of its table must hold.
+SIDE_BY_SIDE = {
+    "bench_ivvae": (["--skip-long"], [("diffusers-videovae", "1.00"), ("original (ali-vilab/iv-vae)", "5.0e-01 / 5.0e-01")]),
+    "bench_opensora": (["--frames-720p", "0"], [("| ours ", "encode", "5.0e-01", "2.00x", "0.50x"), ("| original v1.2.0", "2.0")]),
+    "bench_odvae": (["--skip-long"], [("| encode 1x3x17x128x128", "1.00", "2.00", "2.00x", "5.0e-01"), ("| decode 1x4x5x16x16", "2.00x")]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SIDE_BY_SIDE))
+def test_side_by_side_benchmark_prints_the_original_beside_ours(name, monkeypatch, tmp_path, capsys):
+    import importlib
+
+    import numpy as np
+
+    bench = importlib.import_module(name)
+    calls = []
+
+    def measure(setup, call, **kwargs):
+        original = setup.__name__ == "setup_original" or kwargs.get("impl") == "original"
+        calls.append(("original" if original else "ours", kwargs.get("stage") or kwargs.get("op") or kwargs["task"]))
+        output = np.full((1, 2, 2), 0.5 if original else 0.0, dtype=np.float32)
+        if "out" in kwargs:
+            torch.save(torch.from_numpy(output), kwargs["out"])
+        result = (output, 0, 1.0) if name == "bench_odvae" else output
+        seconds, peak = (2.0, 2**31) if original else (1.0, 2**30)
+        return {"seconds": seconds, "peak_bytes": peak, "accelerator_peak_bytes": None, "result": result}
+
+    monkeypatch.setattr(bench, "measure", measure)
+    for writer in ("write_weights", "make_our_weights", "make_original_weights"):
+        if hasattr(bench, writer):
+            monkeypatch.setattr(bench, writer, lambda *args: str(tmp_path / "weights"))
+    argv, expected_rows = SIDE_BY_SIDE[name]
+    workdir = ["--workdir", str(tmp_path)] if name == "bench_opensora" else []  # the others use a temp folder
+    bench.main([*argv, *workdir, "--original-repo", str(tmp_path / "original_checkout")])
+    if name == "bench_ivvae":
+        assert calls == [("ours", "encode"), ("ours", "decode"), ("original", "encode"), ("original", "decode")]
+    else:
+        assert calls == [("ours", "encode"), ("original", "encode"), ("ours", "decode"), ("original", "decode")]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    for cells in expected_rows:
+        assert any(all(cell in line for cell in cells) for line in table), (cells, table)

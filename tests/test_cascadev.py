@@ -626,23 +626,34 @@ def test_exact_svd_tiles_run_through_leaf_level_group_offload(converted_dir, tmp
 ENCODER_CLIP = (1, 3, 2, 200, 264)
 
 
-def _encoder_clip() -> torch.Tensor:
-    return torch.rand(*ENCODER_CLIP, generator=torch.Generator().manual_seed(3)) * 2 - 1
+def _encoder_clip(shape: tuple[int, ...] = ENCODER_CLIP) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
 
 
 @pytest.mark.parametrize("exact", [False, True], ids=["default", "exact"])
+@pytest.mark.parametrize(
+    ("size", "tile", "latent"),
+    [
+        ((200, 264), 160, (7, 9)),
+        # Not multiples of 8: the stride-8 stages round 197 x 250 up to 25 x 32, in the tiles at the border too.
+        ((197, 250), 160, (7, 8)),
+        # Larger than the 64-px tile, but its 48-px cores with their 48-px halos read the whole frame: one piece.
+        ((90, 70), 64, (3, 3)),
+    ],
+    ids=["multiple-of-8", "not-multiple-of-8", "one-tile-reads-the-frame"],
+)
 @torch.no_grad()
-def test_encoder_tiles_equal_untiled(model, exact):
+def test_encoder_tiles_equal_untiled(model, exact, size, tile, latent):
     """The encoder's tiles are exact in both modes: the local stages in halo tiles, the squeeze-excitation stages on
     the whole frame (the fixture's effnet weights are sensitive to a halo of 40 px: 6e-3 relative)."""
-    video = _encoder_clip()
+    video = _encoder_clip((*ENCODER_CLIP[:3], *size))
     untiled = model.encode(video).latent_dist.mode()
-    model.enable_tiling(160, 160, exact=exact)
+    model.enable_tiling(tile, tile, exact=exact)
     try:
         tiled = model.encode(video).latent_dist.mode()
     finally:
         model.disable_tiling()
-    assert tiled.shape == untiled.shape == (1, 16, 2, 7, 9)
+    assert tiled.shape == untiled.shape == (1, 16, 2, *latent)
     assert _relative_difference(tiled, untiled) <= 1e-4
 
 

@@ -144,10 +144,12 @@ def test_segment_length_must_follow_the_frame_rule(capsys, tiny_model, small_cli
 
 
 def _available_memory(monkeypatch, num_bytes: int) -> None:
-    """What psutil reports as available memory (the CLI's only source on a CPU machine)."""
+    """What psutil reports as available memory (the CLI's only source on a CPU machine), with no cgroup limit below
+    it (a CI container's limit would otherwise cap it)."""
     import psutil
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=num_bytes, total=num_bytes))
+    monkeypatch.setattr(memory, "cgroup_memory_headroom", lambda: None)
 
 
 @pytest.mark.parametrize(("available", "expected"), [(1 << 20, "tiling on (auto"), (1 << 40, "tiling off (auto")])

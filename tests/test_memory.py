@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 
@@ -15,8 +17,9 @@ from _harness import measure  # noqa: E402
 
 from diffusers_videovae import memory  # noqa: E402
 from diffusers_videovae.memory import LiveTensorBytes, choose_tiling, estimate_memory, meta_copy  # noqa: E402
+from diffusers_videovae.models import _tiling  # noqa: E402
 
-MiB = 2**20
+MiB, GiB = 2**20, 2**30
 CLIPS = {"ivvae": (9, 64, 64), "odvae": (9, 64, 64), "opensora": (9, 64, 64), "reducio": (16, 64, 64)}
 QUICK_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32)  # each model's own stride for that size
 
@@ -161,6 +164,22 @@ def test_meta_copy_keeps_the_settings_and_leaves_the_model_alone():
     assert all(p.is_meta for p in copy.parameters()) and not any(p.is_meta for p in model.parameters())
 
 
+def test_meta_copy_keeps_every_form_of_tile_offload_device(tmp_path):
+    """The estimate's meta copy carries `tile_offload_device` in each form it takes, so the traced run keeps step
+    boundaries where the real run would (a folder given as a `Path` was once left behind)."""
+    model = bench_memory.build("odvae", quick=True, frames=5, size=64)
+    for value in (None, torch.device("cpu"), "cpu", "disk", "auto", str(tmp_path), tmp_path):
+        model.tile_offload_device = value
+        assert meta_copy(model).tile_offload_device == value
+    model.enable_tiling(32, 32, exact=True)
+    tiled = {}
+    for value in (None, tmp_path):
+        model.tile_offload_device = value
+        tiled[value] = memory._traced_peak(meta_copy(model), (5, 64, 64))  # the estimate's tiled figure
+    assert tiled[tmp_path] < 0.5 * tiled[None]  # 4.0 MB against 8.5 MB: the step boundaries are in files
+    assert list(tmp_path.iterdir()) == []  # a traced spill writes no file
+
+
 def test_auto_tiling_follows_the_estimate(monkeypatch):
     model = bench_memory.build("odvae", quick=True, frames=9, size=64)
     estimate = estimate_memory(model, (9, 64, 64), torch.device("cpu"))
@@ -213,3 +232,98 @@ def test_estimate_is_within_30_percent_of_the_measured_peak_rss(name):
     estimate = outcome["result"]["resident"] + outcome["result"]["traced"]
     assert outcome["result"]["traced"] > 50 * MiB  # the activations are a real part of the peak
     assert 0.7 < estimate / outcome["peak_bytes"] < 1.3
+
+
+# --- available memory under a container's cgroup limit -------------------------------------------------------------
+
+HOST_AVAILABLE = 64 * GiB  # what psutil reports (the host's /proc/meminfo) in every case below
+V1_NO_LIMIT = "9223372036854771712"  # what cgroup v1 writes for "no limit"
+# `/proc/self/cgroup`, the files of the fake tree (relative to its root) and the headroom they give.
+CGROUP_TREES = {
+    "v2_limited": ("0::/job.slice/run\n", {"job.slice/run/memory.max": 8 * GiB, "job.slice/run/memory.current": 3 * GiB}, 5 * GiB),
+    "v2_inactive_file_is_reclaimable": (
+        "0::/\n",
+        {"memory.max": 8 * GiB, "memory.current": 7 * GiB, "memory.stat": f"anon 1\ninactive_file {2 * GiB}\nfile 9\n"},
+        3 * GiB,
+    ),
+    "v2_tighter_parent": (
+        "0::/job.slice/run\n",
+        {
+            "job.slice/memory.max": 8 * GiB, "job.slice/memory.current": 7 * GiB,
+            "job.slice/run/memory.max": "max", "job.slice/run/memory.current": 5 * GiB,
+        },
+        1 * GiB,
+    ),
+    "v2_max": ("0::/job\n", {"job/memory.max": "max", "job/memory.current": 3 * GiB}, HOST_AVAILABLE),
+    "v2_over_its_limit": ("0::/\n", {"memory.max": 8 * GiB, "memory.current": 9 * GiB}, 0),
+    "v1_limited": (
+        "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n",
+        {"memory/docker/abc/memory.limit_in_bytes": 8 * GiB, "memory/docker/abc/memory.usage_in_bytes": 3 * GiB},
+        5 * GiB,
+    ),
+    "v1_container_root": (  # the host's path for this cgroup does not exist in the container: its root is the limit
+        "4:memory:/docker/abc\n",
+        {"memory/memory.limit_in_bytes": 8 * GiB, "memory/memory.usage_in_bytes": 3 * GiB, "memory/memory.stat": f"total_inactive_file {GiB}\n"},
+        6 * GiB,
+    ),
+    "v1_unlimited": (
+        "4:memory:/docker/abc\n",
+        {"memory/docker/abc/memory.limit_in_bytes": V1_NO_LIMIT, "memory/docker/abc/memory.usage_in_bytes": 3 * GiB},
+        HOST_AVAILABLE,
+    ),
+    "v2_current_missing": ("0::/\n", {"memory.max": 8 * GiB}, HOST_AVAILABLE),
+    "v1_usage_missing": ("4:memory:/\n", {"memory/memory.limit_in_bytes": 8 * GiB}, HOST_AVAILABLE),
+    "v2_limit_unreadable": ("0::/\n", {"memory.max": "garbage", "memory.current": 3 * GiB}, HOST_AVAILABLE),
+    "no_proc_self_cgroup": (None, {"memory.max": 8 * GiB, "memory.current": 3 * GiB}, HOST_AVAILABLE),
+}  # fmt: skip
+
+
+def _fake_cgroups(monkeypatch, tmp_path: Path, membership: str | None, files: dict, host: int = HOST_AVAILABLE):
+    """Points `memory` at a cgroup tree under `tmp_path` and psutil at `host` bytes available."""
+    root = tmp_path / "sys_fs_cgroup"
+    root.mkdir(parents=True)
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"{content}\n")
+    if membership is not None:
+        (tmp_path / "proc_self_cgroup").write_text(membership)
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(memory, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=host, total=host))
+
+
+@pytest.mark.parametrize("case", list(CGROUP_TREES))
+def test_available_memory_is_the_smaller_of_the_hosts_and_the_cgroups_headroom(monkeypatch, tmp_path, case):
+    membership, files, expected = CGROUP_TREES[case]
+    _fake_cgroups(monkeypatch, tmp_path, membership, files)
+    assert memory.available_memory_bytes() == expected
+    assert memory.available_memory_bytes(torch.device("cpu")) == expected
+    assert memory.cgroup_memory_headroom() == (None if expected == HOST_AVAILABLE else expected)
+
+
+def test_a_cgroup_limit_above_what_the_host_has_free_leaves_the_hosts_figure(monkeypatch, tmp_path):
+    membership, files, _ = CGROUP_TREES["v2_limited"]
+    _fake_cgroups(monkeypatch, tmp_path, membership, files, host=2 * GiB)
+    assert memory.cgroup_memory_headroom() == 5 * GiB and memory.available_memory_bytes() == 2 * GiB
+
+
+def test_exact_tiles_auto_offload_spills_what_the_container_cannot_hold(monkeypatch, tmp_path):
+    """A 2 GiB step boundary: a quarter of the host's 64 GiB holds it, a quarter of the cgroup's 5 GiB does not."""
+    like, numel = torch.zeros(1), 2 * GiB // 4
+    _fake_cgroups(monkeypatch, tmp_path, *CGROUP_TREES["v2_max"][:2])
+    assert _tiling._boundary_place("auto", like, numel) is None
+    monkeypatch.undo()
+    _fake_cgroups(monkeypatch, tmp_path / "limited", *CGROUP_TREES["v2_limited"][:2])
+    assert isinstance(_tiling._boundary_place("auto", like, numel), Path)
+
+
+def test_auto_tiling_plans_for_the_containers_limit(monkeypatch, tmp_path):
+    """`--tiling auto` / `videovae info` on a host with plenty free, in a container whose limit the clip does not fit."""
+    model = bench_memory.build("odvae", quick=True, frames=9, size=64)
+    untiled = estimate_memory(model, (9, 64, 64), torch.device("cpu")).untiled
+    membership, limit = "0::/\n", 1024 * untiled
+    _fake_cgroups(
+        monkeypatch, tmp_path, membership, {"memory.max": limit, "memory.current": limit - untiled}, 10 * limit
+    )
+    assert estimate_memory(model, (9, 64, 64), torch.device("cpu")).available == untiled
+    assert choose_tiling(model, "auto", (9, 64, 64), torch.device("cpu")).startswith("on")

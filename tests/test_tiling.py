@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,46 @@ def test_reducio_exact_tiles_run_through_leaf_level_group_offload(tmp_path):
     model.enable_group_offload(torch.device("cpu"), offload_type="leaf_level", offload_to_disk_path=str(tmp_path))
     model.enable_tiling(8, 8, exact=True)
     assert_relative(model.encode(video).latent_dist.mean, moments, 1e-4, "exact tiles, offloaded")
+
+
+# --- halo tiles of a stage that rounds sizes up (CascadeV's encoder) -------------------------------------------
+
+
+def _stride_8_stage() -> torch.nn.Sequential:
+    """Three stride-2 convolutions: 45 x 61 px -> 6 x 8 (sizes rounded up, as padded strided convolutions do); an
+    output pixel reads 7 input pixels beyond its own 8."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*(torch.nn.Conv2d(c, 4, 3, stride=2, padding=1) for c in (3, 4, 4))).eval()
+
+
+@torch.no_grad()
+def test_shared_group_norm_tiles_paste_a_stage_that_rounds_sizes_up():
+    """With `scale=1/8`, 16-px cores of a 45 x 61 frame (3 x 4 tiles, those at the border ending between grid
+    points) are pasted where the stage run in one piece puts them."""
+    stage, x = _stride_8_stage(), torch.randn(1, 3, 45, 61, generator=torch.Generator().manual_seed(1))
+    tiles = []
+
+    def counted(tile: torch.Tensor) -> torch.Tensor:
+        tiles.append(tuple(tile.shape[-2:]))
+        return stage(tile)
+
+    tiled = _tiling.tiled_with_shared_group_norm(counted, x, stage, core=16, halo=8, scale=Fraction(1, 8))
+    assert len(tiles) == 3 * 4 and all(height <= 32 and width <= 32 for height, width in tiles)
+    assert_relative(tiled, stage(x), 1e-6, "stride-8 stage in tiles, sizes rounded up")
+
+
+@torch.no_grad()
+def test_tiles_of_a_stage_that_rounds_sizes_up_must_start_on_its_grid():
+    stage, x = _stride_8_stage(), torch.randn(1, 3, 45, 61)
+    with pytest.raises(ValueError, match="start on its grid"):
+        _tiling.tiled_with_shared_group_norm(stage, x, stage, core=12, halo=8, scale=Fraction(1, 8))
+
+
+@torch.no_grad()
+def test_a_stage_that_rounds_sizes_up_cannot_share_group_norm_statistics():
+    stage = torch.nn.Sequential(_stride_8_stage(), torch.nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match="cannot share GroupNorm statistics"):
+        _tiling.tiled_with_shared_group_norm(stage, torch.randn(1, 3, 45, 61), stage, 16, 8, scale=Fraction(1, 8))
 
 
 # --- what exact tiles hold in memory ------------------------------------------------------------------------------
@@ -361,7 +402,7 @@ def test_auto_keeps_step_boundaries_in_memory_while_they_fit_and_spills_them_oth
     in_memory = model.decode(z).sample
     assert spills == []  # a few KiB against the memory available
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # "auto" spills to the system's temp folder
-    monkeypatch.setattr(_tiling, "_available_bytes", lambda device: 0)
+    monkeypatch.setattr(_tiling, "available_memory_bytes", lambda device: 0)
     spilled = model.decode(z).sample
     assert spills and all(spill.closed for spill in spills)
     assert torch.equal(spilled, in_memory)

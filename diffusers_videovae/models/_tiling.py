@@ -32,11 +32,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.utils import logging
+
+from ..memory import available_memory_bytes
 
 __all__ = [
     "AUTO_SPILL_SHARE",
@@ -605,12 +606,6 @@ def offload_place(value: object) -> torch.device | Path | str | None:
     )
 
 
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
-
-
 def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor, numel: int):
     """Where a step boundary of `numel` elements like `like` (a tile's output) is kept: None (beside `like`), a
     device, or a folder to spill it into. A tensor without data is not moved, but spilled as it would be."""
@@ -623,7 +618,7 @@ def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor,
     nbytes = numel * like.element_size()
     candidates = [like.device] if like.device.type in ("cpu", "meta") or not has_values(like) else [like.device, "cpu"]
     for device in map(torch.device, candidates):
-        if nbytes <= AUTO_SPILL_SHARE * _available_bytes(device):
+        if nbytes <= AUTO_SPILL_SHARE * available_memory_bytes(device):
             return None if device == like.device else device
     return Path(tempfile.gettempdir())
 
@@ -808,6 +803,7 @@ def tiled_with_shared_group_norm(
     halo: int,
     device: torch.device | str | None = None,
     out_device: torch.device | str | os.PathLike | None = None,
+    scale: int | Fraction | None = None,
 ) -> torch.Tensor | SpilledTensor:
     r"""Run `stage` on spatial tiles of `x` so that the result equals `stage(x)` up to float rounding.
 
@@ -824,7 +820,8 @@ def tiled_with_shared_group_norm(
 
     Args:
         stage: `(N, C, ..., h, w) -> (N, C', ..., h', w')`, local in space apart from its GroupNorms; `h' / h` is
-            the same for every input (e.g. 8 for an upsampling decoder, 1/8 for a downsampling encoder).
+            the same for every input (e.g. 8 for an upsampling decoder, 1/8 for a downsampling encoder), or
+            `h' = ceil(h * scale)` with `scale` given.
         x: the stage input (a tensor, or a `SpilledTensor`); tiling is over its last two dimensions.
         modules: the module(s) whose `nn.GroupNorm`s the stage calls.
         core, halo: tile core (one size, or `(height, width)`) and halo in input pixels; with a downsampling stage,
@@ -832,11 +829,19 @@ def tiled_with_shared_group_norm(
         device: where the tiles run (default: where `x` is); each tile is copied there from `x`.
         out_device: where the result is assembled: None (where the tiles run), a device, or as `offload_place`
             reads it `"disk"` / a folder (a `SpilledTensor` is returned, which the caller closes) or `"auto"`.
+        scale: for a stage that rounds sizes up, its output pixels per input pixel: `ceil(h * scale)` output rows
+            for `h` input rows (e.g. `Fraction(1, 8)` for stride-8 convolutions that pad a size that is not a
+            multiple of 8). Tiles must then start on its grid (core and halo multiples of `1 / scale`); a core
+            that ends at the border of `x` may end between grid points. Not with GroupNorms in `modules`.
+            None: each tile's size must scale exactly.
     """
     modules = [modules] if isinstance(modules, nn.Module) else modules
     device = x.device if device is None else torch.device(device)
     out_place = offload_place(out_device)
     norms = list(dict.fromkeys(m for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)))
+    if scale is not None and norms:
+        # A GroupNorm's core window is found from its own layer's scale, which rounded sizes leave undefined.
+        raise ValueError("Tiles of a stage that rounds sizes up (`scale`) cannot share GroupNorm statistics.")
     core_h, core_w = (core, core) if isinstance(core, int) else core
     rows, columns = halo_spans(x.shape[-2], core_h, halo), halo_spans(x.shape[-1], core_w, halo)
     tiles = [(row, column) for row in rows for column in columns]
@@ -862,7 +867,7 @@ def tiled_with_shared_group_norm(
         with _SharedGroupNorm(state, statistics):
             while True:
                 state.update(target=None, moments=None)
-                out = _tile_pass(stage, x, tiles, device, out_place, state)
+                out = _tile_pass(stage, x, tiles, device, out_place, state, scale)
                 if state["target"] is None:
                     return out
                 _close(out)  # not reached normally: a statistics pass stops every tile before it finishes
@@ -873,7 +878,7 @@ def tiled_with_shared_group_norm(
             handle.remove()
 
 
-def _tile_pass(stage, x, tiles: list, device: torch.device, out_place, state: dict):
+def _tile_pass(stage, x, tiles: list, device: torch.device, out_place, state: dict, scale):
     """One pass of `tiled_with_shared_group_norm` over the tiles: None when every tile stopped at the GroupNorm
     being measured, else the stage's output assembled from the tiles' cores (closed again on an exception)."""
     out = None
@@ -884,21 +889,33 @@ def _tile_pass(stage, x, tiles: list, device: torch.device, out_place, state: di
                 part = stage(x[..., row.start : row.end, column.start : column.end].to(device))
             except _StatisticsTaken:
                 continue
-            scale_h = Fraction(part.shape[-2], row.end - row.start)
-            scale_w = Fraction(part.shape[-1], column.end - column.start)
+            height, out_rows, in_rows = _core_window(row, x.shape[-2], part.shape[-2], scale)
+            width, out_columns, in_columns = _core_window(column, x.shape[-1], part.shape[-1], scale)
             if out is None:
-                height, width = x.shape[-2] * scale_h, x.shape[-1] * scale_w
-                out = _new_boundary(part, (*part.shape[:-2], int(height), int(width)), out_place)
-            out[
-                ...,
-                int(row.core_start * scale_h) : int(row.core_end * scale_h),
-                int(column.core_start * scale_w) : int(column.core_end * scale_w),
-            ] = part[..., row.core_in_tile(scale_h), column.core_in_tile(scale_w)]
+                out = _new_boundary(part, (*part.shape[:-2], height, width), out_place)
+            out[..., out_rows, out_columns] = part[..., in_rows, in_columns]
             del part
     except BaseException:
         _close(out)
         raise
     return out
+
+
+def _core_window(span: TileSpan, size: int, tile_size: int, scale: int | Fraction | None) -> tuple[int, slice, slice]:
+    """Along one axis of `size` input pixels: the stage output's size, where the core of the tile `span` goes in it,
+    and where that core is in the tile's output of `tile_size` pixels (`tiled_with_shared_group_norm`'s `scale`)."""
+    if scale is None:
+        exact = Fraction(tile_size, span.end - span.start)
+        whole = slice(int(span.core_start * exact), int(span.core_end * exact))
+        return int(size * exact), whole, span.core_in_tile(exact)
+    start, offset = span.core_start * Fraction(scale), (span.core_start - span.start) * Fraction(scale)
+    if start.denominator != 1 or offset.denominator != 1 or tile_size != math.ceil((span.end - span.start) * scale):
+        raise ValueError(
+            f"A tile [{span.start}, {span.end}) with its core from {span.core_start} gave {tile_size} px: tiles of a "
+            f"stage of scale {scale} (sizes rounded up) start on its grid and give ceil(size * {scale}) px."
+        )
+    end = math.ceil(span.core_end * scale)
+    return math.ceil(size * scale), slice(int(start), end), slice(int(offset), int(offset) + end - int(start))
 
 
 class TileStep(NamedTuple):

@@ -48,7 +48,6 @@ from ..loaders import FromOriginalCheckpointMixin
 from ._common import InputRule, VideoAutoencoderMixin, block_offload_names
 from ._layers import checkpointed
 from ._tiling import (
-    TileSpan,
     TileStep,
     TilingLimits,
     check_condition,
@@ -56,10 +55,10 @@ from ._tiling import (
     check_positive_int,
     check_video,
     configure_tiling,
-    halo_spans,
     stitch_tiles_as_they_come,
     tile_starts,
     tiled_in_layer_order,
+    tiled_with_shared_group_norm,
 )
 
 # The released DiT's grid attention: `[temporal_splits, spatial_splits]` per block (None = full 3-D attention),
@@ -568,14 +567,6 @@ def _svd_temporal_half(resnet: nn.Module, indicator: torch.Tensor, h: torch.Tens
     return mixed.permute(0, 2, 1, 3, 4).reshape(count, channels, height, width)
 
 
-def _strided_core(span: TileSpan, stride: int) -> tuple[slice, slice]:
-    """Where the core of a tile `span` on the stride grid lands in the stride-`stride` features of the whole axis
-    and of the tile; a core that ends at the frame's border ends between grid points (sizes are rounded up)."""
-    start, end = span.core_start // stride, -(-span.core_end // stride)
-    offset = (span.core_start - span.start) // stride
-    return slice(start, end), slice(offset, offset + end - start)
-
-
 class AutoencoderCascadeV(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -840,22 +831,19 @@ class AutoencoderCascadeV(
         """One frame `(1, 3, H, W)` -> its latent `(1, 16, ceil(H/32), ceil(W/32))`, equal to `encoder(frame)` up to
         float rounding: the local stages run on halo tiles whose cores are pasted (no blending), the rest, whose
         squeeze-excitations pool the whole frame, on the assembled features at 1/8 of the frame."""
-        encoder, stride = self.encoder, self.encoder.local_stride
-        height, width = frame.shape[-2:]
-        rows = halo_spans(height, self._encoder_tile_core(self.tile_sample_min_height), encoder.local_halo)
-        columns = halo_spans(width, self._encoder_tile_core(self.tile_sample_min_width), encoder.local_halo)
-        if all(span.end - span.start == height for span in rows) and all(
-            span.end - span.start == width for span in columns
-        ):
-            return encoder(self._normalize(frame))  # every tile would read the whole frame
-        features = None
-        for row, column in itertools.product(rows, columns):
-            part = encoder.forward_local(self._normalize(frame[..., row.start : row.end, column.start : column.end]))
-            if features is None:
-                features = part.new_empty(*part.shape[:2], -(-height // stride), -(-width // stride))
-            (out_rows, in_rows), (out_columns, in_columns) = _strided_core(row, stride), _strided_core(column, stride)
-            features[..., out_rows, out_columns] = part[..., in_rows, in_columns]
-            del part
+        encoder = self.encoder
+        core = (
+            self._encoder_tile_core(self.tile_sample_min_height),
+            self._encoder_tile_core(self.tile_sample_min_width),
+        )
+        features = tiled_with_shared_group_norm(
+            lambda tile: encoder.forward_local(self._normalize(tile)),
+            frame,
+            encoder,
+            core,
+            encoder.local_halo,
+            scale=Fraction(1, encoder.local_stride),  # its strided convolutions round sizes up
+        )
         return encoder.forward_global(features)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
