@@ -435,7 +435,9 @@ def test_open_sora_spatial_stage_computes_what_installed_diffusers_computes():
     reference.load_state_dict(model.spatial_vae.state_dict(), strict=True)
     frames = torch.rand(3, 3, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     latents = torch.randn(3, 4, 4, 6, generator=torch.Generator().manual_seed(1))
-    assert_close(model._spatial_moments(frames), reference.encode(frames).latent_dist.parameters, 1e-5, "encode")
+    assert_close(
+        model._spatial_moments(frames.split(1)), reference.encode(frames).latent_dist.parameters, 1e-5, "encode"
+    )
     assert_close(model._spatial_decode(latents), reference.decode(latents).sample, 1e-5, "decode")
 
 

@@ -21,6 +21,7 @@ from diffusers_videovae.checkpoints import CheckpointError, conversion_main, con
 from diffusers_videovae.checkpoints._common import OriginalCheckpoint, compare_with_model
 from diffusers_videovae.checkpoints.opensora import convert as convert_opensora
 from diffusers_videovae.checkpoints.opensora import read_original
+from diffusers_videovae.memory import LiveTensorBytes
 from diffusers_videovae.models import opensora_vae
 from diffusers_videovae.models.opensora_vae import AutoencoderKLOpenSora
 
@@ -408,6 +409,47 @@ def test_any_frame_count_is_accepted(model):
     with torch.no_grad():
         for frames in (2, 6, 18):
             assert model(torch.zeros(1, 3, frames, 16, 16)).sample.shape[2] == frames
+
+
+def test_tiled_decode_blends_the_decode_of_each_tile_exactly(model):
+    """Default tiles are decoded one frame micro-batch at a time and blended into the output as they come: the
+    same numbers as decoding every latent crop whole and blending the clips, also with two clips in the batch
+    (5 frames each: the second micro-batch holds frames of both clips)."""
+    from diffusers_videovae.models._tiling import stitch_blended_tiles, tile_starts
+
+    z = torch.randn(2, 4, 2, 12, 16, generator=torch.Generator().manual_seed(0))
+    starts_h, starts_w = tile_starts(12, 4, 3), tile_starts(16, 4, 3)
+    with torch.no_grad():
+        model.enable_tiling(32, 32)
+        try:
+            tiled = model.decode(z, num_frames=5).sample
+        finally:
+            model.disable_tiling()
+        tiles = [[model.decode(z[..., h : h + 4, w : w + 4], num_frames=5).sample for w in starts_w] for h in starts_h]
+    assert tiled.shape == (2, 3, 5, 96, 128)
+    assert torch.equal(tiled, stitch_blended_tiles(tiles, starts_h, starts_w, scale=8))
+
+
+def _traced_default_tile_decode(height: int, width: int) -> tuple[int, int]:
+    """(peak bytes of the tensors a default-tile decode of 9 frames creates, bytes of its output), traced on meta:
+    32-px tiles, the tiny config at the release's ratios of spatial widths (1:2:4:4), so that a tile's activations
+    outweigh its 3-channel output as at full size."""
+    with torch.device("meta"):
+        model = AutoencoderKLOpenSora(**{**TINY_CONFIGS["opensora"], "block_out_channels": (16, 32, 64, 64)}).eval()
+    model.enable_tiling(32, 32)
+    z = torch.zeros(1, 4, model.num_latent_frames(9), height // 8, width // 8, device="meta")
+    with torch.no_grad(), LiveTensorBytes() as live:
+        out = model.decode(z, num_frames=9).sample
+    return live.peak, out.numel() * out.element_size()
+
+
+def test_tiled_decode_holds_the_output_once_and_one_tile():
+    """A frame of 3 x 4 tiles needs its output plus what decoding one tile's frame needs (with the blending of a
+    frame micro-batch): no whole-clip temporary, no decoded tile kept while the next is decoded, and overlaps of
+    4 frames only, not of the clip (before: the output plus 1.73 one-tile decodes; now 1.19)."""
+    one_tile, _ = _traced_default_tile_decode(32, 32)
+    peak, output = _traced_default_tile_decode(64, 96)
+    assert peak <= output + 1.25 * one_tile, f"{peak / 2**20:.2f} MiB: {output / 2**20:.2f} + {one_tile / 2**20:.2f}"
 
 
 # -- exact tiling (shared GroupNorm statistics) ----------------------------------------------------------------

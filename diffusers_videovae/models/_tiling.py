@@ -1086,12 +1086,21 @@ def blend_tiles_as_they_come(
         raise ValueError(f"{count} tiles were given for a grid of {len(starts_h)} x {len(starts_w)}.")
 
 
+def _one_map_each(tiles: Iterable[torch.Tensor]) -> Iterator[tuple[torch.Tensor]]:
+    """Each tile as a one-map tuple; the tile is let go before the next is made (a generator expression would
+    hold it while the next one is computed)."""
+    for tile in tiles:
+        yield (tile,)
+        del tile
+
+
 def stitch_tiles_as_they_come(
     tiles: Iterable[torch.Tensor],
     starts_h: list[int],
     starts_w: list[int],
     size: tuple[int, int],
     scale: int = 1,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`stitch_blended_tiles` for tiles made one at a time (e.g. a generator that decodes each tile when asked):
     the same numbers, but each tile is blended (`blend_tiles_as_they_come`) and its kept part written into the
@@ -1099,11 +1108,12 @@ def stitch_tiles_as_they_come(
     the whole grid of tiles.
 
     `tiles`: row-major over the grid `starts_h x starts_w` (starts in input units, `scale` output units per input
-    unit); `size`: the output's (height, width), where the last row and column of tiles end.
+    unit); `size`: the output's (height, width), where the last row and column of tiles end. `out`: where to
+    write (e.g. a view of a larger tensor, or anything that takes `out[..., rows, columns] = tile`), returned;
+    by default a new tensor.
     """
-    out = None
     columns = len(starts_w)
-    blended = blend_tiles_as_they_come(((tile,) for tile in tiles), starts_h, starts_w, (scale,))
+    blended = blend_tiles_as_they_come(_one_map_each(tiles), starts_h, starts_w, (scale,))
     index = 0
     for (tile,) in blended:  # not `enumerate`, whose reused result tuple would keep the previous tile alive
         i, j = divmod(index, columns)

@@ -23,6 +23,7 @@ chunk giving `ceil(n / 4)` latent frames (5 for a full chunk).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from functools import partial
 
@@ -400,6 +401,26 @@ class OpenSoraPosterior(DiagonalGaussianDistribution):
         return self.mean + self.std * torch.cat(noise, dim=2)
 
 
+class _FrameRows:
+    """Rows `start .. start + count` of a temporal chunk's batch-major frames (row `r` is frame `first + r % n` of
+    clip `r // n`) as one `(count, C, H, W)` target that decoded frames are written into: `target[key] = rows`
+    writes into `video (B, C, T, H, W)` through views, also when the rows span two clips of the batch."""
+
+    def __init__(self, video: torch.Tensor, first: int, n: int, start: int, count: int):
+        self.views = []
+        while count > 0:
+            clip, frame = divmod(start, n)
+            length = min(count, n - frame)
+            self.views.append(video[clip, :, first + frame : first + frame + length].transpose(0, 1))
+            start, count = start + length, count - length
+
+    def __setitem__(self, key, rows: torch.Tensor) -> None:
+        offset = 0
+        for view in self.views:
+            view[key] = rows[offset : offset + view.shape[0]]
+            offset += view.shape[0]
+
+
 class AutoencoderKLOpenSora(
     ModelMixin, AutoencoderMixin, ConfigMixin, FromOriginalCheckpointMixin, VideoAutoencoderMixin
 ):
@@ -694,8 +715,9 @@ class AutoencoderKLOpenSora(
 
     # -- encoding ---------------------------------------------------------------------------------------------
 
-    def _spatial_moments(self, frames: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
-        """Frames (N, 3, H, W) -> moments (N, 8, H/8, W/8) of the spatial `AutoencoderKL`.
+    def _spatial_moments(self, frames: Sequence[torch.Tensor], exact_tiles: bool = False) -> torch.Tensor:
+        """N frames (1, 3, H, W) (views of the clip: no copy of the micro-batch is made) -> moments
+        (N, 8, H/8, W/8) of the spatial `AutoencoderKL`.
 
         diffusers' `Encoder.forward` and `AutoencoderKL._encode` (0.42.1: same submodules, same order, no dtype
         casts), split after the down blocks: `conv_in` and the down blocks run one frame at a time (frames are
@@ -725,10 +747,10 @@ class AutoencoderKLOpenSora(
             return torch.cat(
                 [
                     low_resolution(tiled_in_layer_order(steps, frame, core, offload).to(frame.device))
-                    for frame in frames.split(1)
+                    for frame in frames
                 ]
             )
-        return low_resolution(torch.cat([high_resolution(frame) for frame in frames.split(1)]))
+        return low_resolution(torch.cat([high_resolution(frame) for frame in frames]))
 
     def _spatial_encode(
         self, x: torch.Tensor, sample_spatial: bool, generator: torch.Generator | None, exact_tiles: bool = False
@@ -741,8 +763,9 @@ class AutoencoderKLOpenSora(
         step = self.config.spatial_micro_batch_size
         for start in range(0, rows, step):
             index = range(start, min(start + step, rows))
-            frames = torch.stack([x[row // num_frames, :, row % num_frames] for row in index])
+            frames = [x[row // num_frames, :, row % num_frames].unsqueeze(0) for row in index]
             dist = DiagonalGaussianDistribution(self._spatial_moments(frames, exact_tiles))
+            del frames
             latents = dist.sample(generator=generator) if sample_spatial else dist.mode()
             latents = latents * self.config.spatial_scaling_factor
             for offset, row in enumerate(index):
@@ -827,7 +850,11 @@ class AutoencoderKLOpenSora(
         return x[:, :, x.shape[2] - num_frames :]
 
     def _spatial_decode(self, latents: torch.Tensor, exact_tiles: bool = False) -> torch.Tensor:
-        """Spatial latents (N, 4, h, w), unscaled -> frames (N, 3, 8h, 8w) by the spatial `AutoencoderKL`.
+        """Spatial latents (N, 4, h, w), unscaled -> frames (N, 3, 8h, 8w) by the spatial `AutoencoderKL`."""
+        return torch.cat(list(self._spatial_decode_frames(latents, exact_tiles)))
+
+    def _spatial_decode_frames(self, latents: torch.Tensor, exact_tiles: bool = False) -> Iterator[torch.Tensor]:
+        """Spatial latents (N, 4, h, w), unscaled -> the N frames (1, 3, 8h, 8w), one at a time.
 
         diffusers' `AutoencoderKL._decode` and `Decoder.forward` (0.42.1: same submodules, same order, no dtype
         casts), split after the mid block: `post_quant_conv`, `conv_in` and the mid block (attention) run on all N
@@ -854,31 +881,44 @@ class AutoencoderKLOpenSora(
             steps.append(TileStep(output_layers, 1, decoder.conv_norm_out))
             core, offload = self._latent_tile_core(), self.tile_offload_device
             # One frame at a time from the mid block on (frames are independent there), as when encoding.
-            decoded = [tiled_in_layer_order(steps, low_resolution(frame), core, offload) for frame in latents.split(1)]
-            return torch.cat(decoded)
-        h = low_resolution(latents)
-        return torch.cat([high_resolution(frame) for frame in h.split(1)])
+            for frame in latents.split(1):
+                yield tiled_in_layer_order(steps, low_resolution(frame), core, offload)
+            return
+        for frame in low_resolution(latents).split(1):
+            yield high_resolution(frame)
 
-    def _decode(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False) -> torch.Tensor:
-        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w): per temporal chunk, then per frame."""
-        batch, _, _, height, width = z.shape
-        factor = self.spatial_compression_ratio
-        out = z.new_empty(batch, self.config.out_channels, num_frames, height * factor, width * factor)
+    def _spatial_latent_chunks(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False):
+        """Raw latents (B, E, T', h, w) -> per temporal chunk, `(first frame, frames n, rows)`: the chunk's
+        unscaled spatial latents as rows (B * n, 4, h, w), batch-major (the order of the spatial micro-batches)."""
+        batch = z.shape[0]
         per_chunk = math.ceil(num_frames / self.temporal_compression_ratio)
         if self.config.micro_frame_size is not None:
             per_chunk = math.ceil(self.config.micro_frame_size / self.temporal_compression_ratio)
-        step = self.config.spatial_micro_batch_size
         frame = 0
         for index, n in enumerate(self._chunk_frames(num_frames)):
             x_z = self._temporal_decode(z[:, :, index * per_chunk : (index + 1) * per_chunk], n, exact_tiles)
             x_z = x_z / self.config.spatial_scaling_factor
-            rows = x_z.transpose(1, 2).reshape(batch * n, *x_z.shape[1:2], height, width)
-            for start in range(0, rows.shape[0], step):
-                decoded = self._spatial_decode(rows[start : start + step], exact_tiles)
-                for offset in range(decoded.shape[0]):
-                    row = start + offset
-                    out[row // n, :, frame + row % n] = decoded[offset]
+            rows = x_z.transpose(1, 2).reshape(batch * n, *x_z.shape[1:2], *x_z.shape[-2:])
+            del x_z  # `rows` is a copy
+            yield frame, n, rows
+            del rows
             frame += n
+
+    def _decode(self, z: torch.Tensor, num_frames: int, exact_tiles: bool = False) -> torch.Tensor:
+        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w): per temporal chunk, then per frame
+        micro-batch, each written into the output as it is decoded."""
+        batch, _, _, height, width = z.shape
+        factor = self.spatial_compression_ratio
+        out = z.new_empty(batch, self.config.out_channels, num_frames, height * factor, width * factor)
+        step = self.config.spatial_micro_batch_size
+        for frame, n, rows in self._spatial_latent_chunks(z, num_frames, exact_tiles):
+            for start in range(0, rows.shape[0], step):
+                row = start
+                for decoded in self._spatial_decode_frames(rows[start : start + step], exact_tiles):
+                    _FrameRows(out, frame, n, row, 1)[...] = decoded
+                    row += 1
+                    del decoded  # before the next frame is decoded
+            del rows
         return out
 
     def _decode_maybe_tiled(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -950,16 +990,38 @@ class AutoencoderKLOpenSora(
         return stitch_blended_tiles(tiles, starts_h, starts_w)
 
     def tiled_decode(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w), decoded in spatial tiles."""
+        """Raw latents (B, E, T', h, w) -> frames (B, 3, num_frames, 8h, 8w), decoded in spatial tiles.
+
+        Blended tiles: per temporal chunk, the temporal VAE decodes every tile (latent-sized results); then, one
+        frame micro-batch at a time, the spatial decoder decodes it on every tile and each decoded tile is blended
+        into the output as it comes. The same numbers as decoding each tile whole and blending the clips, while
+        memory holds the output, one tile's activations and the overlaps of one micro-batch's tiles.
+        """
         if self.tile_exact:
             return self._decode(z, num_frames, exact_tiles=True)
         factor = self.spatial_compression_ratio
+        batch, _, _, height, width = z.shape
         tile_h, tile_w = self.tile_sample_min_height // factor, self.tile_sample_min_width // factor
-        starts_h = tile_starts(z.shape[-2], tile_h, self.tile_sample_stride_height // factor)
-        starts_w = tile_starts(z.shape[-1], tile_w, self.tile_sample_stride_width // factor)
-        tiles = (self._decode(z[..., h : h + tile_h, w : w + tile_w], num_frames) for h in starts_h for w in starts_w)
-        size = (z.shape[-2] * factor, z.shape[-1] * factor)
-        return stitch_tiles_as_they_come(tiles, starts_h, starts_w, size, scale=factor)
+        starts_h = tile_starts(height, tile_h, self.tile_sample_stride_height // factor)
+        starts_w = tile_starts(width, tile_w, self.tile_sample_stride_width // factor)
+        size = (height * factor, width * factor)
+        out = z.new_empty(batch, self.config.out_channels, num_frames, *size)
+        step = self.config.spatial_micro_batch_size
+        tiles = [
+            self._spatial_latent_chunks(z[..., h : h + tile_h, w : w + tile_w], num_frames)
+            for h in starts_h
+            for w in starts_w
+        ]
+        for chunk in zip(*tiles):  # one temporal chunk of every tile
+            frame, n = chunk[0][:2]
+            rows = [latents for _, _, latents in chunk]
+            del chunk
+            for start in range(0, batch * n, step):
+                target = _FrameRows(out, frame, n, start, min(step, batch * n - start))
+                decoded = (self._spatial_decode(tile[start : start + step]) for tile in rows)
+                stitch_tiles_as_they_come(decoded, starts_h, starts_w, size, scale=factor, out=target)
+            del rows
+        return out
 
     def forward(
         self,
