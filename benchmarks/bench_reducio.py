@@ -256,7 +256,7 @@ def traced_peak(impl: str, task: str, side: int, original_repo: str | None, tile
         if impl == "ours":
             model = AutoencoderKLReducio(**_config(False))  # its value checks skip fake tensors (`has_values`)
             if tiled:
-                model.enable_tiling()
+                model.enable_tiling(320, 320)  # the original's released tiles, 320 px every 256
         else:
             params = _original_params(False)
             model = original_class(original_repo)(

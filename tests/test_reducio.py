@@ -977,15 +977,39 @@ def test_exact_tiles_on_disk_bound_the_decode_whatever_the_frame(monkeypatch):
     assert peak <= bound, f"{peak / 2**20:.1f} MiB against {bound / 2**20:.1f} ({untiled / 2**20:.1f} untiled)"
 
 
-def test_exact_and_blended_tiles_each_start_from_their_own_default_size():
-    """Exact tiles default to 256 px (a 320-px exact tile holds 1.6x what a 256x256 clip needs); blended tiles keep
-    the original's 320. A size the user set is kept across modes."""
+def test_exact_and_blended_tiles_start_from_256_px_and_320_gives_the_original_tiles():
+    """Both modes default to 256-px tiles (blended ones every 192 px); `enable_tiling(320, 320)` is the original's
+    released tiling (320 px every 256). A size the user set is kept across modes."""
     with torch.device("meta"):
         model = AutoencoderKLReducio()
-    model.enable_tiling(exact=True)
-    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (256, 256)
     model.enable_tiling()
-    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (320, 256)
-    model.enable_tiling(288, 288)
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (256, 192)
+    assert (model.tile_sample_min_width, model.tile_sample_stride_width) == (256, 192)
     model.enable_tiling(exact=True)
-    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (288, 288)
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (256, 256)
+    model.enable_tiling(320, 320)
+    assert (model.tile_sample_min_height, model.tile_sample_stride_height) == (320, 256)
+    model.enable_tiling(exact=True)
+    assert (model.tile_sample_min_height, model.tile_sample_min_width) == (320, 320)
+
+
+def test_default_tiles_bound_the_released_model_at_512():
+    """Issue 19's bound on the released config, traced: with default tiles, a 16x512x512 encode and decode peak
+    within 1.25x of the 16x256x256 ones (which run in one piece) plus the larger output. The original's 320-px tiles
+    peak at 1.5x: a tile is 1.56x the 256x256 frame's area."""
+    with torch.device("meta"):
+        model = AutoencoderKLReducio().eval()
+    model.enable_tiling()
+    small, large = (_traced_encode_peak(model, side) for side in (256, 512))
+    assert large <= 1.25 * small, f"encode: {large / 2**30:.2f} GiB at 512 vs {small / 2**30:.2f} at 256"
+    (small, _), (large, output) = (_traced_decode_peak(model, side, side) for side in (256, 512))
+    assert large <= 1.25 * small + output, f"decode: {large / 2**30:.2f} GiB at 512 vs {small / 2**30:.2f} at 256"
+
+
+def _traced_encode_peak(model: AutoencoderKLReducio, side: int) -> int:
+    """Peak bytes of the tensors encoding a 16-frame `side`-px clip and its content frame create, traced on meta."""
+    video = torch.zeros(1, 3, 16, side, side, device="meta")
+    with torch.no_grad(), LiveTensorBytes() as live, _FusedAttention():
+        model.encode(video)
+        model.encode_content(video[:, :, 7])
+    return live.peak

@@ -71,11 +71,11 @@ __all__ = ["AutoencoderKLReducio", "ReducioContentFeatures", "ReducioTiledConten
 # and no full-size copy inside the convolution, ever exists. Decoding 16x256x256 peaks at less than half the memory of
 # the original this way (README, bench_reducio.py).
 _FRAME_STEP_BYTES = 128 * 2**20
-# The default side of exact tiles (blended tiles default to the original's 320 px). A full-resolution resnet step of an
-# exact tile holds its whole 16-frame window, its normalised copy and its hidden map at once: 256 px keeps that within
-# 1.25x of what the untiled model holds for a 256x256 clip, a 320-px tile's window is 1.58x the area (README, "Reducio's
-# exact tiles on disk").
-_EXACT_TILE = 256
+# The default tile side, blended and exact (blended tiles every 192 px: 4/5 of the side, rounded down to 32). The
+# original's tiles, 320 px every 256 (`enable_tiling(320, 320)`), are 1.56x the area of a 256x256 clip, which runs in
+# one piece, so their peak grows past that clip's by as much; 256-px tiles keep it within 1.25x (README, "Issue 19's
+# bound").
+_DEFAULT_TILE = 256
 # Exact tiles share GroupNorm statistics by watching `F.group_norm` (`_tiling.tiled_in_layer_order`), which
 # the frame steps bypass (they normalise with `ReducioGroupNorm.statistics`): the exact tiled paths call the blocks
 # without `stream=True`, so they run whole clips there.
@@ -1010,8 +1010,7 @@ class AutoencoderKLReducio(
         # same result, a fraction of the peak memory. Set False to run every layer on the whole clip.
         self.use_frame_streaming = True
         self.use_tiling = False
-        # The released settings: tile_sample_min_size 256, tile_overlap_factor 0.25 -> 320-px tiles every 256 px
-        # (smaller where the attention window is: a blended tile runs in one piece).
+        # 256-px tiles every 192 px (smaller where the attention window is: a blended tile runs in one piece).
         limits = self.tiling_limits()
         self.tile_sample_min_height = self.tile_sample_min_width = limits.default_size
         self.tile_sample_stride_height = self.tile_sample_stride_width = limits.default_stride(limits.default_size)
@@ -1099,14 +1098,14 @@ class AutoencoderKLReducio(
     # --- tiling ----------------------------------------------------------------------------------------------------
 
     def tiling_limits(self) -> TilingLimits:
-        """What `enable_tiling` accepts: 320-px tiles every 256 px (the release's), at most the attention window
-        (`window_size` latent positions per side) for blended tiles, which run the whole model on one tile."""
+        """What `enable_tiling` accepts: 256-px tiles every 192 px by default (`_DEFAULT_TILE`), at most the attention
+        window (`window_size` latent positions per side) for blended tiles, which run the whole model on one tile."""
         spatial = self.config.spatial_compression_ratio
         largest = self.config.window_size * spatial
         return TilingLimits(
             "Reducio-VAE",
             spatial,
-            min(320, largest),
+            min(_DEFAULT_TILE, largest),
             Fraction(4, 5),
             max_size=largest,
             frames_note=" (each 16-frame segment is one clip)",
@@ -1122,48 +1121,39 @@ class AutoencoderKLReducio(
         tile_sample_stride_num_frames: int | None = None,
         exact: bool = False,
     ) -> None:
-        r"""Encode, compute content features and decode in spatial tiles, so that memory depends on the tile: the
-        original's blended tiles (default, its tiled results, not the untiled ones) or exact tiles (`exact=True`:
-        equal to untiled up to float rounding, slower; attention and cross-attention run on whole latent frames, so
-        frames past the attention window fail as untiled). The model card compares the modes.
+        r"""Encode, compute content features and decode in spatial tiles, so that memory depends on the tile: blended
+        tiles as the original's (default: its tiled results, not the untiled ones) or exact tiles (`exact=True`: equal
+        to untiled up to float rounding, slower; attention and cross-attention run on whole latent frames, so frames
+        past the attention window fail as untiled). The model card compares the modes.
 
         The original's `tile_sample_min_size = S`, `tile_overlap_factor = ov` are
-        `enable_tiling(int(S * (1 + ov)), int(S * (1 + ov)), tile_sample_stride_height=S, tile_sample_stride_width=S)`.
+        `enable_tiling(int(S * (1 + ov)), int(S * (1 + ov)), tile_sample_stride_height=S, tile_sample_stride_width=S)`:
+        its released tiles (S = 256, ov = 0.25) are `enable_tiling(320, 320)`.
 
         Args:
-            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 32 (default 320, at most
-                `window_size * 32`, for blended tiles; 256 for exact tiles).
+            tile_sample_min_height (`int`, *optional*): tile height in pixels, a multiple of 32 (default 256; blended
+                tiles at most `window_size * 32`).
             tile_sample_min_width (`int`, *optional*): tile width in pixels, likewise.
             tile_sample_stride_height (`int`, *optional*): step between tiles, a multiple of 32 at most the height
-                (default: 4/5 of it). Exact tiles do not overlap: unset or equal to the height.
+                (default: 4/5 of it, rounded down). Exact tiles do not overlap: unset or equal to the height.
             tile_sample_stride_width (`int`, *optional*): the same for the width.
             tile_sample_min_num_frames, tile_sample_stride_num_frames: unset (each 16-frame segment is one clip).
             exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
 
         Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
-        (default: where the model runs while one takes at most a quarter of the memory available, else in a
-        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
+        (default: on the CPU in temporary files; on an accelerator where the model runs while they fit, see
+        `_tiling.AUTO_SPILL_SHARE`), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,
             exact,
-            tile_sample_min_height=self._mode_default(tile_sample_min_height, self.tile_sample_min_height, exact),
-            tile_sample_min_width=self._mode_default(tile_sample_min_width, self.tile_sample_min_width, exact),
+            tile_sample_min_height=tile_sample_min_height,
+            tile_sample_min_width=tile_sample_min_width,
             tile_sample_min_num_frames=tile_sample_min_num_frames,
             tile_sample_stride_height=tile_sample_stride_height,
             tile_sample_stride_width=tile_sample_stride_width,
             tile_sample_stride_num_frames=tile_sample_stride_num_frames,
         )
-
-    def _mode_default(self, given: int | None, current: int, exact: bool) -> int | None:
-        """A tile side not given keeps its current value, unless that is the other mode's default: blended and exact
-        tiles each start from their own (`tiling_limits().default_size`, `_EXACT_TILE` rounded to the spatial
-        compression)."""
-        spatial = self.config.spatial_compression_ratio
-        blended, exact_default = self.tiling_limits().default_size, -(-_EXACT_TILE // spatial) * spatial
-        if given is None and current == (blended if exact else exact_default):
-            return exact_default if exact else blended
-        return given
 
     def _tiles_needed(self, height: int, width: int) -> bool:
         """Whether a frame of `height x width` pixels takes the tiled path."""
