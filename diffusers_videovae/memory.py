@@ -531,19 +531,22 @@ def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device:
     convolution's scratch space is counted (`CONV_WORKSPACE_NOTE`); not counted: other kernels' private workspaces
     (cuDNN's on a GPU), allocator rounding and fragmentation.
     """
+    from .models._tiling import traced_as
+
     copy = meta_copy(model)
     tracer = _ReplayingTrace(copy)
     conv_workspace = device.type == "cpu"
     copy.disable_tiling()
-    try:
-        untiled = _traced_peak(copy, shape, conv_workspace, tracer)
-    except ValueError:  # the model refuses this clip untiled (e.g. frames past Reducio's attention window)
-        untiled = None
-    if not getattr(model, "use_tiling", False):
-        copy.enable_tiling()
-    else:
-        copy.use_tiling = True
-    tiled = _traced_peak(copy, shape, conv_workspace, tracer)
+    with traced_as(device):  # exact tiles' boundaries counted where `"auto"` would keep them on `device`
+        try:
+            untiled = _traced_peak(copy, shape, conv_workspace, tracer)
+        except ValueError:  # the model refuses this clip untiled (e.g. frames past Reducio's attention window)
+            untiled = None
+        if not getattr(model, "use_tiling", False):
+            copy.enable_tiling()
+        else:
+            copy.use_tiling = True
+        tiled = _traced_peak(copy, shape, conv_workspace, tracer)
     return MemoryEstimate(
         untiled=untiled,
         tiled=tiled,

@@ -308,11 +308,12 @@ def test_a_cgroup_limit_above_what_the_host_has_free_leaves_the_hosts_figure(mon
 
 
 def test_exact_tiles_auto_offload_spills_what_the_container_cannot_hold(monkeypatch, tmp_path):
-    """A 2 GiB step boundary: a quarter of the host's 64 GiB holds it, a quarter of the cgroup's 5 GiB does not."""
+    """A 2 GiB step boundary where the temp folder is a RAM disk (else the CPU spills it anyway): a quarter of the
+    host's 64 GiB holds it in memory, a quarter of the cgroup's 5 GiB does not."""
     like, numel = torch.zeros(1), 2 * GiB // 4
+    monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: "tmpfs")
     _fake_cgroups(monkeypatch, tmp_path, *CGROUP_TREES["v2_max"][:2])
     assert _tiling._boundary_place("auto", like, numel) is None
-    monkeypatch.undo()
     _fake_cgroups(monkeypatch, tmp_path / "limited", *CGROUP_TREES["v2_limited"][:2])
     assert isinstance(_tiling._boundary_place("auto", like, numel), Path)
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -394,18 +395,54 @@ def test_exact_tiles_spilled_to_disk_equal_untiled(name, tmp_path, spills):
 
 
 @torch.no_grad()
-def test_auto_keeps_step_boundaries_in_memory_while_they_fit_and_spills_them_otherwise(monkeypatch, tmp_path, spills):
+def test_auto_spills_step_boundaries_on_the_cpu_unless_the_temp_folder_is_a_ram_disk_or_full(
+    monkeypatch, tmp_path, spills
+):
+    """On the CPU `"auto"` (the default) keeps exact tiles' step boundaries in the temp folder, so that their peak is
+    one tile's step whatever the frame; in memory where that folder is a RAM disk or has no room, while they fit."""
     model = small("odvae")
     z = torch.randn(1, 4, 2, 8, 12, generator=torch.Generator().manual_seed(0))
     model.enable_tiling(32, 32, exact=True)
     assert model.tile_offload_device == "auto"  # the default
-    in_memory = model.decode(z).sample
-    assert spills == []  # a few KiB against the memory available
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # "auto" spills to the system's temp folder
-    monkeypatch.setattr(_tiling, "available_memory_bytes", lambda device: 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: None)
     spilled = model.decode(z).sample
-    assert spills and all(spill.closed for spill in spills)
-    assert torch.equal(spilled, in_memory)
+    assert spills and all(spill.closed for spill in spills) and list(tmp_path.iterdir()) == []
+    made = len(spills)
+    monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: "tmpfs")
+    assert torch.equal(model.decode(z).sample, spilled) and len(spills) == made
+    monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: None)
+    monkeypatch.setattr(_tiling.shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+    assert torch.equal(model.decode(z).sample, spilled) and len(spills) == made
+    monkeypatch.setattr(_tiling, "available_memory_bytes", lambda device: 0)
+    with pytest.raises(RuntimeError, match="set `tile_offload_device` to another folder"):
+        model.decode(z)
+
+
+@pytest.mark.parametrize(
+    ("device", "free", "expected"),
+    [
+        ("cpu", {"cpu": 2**40}, "folder"),  # the CPU spills whatever memory is free
+        ("cuda", {"cuda": 2**40, "cpu": 2**40}, None),  # an accelerator keeps what fits a quarter of its memory
+        ("cuda", {"cuda": 2**20, "cpu": 2**40}, "cpu"),  # then CPU memory
+        ("cuda", {"cuda": 2**20, "cpu": 2**20}, "folder"),  # then disk
+    ],
+)
+def test_auto_places_a_boundary_by_the_device_the_tiles_run_on(monkeypatch, tmp_path, device, free, expected):
+    """`"auto"` for a 1 MiB boundary. Tensors without data are placed as on the device a trace stands for
+    (`traced_as`, what `estimate_memory` sets): a folder (counted as a spill) wherever that device would not hold it,
+    never a real CPU tensor."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: None)
+    monkeypatch.setattr(_tiling, "available_memory_bytes", lambda where: free[where.type])
+    like = torch.zeros(1, device="meta")
+    with _tiling.traced_as(torch.device(device)):
+        place = _tiling._boundary_place("auto", like, 2**18)
+    assert place == {None: None, "folder": tmp_path, "cpu": tmp_path}[expected]
+    if device == "cpu":
+        assert _tiling._boundary_place("auto", torch.zeros(1), 2**18) == tmp_path  # a CPU tensor with data
+    with _tiling.traced_as(torch.device(device)):
+        assert _tiling._boundary_place("auto", like.requires_grad_(), 2**18) is None  # a file carries no gradients
 
 
 @needs_proc

@@ -19,6 +19,7 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -41,6 +42,7 @@ from ..memory import available_memory_bytes
 
 __all__ = [
     "AUTO_SPILL_SHARE",
+    "traced_as",
     "SpilledTensor",
     "TileSpan",
     "TileStep",
@@ -579,10 +581,26 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
 
 # --- where exact tiles keep their step boundaries -----------------------------------------------------------------
 
-# `offload_device="auto"`: a step boundary stays where the tiles run while it takes at most this share of the memory
-# available there (then in CPU memory, for tiles on an accelerator), else it is spilled to the system's temp folder.
-# A quarter leaves room for the step's input, one tile's activations and other processes.
+# `offload_device="auto"`. On the CPU a step boundary is spilled to the system's temp folder: plain file I/O costs a
+# few percent of the tiles' time and keeps the peak at one tile's step whatever the frame (README, "Where exact tiles
+# keep their step boundaries"); it stays in memory only where the folder is a RAM disk or has no room for it. On an
+# accelerator it stays there while it takes at most this share of the memory available (a round trip to CPU memory
+# per step is a bus transfer of the whole boundary), then goes to CPU memory on the same terms, else to disk. A
+# quarter leaves room for the step's input, one tile's activations and other processes.
 AUTO_SPILL_SHARE = 0.25
+# The device a run on `meta` stands for when `"auto"` places its boundaries (`traced_as`): a trace counts a boundary
+# only where that device would hold it.
+_TRACED_DEVICE = [torch.device("cpu")]
+
+
+@contextlib.contextmanager
+def traced_as(device: torch.device) -> Iterator[None]:
+    """Within this block, `"auto"` places the step boundaries of tensors without data as it would on `device`."""
+    _TRACED_DEVICE.append(torch.device(device))
+    try:
+        yield
+    finally:
+        _TRACED_DEVICE.pop()
 
 
 def offload_place(value: object) -> torch.device | Path | str | None:
@@ -608,19 +626,28 @@ def offload_place(value: object) -> torch.device | Path | str | None:
 
 def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor, numel: int):
     """Where a step boundary of `numel` elements like `like` (a tile's output) is kept: None (beside `like`), a
-    device, or a folder to spill it into. A tensor without data is not moved, but spilled as it would be."""
+    device, or a folder to spill it into. A tensor without data is not moved, but placed as on the device it stands
+    for (`traced_as`): a folder wherever that device would not hold it."""
     if isinstance(place, torch.device):
         return place if has_values(like) else None
     if place != "auto":
         return place
     if like.requires_grad:
         return None  # a file carries no gradients
-    nbytes = numel * like.element_size()
-    candidates = [like.device] if like.device.type in ("cpu", "meta") or not has_values(like) else [like.device, "cpu"]
-    for device in map(torch.device, candidates):
-        if nbytes <= AUTO_SPILL_SHARE * available_memory_bytes(device):
-            return None if device == like.device else device
-    return Path(tempfile.gettempdir())
+    nbytes, folder = numel * like.element_size(), Path(tempfile.gettempdir())
+    device = like.device if has_values(like) else _TRACED_DEVICE[-1]
+    if device.type == "cpu":
+        if _ram_disk(folder) is None and shutil.disk_usage(folder).free >= nbytes:
+            return folder
+        candidates = [device]
+    else:
+        candidates = [device, torch.device("cpu")]
+    for candidate in candidates:
+        if nbytes <= AUTO_SPILL_SHARE * available_memory_bytes(candidate):
+            if candidate == device:
+                return None
+            return candidate if has_values(like) else folder  # a trace counts only what the device reads back
+    return folder
 
 
 def _new_boundary(like: torch.Tensor, shape: tuple[int, ...], place) -> torch.Tensor | SpilledTensor:
@@ -652,12 +679,13 @@ def _close(boundary: object) -> None:
 
 
 @functools.cache
-def _warn_if_ram_disk(folder: Path) -> None:
-    """Spilling to a RAM disk (tmpfs, as `/tmp` is on some systems) frees no memory: say so, once per folder."""
+def _ram_disk(folder: Path) -> str | None:
+    """The file system type of `folder` when it is a RAM disk (tmpfs, as `/tmp` is on some systems, or ramfs), where
+    a spill frees no memory; None otherwise, and where the mounts cannot be read (not Linux)."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
-        return  # not Linux: no cheap way to tell
+        return None
     path, best = folder.resolve(), ("", "")
     for line in mounts:
         fields = line.split()
@@ -665,9 +693,16 @@ def _warn_if_ram_disk(folder: Path) -> None:
             mount = fields[1].replace("\\040", " ")
             if (path == Path(mount) or Path(mount) in path.parents) and len(mount) > len(best[0]):
                 best = (mount, fields[2])
-    if best[1] in ("tmpfs", "ramfs"):
+    return best[1] if best[1] in ("tmpfs", "ramfs") else None
+
+
+@functools.cache
+def _warn_if_ram_disk(folder: Path) -> None:
+    """Spilling to a RAM disk frees no memory: say so, once per folder."""
+    kind = _ram_disk(folder)
+    if kind is not None:
         logger.warning(
-            f"Exact tiles spill their step boundaries to {folder}, a RAM disk ({best[1]}): that frees no memory. "
+            f"Exact tiles spill their step boundaries to {folder}, a RAM disk ({kind}): that frees no memory. "
             "Set `tile_offload_device` (or TMPDIR) to a folder on a disk."
         )
 
@@ -960,10 +995,11 @@ def tiled_in_layer_order(
         offload_device: where the step boundaries live (`offload_place`): None, where `x` is; a device (e.g.
             `"cpu"` while the tiles run on an accelerator; the result is returned there too; ignored for tensors
             without data, e.g. on `meta`); `"disk"` or a folder: in temporary files there (`SpilledTensor`), freed
-            as soon as the next step has read them and when the call ends, also on an exception; `"auto"`: where
-            `x` is while a boundary takes at most `AUTO_SPILL_SHARE` of the memory available there, else in CPU
-            memory (tiles on an accelerator) or on disk. The tiles and, unless on a device, the result stay where
-            `x` is.
+            as soon as the next step has read them and when the call ends, also on an exception; `"auto"`: on the
+            CPU on disk (in memory where the temp folder is a RAM disk or full), on an accelerator where `x` is
+            while a boundary takes at most `AUTO_SPILL_SHARE` of the memory available there, else in CPU memory or
+            on disk (`AUTO_SPILL_SHARE`'s comment says why). The tiles and, unless on a device, the result stay
+            where `x` is.
     """
     place = offload_place(offload_device)
     result = place if isinstance(place, torch.device) and has_values(x) else None

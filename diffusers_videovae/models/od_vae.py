@@ -674,8 +674,7 @@ class AutoencoderKLODVAE(
     time); the rest runs on whole latent frames, its attention one frame and 1024 queries at a time. It costs about
     twice the untiled time and keeps the whole clip in time, so its memory grows with the number of frames and the
     frame size (below the untiled peak: one part's input and output); `tile_offload_device` keeps those whole
-    tensors in CPU memory or on disk instead (by default on disk once one would take more than a quarter of the
-    memory available).
+    tensors in CPU memory or on disk instead (by default on disk when the model runs on the CPU).
     """
 
     _supports_gradient_checkpointing = True
@@ -888,8 +887,8 @@ class AutoencoderKLODVAE(
             exact (`bool`, defaults to `False`): exact tiles instead of the original's blended tiles.
 
         Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
-        (default: where the model runs while one takes at most a quarter of the memory available, else in a
-        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
+        (default: on the CPU in temporary files; on an accelerator where the model runs while they fit, see
+        `_tiling.AUTO_SPILL_SHARE`), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,

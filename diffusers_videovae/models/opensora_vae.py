@@ -620,8 +620,8 @@ class AutoencoderKLOpenSora(
             exact (`bool`, defaults to `False`): exact tiles instead of blended ones.
 
         Exact tiles keep the whole tensors between their layers where `vae.tile_offload_device` says: `"auto"`
-        (default: where the model runs while one takes at most a quarter of the memory available, else in a
-        temporary file), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
+        (default: on the CPU in temporary files; on an accelerator where the model runs while they fit, see
+        `_tiling.AUTO_SPILL_SHARE`), None, a device (`"cpu"`), `"disk"` or a folder (`_tiling.tiled_in_layer_order`).
         """
         configure_tiling(
             self,
