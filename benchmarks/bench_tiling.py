@@ -21,11 +21,13 @@ untiled encode.
 
 With `--traced`, table 2 is traced instead of measured, untiled included, and exact tiles get two rows: "exact",
 their step boundaries (the whole tensors between two tiled layers) kept in memory, and "exact, disk", spilled to
-temporary files (`tile_offload_device="disk"`; the default "auto" spills only what would not fit in memory). Traced:
-the peak bytes of the tensors each call creates (`memory.LiveTensorBytes` on a `meta` copy of the model, no
-arithmetic), so all five full-size models at 256, 512 and 720x1280 take minutes, not hours. Attention is counted as the CPU runs it: fused (no attention matrix)
-where query, key and value are contiguous in their last dimension, else PyTorch's unfused form with its whole
-`(L, S)` matrix. Weights, inputs, allocator slack and kernel workspaces are not counted (RSS counts them).
+temporary files (`tile_offload_device="disk"`, what the default "auto" does on the CPU). Traced: the peak bytes of
+the tensors each call creates (`memory.LiveTensorBytes` on a `meta` copy of the model, no arithmetic), so all five
+full-size models at 256, 512 and 720x1280 take minutes, not hours. Attention is counted as the CPU runs it: fused (no
+attention matrix) where query, key and value are contiguous in their last dimension, else PyTorch's unfused form with
+its whole `(L, S)` matrix. Inputs, allocator slack and kernel workspaces are not counted (RSS counts them). "growth"
+is over the call's tensors alone; "with weights" adds the weights (the "weights" column, float32) to every peak, as a
+process's peak RSS or an accelerator's `max_memory_allocated` counts them.
 
     python benchmarks/bench_tiling.py --traced --skip-modes --sizes 256 512 720x1280
 """
@@ -67,7 +69,7 @@ CASCADEV_TINY = {
 MODES = ("untiled", "default tiles", "exact tiles")
 TILING = {"untiled": "off", "default tiles": "on", "exact tiles": "exact", "exact tiles, spilled": "exact"}
 # Traced rows: exact tiles with their step boundaries in memory (`tile_offload_device=None`, what the "exact" rows
-# always meant) and spilled to disk ("disk"); the default, "auto", is one or the other by the memory available.
+# always meant) and spilled to disk ("disk", what the default "auto" does on the CPU).
 TRACED_MODES = (*MODES, "exact tiles, spilled")
 OFFLOAD = {"exact tiles": None, "exact tiles, spilled": "disk"}
 LABELS = {
@@ -286,6 +288,8 @@ def traced_against_size(
     config = model_config(name, args.quick, args.config)
     frames = (QUICK_FRAMES if args.quick else FRAMES)[name]
     exact = accepts_exact(_class(name)(**model_config(name, True, {})))
+    with torch.device("meta"):
+        weights = sum(t.numel() * t.element_size() for t in _class(name)(**config).state_dict().values())
     rows = {(op, mode): {"model": name, "call": op, "tiles": LABELS[mode]} for op in OPS for mode in modes}
     for size in sizes:
         for mode in modes:
@@ -297,7 +301,10 @@ def traced_against_size(
             print(name, label, mode, {op: peaks.get(op) for op in OPS}, flush=True)
     for row in rows.values():
         peaks = row.pop("bytes")
-        row["growth"] = "n/a" if None in peaks or row["tiles"] == "untiled" else f"{max(peaks) / peaks[0]:.2f}x"
+        grows = None not in peaks and row["tiles"] != "untiled"
+        row["growth"] = f"{max(peaks) / peaks[0]:.2f}x" if grows else "n/a"
+        row["with weights"] = f"{(max(peaks) + weights) / (peaks[0] + weights):.2f}x" if grows else "n/a"
+        row["weights"] = gib(weights)
     return list(rows.values())
 
 
@@ -352,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
         print(f"\nPeak RSS against frame size, each model's default tile size; {setting}")
     if sizes:
         labels = [f"{h}x{w}" for h, w in sizes]
-        print(format_table(memory, ["model", "call", "tiles", *labels, "growth"]))
+        growth = ["growth", "with weights", "weights"] if args.traced else ["growth"]
+        print(format_table(memory, ["model", "call", "tiles", *labels, *growth]))
     return {"modes": modes, "memory": memory}
 
 

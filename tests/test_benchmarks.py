@@ -159,6 +159,26 @@ def test_quick_tiling_run_compares_untiled_default_and_exact_tiles_and_frame_siz
     assert memory["reducio", "encode", "default"]["growth"] == "1.00x"
 
 
+def test_traced_tiling_table_prints_growth_with_and_without_the_weights():
+    """`--traced` rows: the growth of the call's tensors, and the same with the model's float32 weights added to
+    every peak (what a process's peak RSS counts)."""
+    result = bench_tiling.main(["--quick", "--traced", "--skip-modes", "--models", "opensora", "--sizes", "32", "64"])
+    config = bench_tiling.model_config("opensora", True, {})
+    weights = sum(p.numel() * 4 for p in bench_tiling._class("opensora")(**config).parameters())
+    rows = {(row["call"], row["tiles"]): row for row in result["memory"]}
+    assert rows["decode", "untiled"]["growth"] == rows["decode", "untiled"]["with weights"] == "n/a"
+    for call in ("encode", "decode"):
+        row = rows[call, "default"]
+        assert row["weights"] == f"{weights / 2**30:.2f} GiB"
+        peaks = (
+            bench_tiling.traced_peaks("opensora", config, "default tiles", 5, (32, 32)),
+            bench_tiling.traced_peaks("opensora", config, "default tiles", 5, (64, 64)),
+        )
+        small, large = (peak[call] for peak in peaks)
+        assert row["growth"] == f"{max(small, large) / small:.2f}x"
+        assert row["with weights"] == f"{(max(small, large) + weights) / (small + weights):.2f}x"
+
+
 # --- gpu_check.py: the accelerator table, smoke-tested on the CPU so that it is ready for its first GPU run --------
 
 
