@@ -24,9 +24,11 @@ print(peak.describe())
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,8 @@ __all__ = [
     "gib",
     "meta_copy",
     "resident_bytes",
+    "traced_as",
+    "traced_device",
 ]
 
 # Fraction of the available memory an untiled run may use before `choose_tiling(..., "auto")` turns tiling on.
@@ -82,6 +86,27 @@ def available_memory_bytes(device: torch.device | None = None) -> int:
     available = int(psutil.virtual_memory().available)
     headroom = cgroup_memory_headroom()
     return available if headroom is None else min(available, headroom)
+
+
+# The device a run on `meta` stands for (`traced_as`): exact tiles' `"auto"` offload (`_tiling._boundary_place`)
+# places the step boundaries of tensors without data as on it, so that a trace counts a boundary only where that
+# device would hold it.
+_TRACED_DEVICE = [torch.device("cpu")]
+
+
+@contextlib.contextmanager
+def traced_as(device: torch.device) -> Iterator[None]:
+    """Within this block, tensors without data (a traced run on `meta`) stand for tensors on `device`."""
+    _TRACED_DEVICE.append(torch.device(device))
+    try:
+        yield
+    finally:
+        _TRACED_DEVICE.pop()
+
+
+def traced_device() -> torch.device:
+    """The device tensors without data stand for (`traced_as`; the CPU outside it)."""
+    return _TRACED_DEVICE[-1]
 
 
 # Where the cgroup file systems are mounted (a v2 hierarchy, or v1 controllers in folders such as `memory/`) and
@@ -531,8 +556,6 @@ def estimate_memory(model: torch.nn.Module, shape: tuple[int, int, int], device:
     convolution's scratch space is counted (`CONV_WORKSPACE_NOTE`); not counted: other kernels' private workspaces
     (cuDNN's on a GPU), allocator rounding and fragmentation.
     """
-    from .models._tiling import traced_as
-
     copy = meta_copy(model)
     tracer = _ReplayingTrace(copy)
     conv_workspace = device.type == "cpu"

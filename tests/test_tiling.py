@@ -35,6 +35,7 @@ from diffusers_videovae import (
     AutoencoderKLODVAE,
     AutoencoderKLOpenSora,
     AutoencoderKLReducio,
+    memory,
 )
 from diffusers_videovae.checkpoints import convert_to_folder
 from diffusers_videovae.cli import main
@@ -436,12 +437,12 @@ def test_auto_places_a_boundary_by_the_device_the_tiles_run_on(monkeypatch, tmp_
     monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: None)
     monkeypatch.setattr(_tiling, "available_memory_bytes", lambda where: free[where.type])
     like = torch.zeros(1, device="meta")
-    with _tiling.traced_as(torch.device(device)):
+    with memory.traced_as(torch.device(device)):
         place = _tiling._boundary_place("auto", like, 2**18)
     assert place == {None: None, "folder": tmp_path, "cpu": tmp_path}[expected]
     if device == "cpu":
         assert _tiling._boundary_place("auto", torch.zeros(1), 2**18) == tmp_path  # a CPU tensor with data
-    with _tiling.traced_as(torch.device(device)):
+    with memory.traced_as(torch.device(device)):
         assert _tiling._boundary_place("auto", like.requires_grad_(), 2**18) is None  # a file carries no gradients
 
 

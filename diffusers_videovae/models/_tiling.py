@@ -19,7 +19,6 @@ bottom) and calls these helpers for the parts that are the same everywhere.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -38,11 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.utils import logging
 
-from ..memory import available_memory_bytes
+from ..memory import available_memory_bytes, traced_device
 
 __all__ = [
     "AUTO_SPILL_SHARE",
-    "traced_as",
     "SpilledTensor",
     "TileSpan",
     "TileStep",
@@ -588,19 +586,6 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
 # per step is a bus transfer of the whole boundary), then goes to CPU memory on the same terms, else to disk. A
 # quarter leaves room for the step's input, one tile's activations and other processes.
 AUTO_SPILL_SHARE = 0.25
-# The device a run on `meta` stands for when `"auto"` places its boundaries (`traced_as`): a trace counts a boundary
-# only where that device would hold it.
-_TRACED_DEVICE = [torch.device("cpu")]
-
-
-@contextlib.contextmanager
-def traced_as(device: torch.device) -> Iterator[None]:
-    """Within this block, `"auto"` places the step boundaries of tensors without data as it would on `device`."""
-    _TRACED_DEVICE.append(torch.device(device))
-    try:
-        yield
-    finally:
-        _TRACED_DEVICE.pop()
 
 
 def offload_place(value: object) -> torch.device | Path | str | None:
@@ -627,7 +612,7 @@ def offload_place(value: object) -> torch.device | Path | str | None:
 def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor, numel: int):
     """Where a step boundary of `numel` elements like `like` (a tile's output) is kept: None (beside `like`), a
     device, or a folder to spill it into. A tensor without data is not moved, but placed as on the device it stands
-    for (`traced_as`): a folder wherever that device would not hold it."""
+    for (`memory.traced_as`): a folder wherever that device would not hold it."""
     if isinstance(place, torch.device):
         return place if has_values(like) else None
     if place != "auto":
@@ -635,7 +620,7 @@ def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor,
     if like.requires_grad:
         return None  # a file carries no gradients
     nbytes, folder = numel * like.element_size(), Path(tempfile.gettempdir())
-    device = like.device if has_values(like) else _TRACED_DEVICE[-1]
+    device = like.device if has_values(like) else traced_device()
     if device.type == "cpu":
         if _ram_disk(folder) is None and shutil.disk_usage(folder).free >= nbytes:
             return folder
