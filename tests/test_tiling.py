@@ -423,10 +423,11 @@ def test_auto_spills_step_boundaries_on_the_cpu_unless_the_temp_folder_is_a_ram_
 @pytest.mark.parametrize(
     ("device", "free", "expected"),
     [
-        ("cpu", {"cpu": 2**40}, "folder"),  # the CPU spills whatever memory is free
-        ("cuda", {"cuda": 2**40, "cpu": 2**40}, None),  # an accelerator keeps what fits a quarter of its memory
-        ("cuda", {"cuda": 2**20, "cpu": 2**40}, "cpu"),  # then CPU memory
-        ("cuda", {"cuda": 2**20, "cpu": 2**20}, "folder"),  # then disk
+        ("cpu", {"cpu": 2**40, "disk": 2**22}, "folder"),  # the CPU spills whatever memory is free
+        ("cpu", {"cpu": 2**40, "disk": 2**22 - 1}, None),  # unless that takes over a quarter of the free disk
+        ("cuda", {"cuda": 2**40, "cpu": 2**40, "disk": 2**40}, None),  # an accelerator keeps what fits a quarter
+        ("cuda", {"cuda": 2**20, "cpu": 2**40, "disk": 2**40}, "cpu"),  # then CPU memory
+        ("cuda", {"cuda": 2**20, "cpu": 2**20, "disk": 2**40}, "folder"),  # then disk
     ],
 )
 def test_auto_places_a_boundary_by_the_device_the_tiles_run_on(monkeypatch, tmp_path, device, free, expected):
@@ -436,12 +437,13 @@ def test_auto_places_a_boundary_by_the_device_the_tiles_run_on(monkeypatch, tmp_
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(_tiling, "_ram_disk", lambda folder: None)
     monkeypatch.setattr(_tiling, "available_memory_bytes", lambda where: free[where.type])
+    monkeypatch.setattr(_tiling.shutil, "disk_usage", lambda folder: SimpleNamespace(free=free["disk"]))
     like = torch.zeros(1, device="meta")
     with memory.traced_as(torch.device(device)):
         place = _tiling._boundary_place("auto", like, 2**18)
     assert place == {None: None, "folder": tmp_path, "cpu": tmp_path}[expected]
     if device == "cpu":
-        assert _tiling._boundary_place("auto", torch.zeros(1), 2**18) == tmp_path  # a CPU tensor with data
+        assert _tiling._boundary_place("auto", torch.zeros(1), 2**18) == place  # a CPU tensor with data alike
     with memory.traced_as(torch.device(device)):
         assert _tiling._boundary_place("auto", like.requires_grad_(), 2**18) is None  # a file carries no gradients
 

@@ -581,7 +581,8 @@ class _SharedGroupNorm(torch.overrides.TorchFunctionMode):
 
 # `offload_device="auto"`. On the CPU a step boundary is spilled to the system's temp folder: plain file I/O costs a
 # few percent of the tiles' time and keeps the peak at one tile's step whatever the frame (README, "Where exact tiles
-# keep their step boundaries"); it stays in memory only where the folder is a RAM disk or has no room for it. On an
+# keep their step boundaries"); it stays in memory only where the folder is a RAM disk or the boundary would take more
+# than this share of its free space (the step's input and output are on disk at once; the rest is for others). On an
 # accelerator it stays there while it takes at most this share of the memory available (a round trip to CPU memory
 # per step is a bus transfer of the whole boundary), then goes to CPU memory on the same terms, else to disk. A
 # quarter leaves room for the step's input, one tile's activations and other processes.
@@ -622,7 +623,7 @@ def _boundary_place(place: torch.device | Path | str | None, like: torch.Tensor,
     nbytes, folder = numel * like.element_size(), Path(tempfile.gettempdir())
     device = like.device if has_values(like) else traced_device()
     if device.type == "cpu":
-        if _ram_disk(folder) is None and shutil.disk_usage(folder).free >= nbytes:
+        if _ram_disk(folder) is None and nbytes <= AUTO_SPILL_SHARE * shutil.disk_usage(folder).free:
             return folder
         candidates = [device]
     else:
