@@ -984,8 +984,8 @@ def tiled_in_layer_order(
             as soon as the next step has read them and when the call ends, also on an exception; `"auto"`: on the
             CPU on disk (in memory where the temp folder is a RAM disk or short of space), on an accelerator where
             `x` is while a boundary takes at most `AUTO_SPILL_SHARE` of the memory available there, else in CPU
-            memory or on disk (`AUTO_SPILL_SHARE`'s comment says why). The tiles and, unless on a device, the result stay
-            where `x` is.
+            memory or on disk (`AUTO_SPILL_SHARE`'s comment says why). The tiles and, unless on a device, the
+            result stay where `x` is.
     """
     place = offload_place(offload_device)
     result = place if isinstance(place, torch.device) and has_values(x) else None
