@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -205,6 +207,38 @@ def test_gpu_check_quick_reports_every_dtype_against_cpu_float32():
             assert video_diff == 0.0
         else:  # 8 (bfloat16) or 11 (float16) bits of mantissa: visible, far below the signal
             assert 0 < video_diff < 0.5
+
+
+def _gpu_session(tmp_path: Path, test_args: str, check_args: str) -> subprocess.CompletedProcess:
+    """scripts/gpu_session.sh on the CPU with this interpreter, nothing packed, its logs in `tmp_path / "out"`."""
+    (tmp_path / "packed").mkdir(exist_ok=True)
+    environment = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "PYTHON": sys.executable,
+        "PACKED": str(tmp_path / "packed"),
+        "OUT": str(tmp_path / "out"),
+        "TEST_ARGS": test_args,
+        "GPU_CHECK_ARGS": check_args,
+    }
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_session.sh"
+    return subprocess.run(["bash", str(script)], env=environment, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_session_script_runs_its_steps_and_reports_a_failed_one(tmp_path):
+    """The prepared first GPU run, on the CPU: the environment, a parity test on the device under test and the GPU
+    check, each logged; a step that fails makes the session fail."""
+    chosen = "-k 'test_encode_matches_original and odvae'"
+    result = _gpu_session(tmp_path, chosen, "--quick --models odvae --dtypes float32 --clips small")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    logs = {name: (tmp_path / "out" / f"{name}.log").read_text() for name in ("env", "tests", "gpu_check")}
+    assert "torch" in logs["env"] and "diffusers" in logs["env"]
+    assert " passed" in logs["tests"] and "failed" not in logs["tests"]
+    assert "| odvae | 5x32x32 | float32 |" in logs["gpu_check"].replace("  ", " ").replace("  ", " ")
+    for name in ("env", "tests", "gpu_check"):
+        assert f"=== {name} exit status 0" in result.stdout
+    failing = _gpu_session(tmp_path, chosen, "--quick --models no-such-model")
+    assert failing.returncode == 1 and "=== gpu_check exit status 2" in failing.stdout
 
 
 @pytest.mark.parametrize("model", ["reducio", "cascadev"])
