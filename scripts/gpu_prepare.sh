@@ -5,7 +5,7 @@
 # fixtures (../shared does not travel with the checkout; carried gzipped, which brings the call under the tool's
 # 64 MiB). `av` is not carried (too large): the tests that gpu_session.sh runs import nothing that needs it.
 #
-#   bash scripts/gpu_prepare.sh        # then: run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=540)
+#   bash scripts/gpu_prepare.sh        # then: run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=480)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # On a lent GPU machine, from the checkout's root, after scripts/gpu_prepare.sh here: the checks of issue 22 that
-# need an accelerator, each step under its own time limit, its log in $OUT/<step>.log. Sized to fit one device call
-# (about 8 minutes on an H100, an estimate: it has never run on one) with time left to rerun.
+# need an accelerator, each step under its own time limit (7 minutes in all), its log in $OUT/<step>.log: one device
+# call of at most 8 minutes, which leaves a 15-minute device budget time to start and to rerun a step. How long the
+# steps take there is not known: this has never run on a GPU.
 #   1. env: torch, diffusers and the device.
-#   2. tests: the five models' parity and feature tests, the meta-device and diffusers-feature tests on the device
-#      (VIDEOVAE_TEST_DEVICE; tolerances per dtype in tests/conftest.py).
-#   3. gpu_check: benchmarks/gpu_check.py at 17x256x256 (16 Reducio, 8 CascadeV), float32 / bfloat16 / float16
+#   2. gpu_check: benchmarks/gpu_check.py at 17x256x256 (16 Reducio, 8 CascadeV), float32 / bfloat16 / float16
 #      against float32 on the CPU (the 720p rows need a CPU reference at 720p: a later call, `--clips 720p`).
+#   3. tests: the five models' parity and feature tests, the meta-device and diffusers-feature tests on the device
+#      (VIDEOVAE_TEST_DEVICE; tolerances per dtype in tests/conftest.py).
 #
-#   run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=540)
+#   run(command="bash scripts/gpu_session.sh", carry=[".gpu"], timeout_s=480)
 #   DEVICE=cpu PYTHON=.venv/bin/python TEST_ARGS="-k 'odvae and encode'" GPU_CHECK_ARGS="--quick" \
 #       bash scripts/gpu_session.sh                                            # a dry run here
 set -uo pipefail
@@ -44,13 +45,14 @@ step() {  # step NAME SECONDS COMMAND...: run it under `timeout`, log it, note i
     [ "$status" -eq 0 ] || failed=1
 }
 
-step env 60 "$PYTHON" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__); \
+step env 30 "$PYTHON" -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__); \
 print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none: torch sees no CUDA device')"
 # TEST_ARGS and GPU_CHECK_ARGS: more arguments, quoted as in a shell (e.g. TEST_ARGS="-k 'odvae and encode'").
 eval "test_args=(${TEST_ARGS:-})"
 eval "check_args=(${GPU_CHECK_ARGS:---clips small})"
-step tests 300 "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/test_ivvae.py tests/test_odvae.py \
+# The table first: it is what the first run is for; each row is printed as it is done, so a timeout keeps the rows.
+step gpu_check 240 "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" "${check_args[@]}"
+step tests 150 "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/test_ivvae.py tests/test_odvae.py \
     tests/test_opensora.py tests/test_reducio.py tests/test_cascadev.py tests/test_meta_device.py \
     tests/test_diffusers_features.py "${test_args[@]}"
-step gpu_check 180 "$PYTHON" benchmarks/gpu_check.py --device "$DEVICE" "${check_args[@]}"
 exit "$failed"
