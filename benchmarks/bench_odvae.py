@@ -191,6 +191,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _measure_once(args: argparse.Namespace, common: dict, what: str, **case) -> dict:
+    """One run of `case` (impl, task, shape, tiling) in a fresh process; a failed run ends the benchmark, named by
+    `what`."""
+    result = measure(setup, call, device=args.device, repeats=1, threads=args.threads, **case, **common)
+    if "error" in result:
+        raise SystemExit(f"{what}: {result['error']}")
+    return result
+
+
 def compare_implementations(args: argparse.Namespace, common: dict) -> None:
     """Encode and decode, ours and the original alternating, then their table."""
     side = 32 if args.quick else args.size
@@ -210,20 +219,7 @@ def compare_implementations(args: argparse.Namespace, common: dict) -> None:
         runs = {impl: [] for impl in impls}
         for _ in range(args.repeats):
             for impl in impls:
-                result = measure(
-                    setup,
-                    call,
-                    device=args.device,
-                    repeats=1,
-                    threads=args.threads,
-                    impl=impl,
-                    task=task,
-                    shape=shape,
-                    tiling=None,
-                    **common,
-                )
-                if "error" in result:
-                    raise SystemExit(f"{impl} {label}: {result['error']}")
+                result = _measure_once(args, common, f"{impl} {label}", impl=impl, task=task, shape=shape, tiling=None)
                 runs[impl].append(result)
         summary = {impl: _summary(results) for impl, results in runs.items()}
         rows.append({"case": label, **side_by_side_row(summary)})
@@ -250,20 +246,8 @@ def tiled_decode_growth(args: argparse.Namespace, common: dict) -> None:
     for frames in args.long_frames:
         latent_frames = (frames - 1) // 4 + 1
         shape = (1, 4, latent_frames, long_side // 8, long_side // 8)
-        result = measure(
-            setup,
-            call,
-            device=args.device,
-            repeats=1,
-            threads=args.threads,
-            impl="ours",
-            task="decode",
-            shape=shape,
-            tiling=tiling,
-            **common,
-        )
-        if "error" in result:
-            raise SystemExit(f"tiled decode {frames} frames: {result['error']}")
+        what = f"tiled decode {frames} frames"
+        result = _measure_once(args, common, what, impl="ours", task="decode", shape=shape, tiling=tiling)
         rows.append(
             {
                 "frames": frames,
