@@ -169,13 +169,10 @@ def test_traced_tiling_table_prints_growth_with_and_without_the_weights():
     weights = sum(p.numel() * 4 for p in bench_tiling._class("opensora")(**config).parameters())
     rows = {(row["call"], row["tiles"]): row for row in result["memory"]}
     assert rows["decode", "untiled"]["growth"] == rows["decode", "untiled"]["with weights"] == "n/a"
+    peaks = [bench_tiling.traced_peaks("opensora", config, "default tiles", 5, (side, side)) for side in (32, 64)]
     for call in ("encode", "decode"):
         row = rows[call, "default"]
         assert row["weights"] == f"{weights / 2**30:.2f} GiB"
-        peaks = (
-            bench_tiling.traced_peaks("opensora", config, "default tiles", 5, (32, 32)),
-            bench_tiling.traced_peaks("opensora", config, "default tiles", 5, (64, 64)),
-        )
         small, large = (peak[call] for peak in peaks)
         assert row["growth"] == f"{max(small, large) / small:.2f}x"
         assert row["with weights"] == f"{(max(small, large) + weights) / (small + weights):.2f}x"
